@@ -1,0 +1,153 @@
+//! Model checkpoints: safetensors with PyTorch `state_dict` names, plus flowmatch metadata.
+//!
+//! A file exported from the reference PyTorch code (`safetensors.torch.save_file(model.state_dict())`)
+//! loads as is; the widths are inferred from the tensor shapes.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{Init, ParamSource, SimpleUNet, UNetConfig};
+use crate::tensor_file::TensorFile;
+
+/// Metadata key of the network shape (JSON of [`UNetConfig`]).
+pub const META_UNET: &str = "flowmatch.unet";
+/// Metadata key of the training progress (JSON of [`Progress`]).
+pub const META_PROGRESS: &str = "flowmatch.progress";
+/// Metadata key of the training configuration (TOML).
+pub const META_TRAIN_CONFIG: &str = "flowmatch.train_config";
+
+/// How far training had got when a checkpoint was written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Completed epochs.
+    pub epoch: usize,
+    /// Completed optimiser steps.
+    pub step: u64,
+    /// Mean loss of the last completed epoch, if any.
+    pub last_epoch_loss: Option<f32>,
+}
+
+/// A loaded model and the metadata stored beside it.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The network.
+    pub model: SimpleUNet,
+    /// The file's metadata (empty for a plain PyTorch export).
+    pub metadata: HashMap<String, String>,
+}
+
+impl LoadedModel {
+    /// The training progress recorded in the file, if any.
+    pub fn progress(&self) -> Option<Progress> {
+        self.metadata
+            .get(META_PROGRESS)
+            .and_then(|s| serde_json::from_str(s).ok())
+    }
+}
+
+/// Writes the model's parameters and `metadata` to `path` atomically.
+pub fn save(model: &SimpleUNet, metadata: HashMap<String, String>, path: &Path) -> Result<()> {
+    let mut file = TensorFile {
+        metadata,
+        ..Default::default()
+    };
+    let unet = serde_json::to_string(&model.config()).expect("config serialises");
+    file.metadata.insert(META_UNET.into(), unet);
+    file.metadata.insert("format".into(), "pt".into());
+    for tensor in model.named_parameters() {
+        file.tensors.insert(tensor.name.clone(), tensor);
+    }
+    file.write(path)
+}
+
+/// Loads a SimpleUNet checkpoint onto `device`, checking every tensor's name and shape.
+pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
+    let file = TensorFile::read(path)?;
+    let config = infer_config(&file, path)?;
+    let mut source = FileParams {
+        file: &file,
+        path,
+        used: 0,
+    };
+    let model = SimpleUNet::build(config, &mut source, device).map_err(|e| match e {
+        Error::Invalid { reason, .. } => Error::bad_file(path, format!("not a SimpleUNet checkpoint: {reason}")),
+        other => other,
+    })?;
+    if source.used != file.tensors.len() {
+        let expected: Vec<String> = model.named_parameters().into_iter().map(|t| t.name).collect();
+        let extra: Vec<&str> = file
+            .tensors
+            .keys()
+            .filter(|k| !expected.contains(k))
+            .map(String::as_str)
+            .collect();
+        return Err(Error::bad_file(
+            path,
+            format!("not a SimpleUNet checkpoint: unexpected tensors {}", extra.join(", ")),
+        ));
+    }
+    Ok(LoadedModel {
+        model,
+        metadata: file.metadata,
+    })
+}
+
+/// Reads the widths and time-embedding size from the tensor shapes.
+fn infer_config(file: &TensorFile, path: &Path) -> Result<UNetConfig> {
+    let dims = |name: &str, rank: usize| -> Result<Vec<usize>> {
+        let tensor = file.tensors.get(name).ok_or_else(|| {
+            Error::bad_file(path, format!("not a SimpleUNet checkpoint: missing tensor '{name}'"))
+        })?;
+        if tensor.shape.len() != rank {
+            return Err(Error::bad_file(
+                path,
+                format!("not a SimpleUNet checkpoint: tensor '{name}' has shape {:?}", tensor.shape),
+            ));
+        }
+        Ok(tensor.shape.clone())
+    };
+    let d1 = dims("down1.conv.weight", 4)?;
+    let d2 = dims("down2.conv.weight", 4)?;
+    let d3 = dims("down3.conv.weight", 4)?;
+    let t = dims("time_mlp.1.weight", 2)?;
+    Ok(UNetConfig {
+        in_channels: d1[1],
+        widths: [d1[0], d2[0], d3[0]],
+        time_dim: t[1],
+    })
+}
+
+struct FileParams<'a> {
+    file: &'a TensorFile,
+    path: &'a Path,
+    used: usize,
+}
+
+impl ParamSource for FileParams<'_> {
+    fn tensor<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        _init: Init,
+        device: &Device,
+    ) -> Result<Tensor<D>> {
+        let stored = self.file.tensors.get(name).ok_or_else(|| {
+            Error::bad_file(self.path, format!("not a SimpleUNet checkpoint: missing tensor '{name}'"))
+        })?;
+        if stored.shape != shape {
+            return Err(Error::bad_file(
+                self.path,
+                format!(
+                    "not a SimpleUNet checkpoint of these widths: tensor '{name}' has shape {:?}, expected {:?}",
+                    stored.shape, shape
+                ),
+            ));
+        }
+        self.used += 1;
+        Ok(Tensor::from_data(TensorData::new(stored.values.clone(), shape), device))
+    }
+}

@@ -1,0 +1,81 @@
+//! Typed errors of the library. Every variant names what was wrong and, where a file is
+//! involved, which file, so the CLI can print one clear line.
+
+use std::path::PathBuf;
+
+/// Result alias used across the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in flowmatch.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// A file's content is not what it should be (bad IDX header, truncated data, bad tensor).
+    #[error("{}: {reason}", path.display())]
+    BadFile {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A download failed (network, HTTP status, or checksum).
+    #[error("download of {url} failed: {reason}")]
+    Download {
+        /// The address that was fetched.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// An argument or configuration value is out of range.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// The argument or field.
+        what: String,
+        /// Why the value is rejected.
+        reason: String,
+    },
+    /// Training produced a non-finite loss.
+    #[error(
+        "training diverged: loss is {loss} at step {step}; stopped without saving \
+         (the last good checkpoint, if any, is unchanged)"
+    )]
+    Diverged {
+        /// The global step (1-based) at which the loss became non-finite.
+        step: u64,
+        /// The offending loss value.
+        loss: f32,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A content error for `path`.
+    pub fn bad_file(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::BadFile {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// An out-of-range argument.
+    pub fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Invalid {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! flowmatch: flow-matching generative models on images, built on burn.
+//!
+//! - [`flow`]: the linear probability path, the training tuple and the velocity loss.
+//! - [`model`]: the reference SimpleUNet with PyTorch-compatible parameter names.
+//! - [`solver`]: ODE solvers from noise (t = 1) to data (t = 0).
+//! - [`data`]: IDX reading, data sets (embedded, directories, downloads) and batching.
+//! - [`train`]: the training loop (AdamW, global gradient clipping, logging, checkpoints).
+//! - [`checkpoint`], [`tensor_file`]: safetensors files, written atomically.
+//! - [`image_out`]: sample grids, trajectory strips, GIFs and loss curves.
+//! - [`bench`]: throughput and memory measurements.
+
+pub mod checkpoint;
+pub mod error;
+pub mod flow;
+pub mod model;
+pub mod solver;
+pub mod tensor_file;
+
+pub use error::{Error, Result};

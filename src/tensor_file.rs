@@ -1,0 +1,110 @@
+//! Reading and writing named f32 tensors as safetensors, with atomic writes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::error::{Error, Result};
+use crate::model::NamedTensor;
+
+/// The tensors and string metadata of one safetensors file.
+#[derive(Debug, Clone, Default)]
+pub struct TensorFile {
+    /// Tensors by name.
+    pub tensors: BTreeMap<String, NamedTensor>,
+    /// The file's `__metadata__` entries.
+    pub metadata: HashMap<String, String>,
+}
+
+impl TensorFile {
+    /// Reads a safetensors file whose tensors are all float32.
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let parsed = SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::bad_file(path, format!("not a valid safetensors file ({e})")))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| Error::bad_file(path, format!("not a valid safetensors file ({e})")))?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in parsed.tensors() {
+            if view.dtype() != Dtype::F32 {
+                return Err(Error::bad_file(
+                    path,
+                    format!("tensor '{name}' is {:?}; flowmatch reads float32 tensors", view.dtype()),
+                ));
+            }
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let tensor = NamedTensor {
+                name: name.clone(),
+                shape: view.shape().to_vec(),
+                values,
+            };
+            tensors.insert(name, tensor);
+        }
+        Ok(TensorFile {
+            tensors,
+            metadata: header.metadata().clone().unwrap_or_default(),
+        })
+    }
+
+    /// The tensor called `name`, or an error naming the file.
+    pub fn get(&self, name: &str, path: &Path) -> Result<&NamedTensor> {
+        self.tensors.get(name).ok_or_else(|| {
+            let names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
+            Error::bad_file(
+                path,
+                format!("no tensor named '{name}' (the file holds: {})", names.join(", ")),
+            )
+        })
+    }
+
+    /// Writes the tensors and metadata to `path` atomically (temp file, then rename).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let bytes: Vec<Vec<u8>> = self
+            .tensors
+            .values()
+            .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+            .collect();
+        let views = self
+            .tensors
+            .values()
+            .zip(&bytes)
+            .map(|(t, b)| {
+                let view = TensorView::new(Dtype::F32, t.shape.clone(), b)
+                    .map_err(|e| Error::bad_file(path, format!("tensor '{}': {e}", t.name)))?;
+                Ok((t.name.clone(), view))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let metadata = (!self.metadata.is_empty()).then(|| self.metadata.clone());
+        let serialized = safetensors::serialize(views, metadata)
+            .map_err(|e| Error::bad_file(path, format!("cannot serialise tensors: {e}")))?;
+        write_atomic(path, &serialized)
+    }
+}
+
+/// Writes `bytes` to `path` so that a reader (or a crash) sees either the old or the new file,
+/// never a partial one: the data goes to a temporary file in the same folder, is synced, and is
+/// renamed over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid("output path", format!("{} has no file name", path.display())))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
