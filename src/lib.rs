@@ -7,13 +7,21 @@
 //! - [`train`]: the training loop (AdamW, global gradient clipping, logging, checkpoints).
 //! - [`checkpoint`], [`tensor_file`]: safetensors files, written atomically.
 //! - [`image_out`]: sample grids, trajectory strips, GIFs and loss curves.
+//! - [`sampling`]: starting noise, sampling and trajectories.
+//! - [`device`]: choosing the CPU (`flex`) or CUDA backend.
 //! - [`bench`]: throughput and memory measurements.
 
+pub mod bench;
 pub mod checkpoint;
+pub mod data;
+pub mod device;
 pub mod error;
 pub mod flow;
+pub mod image_out;
 pub mod model;
+pub mod sampling;
 pub mod solver;
 pub mod tensor_file;
+pub mod train;
 
 pub use error::{Error, Result};

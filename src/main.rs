@@ -1,1 +1,464 @@
-fn main() {}
+//! The flowmatch command line: a thin layer over the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use flowmatch::bench::{self, BenchConfig};
+use flowmatch::checkpoint;
+use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split, default_cache_dir};
+use flowmatch::device::device_from_name;
+use flowmatch::image_out::{self, Images};
+use flowmatch::model::{NamedTensor, SimpleUNet, UNetConfig};
+use flowmatch::sampling::{self, IMAGE_SIZE};
+use flowmatch::solver::euler;
+use flowmatch::tensor_file::TensorFile;
+use flowmatch::train::{self, EpochReport, StepReport, TrainConfig, TrainObserver};
+
+#[derive(Parser)]
+#[command(name = "flowmatch", version, about = "Train flow-matching image generators and sample from them")]
+struct Cli {
+    /// Worker threads of the CPU backend (default: all cores; also RAYON_NUM_THREADS).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Where tensors live: cpu (burn's flex backend), or cuda / cuda:N in a `cuda` build.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model on the embedded MNIST subset (or another data set), minutes on a CPU,
+    /// then write samples, a trajectory strip + GIF and the loss curve.
+    Demo(DemoArgs),
+    /// Train a model.
+    Train(TrainArgs),
+    /// Generate a grid of samples from a checkpoint.
+    Sample(SampleArgs),
+    /// Show how samples flow from noise (t=1) to data (t=0): a labelled strip and a GIF.
+    Trajectory(TrajectoryArgs),
+    /// Measure training and sampling throughput and peak memory (one JSON line per width).
+    Bench(BenchArgs),
+    /// Print a checkpoint's network shape, progress and training configuration.
+    Info {
+        /// The checkpoint (.safetensors).
+        checkpoint: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// Data set: embedded (10k MNIST digits, offline), mnist, fashion-mnist, or a folder of IDX files.
+    #[arg(long, default_value = "embedded")]
+    data: String,
+    /// Cache folder for downloaded data sets [default: ~/.cache/flowmatch].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Mirror to download from instead of the built-in ones (repeatable).
+    #[arg(long)]
+    mirror: Vec<String>,
+    /// Use only the first N training images.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+impl DataArgs {
+    fn load(&self) -> Result<ImageSet> {
+        let source = DataSource::parse(&self.data);
+        let download = DownloadOptions {
+            cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
+            mirrors: self.mirror.clone(),
+        };
+        if matches!(source, DataSource::Mnist | DataSource::FashionMnist) {
+            eprintln!("data: {source} (downloaded and verified into {} on first use)", download.cache_dir.display());
+        }
+        let set = ImageSet::load(&source, Split::Train, &download)?;
+        if set.height != IMAGE_SIZE || set.width != IMAGE_SIZE {
+            bail!("data set {source}: images are {}x{}, the model needs {IMAGE_SIZE}x{IMAGE_SIZE}", set.height, set.width);
+        }
+        Ok(match self.limit {
+            Some(0) => bail!("invalid --limit: must be positive"),
+            Some(n) => set.take(n),
+            None => set,
+        })
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Output folder (checkpoints, metrics.jsonl, loss_curve.png).
+    #[arg(long, default_value = "runs/train")]
+    out: PathBuf,
+    /// Passes over the training data.
+    #[arg(long, default_value_t = 100)]
+    epochs: usize,
+    /// Stop after this many optimiser steps.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Images per step.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f32,
+    /// Global gradient-norm clip (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    grad_clip: f32,
+    /// Channel widths of the three levels, e.g. 64,128,256 (each a multiple of 8).
+    #[arg(long, value_parser = parse_widths, default_value = "64,128,256")]
+    widths: [usize; 3],
+    /// Size of the time embedding.
+    #[arg(long, default_value_t = 32)]
+    time_dim: usize,
+    /// Seed of initialisation, data order and noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Save a checkpoint every N epochs (0: only the final one).
+    #[arg(long, default_value_t = 10)]
+    checkpoint_every: usize,
+}
+
+impl TrainArgs {
+    fn config(&self) -> TrainConfig {
+        TrainConfig {
+            model: UNetConfig {
+                widths: self.widths,
+                time_dim: self.time_dim,
+                ..UNetConfig::REFERENCE
+            },
+            data: self.data.data.clone(),
+            epochs: self.epochs,
+            max_steps: self.steps,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            grad_clip: (self.grad_clip > 0.0).then_some(self.grad_clip),
+            seed: self.seed,
+            checkpoint_every: self.checkpoint_every,
+            ..TrainConfig::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Output folder.
+    #[arg(long, default_value = "runs/demo")]
+    out: PathBuf,
+    /// Optimiser steps (about 5 minutes on 2 CPU cores with the defaults).
+    #[arg(long, default_value_t = DEMO_STEPS)]
+    steps: u64,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// The demo's model and schedule, sized for a 2-core CPU.
+const DEMO_STEPS: u64 = 1500;
+const DEMO_WIDTHS: [usize; 3] = [32, 64, 128];
+const DEMO_BATCH: usize = 64;
+const DEMO_LR: f64 = 2e-3;
+
+#[derive(Args)]
+struct SampleArgs {
+    /// Checkpoint (.safetensors; flowmatch's or a PyTorch state_dict export).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Number of samples.
+    #[arg(long, default_value_t = 64)]
+    n: usize,
+    /// Euler steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Seed of the starting noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output grid PNG.
+    #[arg(long, default_value = "samples.png")]
+    out: PathBuf,
+    /// Read the starting noise from this safetensors file (tensor `x1`, [N,1,28,28] f32).
+    #[arg(long)]
+    init_noise: Option<PathBuf>,
+    /// Also write the raw final samples (tensor `x0`, before clamping) to this safetensors file.
+    #[arg(long)]
+    save_tensor: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TrajectoryArgs {
+    /// Checkpoint (.safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Number of samples (rows of the strip).
+    #[arg(long, default_value_t = 1)]
+    n: usize,
+    /// Euler steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Seed of the starting noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output strip PNG.
+    #[arg(long, default_value = "trajectory.png")]
+    out: PathBuf,
+    /// Output animated GIF of every step.
+    #[arg(long, default_value = "trajectory.gif")]
+    gif: PathBuf,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Widths to measure (default: the reference 64,128,256 and the half 32,64,128, each in its
+    /// own process so that peak memory is per width).
+    #[arg(long, value_parser = parse_widths)]
+    widths: Option<[usize; 3]>,
+    /// Shorter runs (1 warm-up, 2 timed steps, 1 sampling run), for a quick look.
+    #[arg(long)]
+    quick: bool,
+}
+
+fn parse_widths(s: &str) -> std::result::Result<[usize; 3], String> {
+    let parts: Vec<usize> = s
+        .split(',')
+        .map(|p| p.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| format!("'{s}': expected three integers like 64,128,256"))?;
+    let widths: [usize; 3] = parts
+        .try_into()
+        .map_err(|_| format!("'{s}': expected exactly three widths"))?;
+    UNetConfig::with_widths(widths).validate().map_err(|e| e.to_string())?;
+    Ok(widths)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            bail!("invalid --threads: must be positive");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("setting the thread count")?;
+    }
+    let device = device_from_name(&cli.device)?;
+    match cli.command {
+        Command::Demo(args) => demo(args, &device),
+        Command::Train(args) => {
+            let data = args.data.load()?;
+            let outcome = run_training(&args.config(), &data, &args.out, &device)?;
+            println!("final checkpoint: {}", outcome.checkpoint.display());
+            println!("loss curve:       {}", outcome.loss_curve.display());
+            println!("metrics:          {}", outcome.metrics.display());
+            Ok(())
+        }
+        Command::Sample(args) => sample(args, &device),
+        Command::Trajectory(args) => {
+            let model = load_model(&args.checkpoint, &device)?;
+            check_counts(args.n, args.steps)?;
+            let x1 = sampling::initial_noise(&model, args.n, args.seed, &device);
+            write_trajectory(&model, x1, args.steps, &args.out, &args.gif)
+        }
+        Command::Bench(args) => run_bench(args, &device),
+        Command::Info { checkpoint } => info(&checkpoint),
+    }
+}
+
+fn check_counts(n: usize, steps: usize) -> Result<()> {
+    if n == 0 {
+        bail!("invalid --n: must be positive");
+    }
+    if steps == 0 {
+        bail!("invalid --steps: must be positive");
+    }
+    Ok(())
+}
+
+fn load_model(path: &Path, device: &Device) -> Result<SimpleUNet> {
+    Ok(checkpoint::load(path, device)?.model)
+}
+
+struct ProgressObserver {
+    bar: ProgressBar,
+}
+
+impl TrainObserver for ProgressObserver {
+    fn on_start(&mut self, total_steps: u64) {
+        self.bar.set_length(total_steps);
+    }
+    fn on_step(&mut self, r: &StepReport) {
+        self.bar.set_message(format!("epoch {} loss {:.4} {:.0} img/s", r.epoch + 1, r.loss, r.img_s));
+        self.bar.inc(1);
+    }
+    fn on_epoch(&mut self, r: &EpochReport) {
+        self.bar
+            .println(format!("epoch {:>3}: mean loss {:.4} ({:.1} s)", r.epoch + 1, r.mean_loss, r.seconds));
+    }
+    fn on_checkpoint(&mut self, path: &Path) {
+        self.bar.println(format!("checkpoint: {}", path.display()));
+    }
+}
+
+fn run_training(config: &TrainConfig, data: &ImageSet, out: &Path, device: &Device) -> Result<train::TrainOutcome> {
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("valid template"),
+    );
+    let mut observer = ProgressObserver { bar };
+    let outcome = train::train(config, data, out, device, &mut observer);
+    observer.bar.finish_and_clear();
+    Ok(outcome?)
+}
+
+fn sample(args: SampleArgs, device: &Device) -> Result<()> {
+    let model = load_model(&args.checkpoint, device)?;
+    if args.steps == 0 {
+        bail!("invalid --steps: must be positive");
+    }
+    let x1 = match &args.init_noise {
+        Some(path) => {
+            let file = TensorFile::read(path)?;
+            let noise = file.get("x1", path)?;
+            let shape = sampling::check_noise_shape(&model, &noise.shape)
+                .with_context(|| format!("{}: tensor 'x1'", path.display()))?;
+            sampling::from_vec(noise.values.clone(), shape, device)
+        }
+        None => {
+            check_counts(args.n, args.steps)?;
+            sampling::initial_noise(&model, args.n, args.seed, device)
+        }
+    };
+    let started = Instant::now();
+    let solution = euler(&model, x1, args.steps, |_, _, _| {});
+    let dims = solution.x.dims();
+    let values = sampling::to_vec(&solution.x);
+    let seconds = started.elapsed().as_secs_f64();
+    image_out::save_grid(Images { pixels: &values, height: dims[2], width: dims[3] }, &args.out)?;
+    println!(
+        "{} samples, {} Euler steps (NFE {}), {:.1} s: {}",
+        dims[0], args.steps, solution.nfe, seconds, args.out.display()
+    );
+    if let Some(path) = &args.save_tensor {
+        let mut file = TensorFile::default();
+        let tensor = NamedTensor { name: "x0".into(), shape: dims.to_vec(), values };
+        file.tensors.insert(tensor.name.clone(), tensor);
+        file.write(path)?;
+        println!("raw samples (tensor x0): {}", path.display());
+    }
+    Ok(())
+}
+
+fn write_trajectory(model: &SimpleUNet, x1: burn::tensor::Tensor<4>, steps: usize, strip: &Path, gif: &Path) -> Result<()> {
+    let trajectory = sampling::trajectory(model, x1, steps);
+    image_out::save_trajectory_strip(&trajectory.key_frames(), IMAGE_SIZE, IMAGE_SIZE, strip)?;
+    image_out::save_trajectory_gif(&trajectory.frames, IMAGE_SIZE, IMAGE_SIZE, gif)?;
+    println!("trajectory strip: {}", strip.display());
+    println!("trajectory GIF:   {}", gif.display());
+    Ok(())
+}
+
+fn demo(args: DemoArgs, device: &Device) -> Result<()> {
+    let data = args.data.load()?;
+    let config = TrainConfig {
+        model: UNetConfig::with_widths(DEMO_WIDTHS),
+        data: args.data.data.clone(),
+        epochs: usize::MAX,
+        max_steps: Some(args.steps),
+        batch_size: DEMO_BATCH,
+        lr: DEMO_LR,
+        seed: args.seed,
+        checkpoint_every: 0,
+        ..TrainConfig::default()
+    };
+    println!(
+        "demo: training a {:?}-wide SimpleUNet for {} steps (batch {}, lr {}) on {} images ({}); \
+         about 5 minutes on 2 CPU cores",
+        DEMO_WIDTHS, args.steps, DEMO_BATCH, DEMO_LR, data.len(), args.data.data
+    );
+    let started = Instant::now();
+    let outcome = run_training(&config, &data, &args.out, device)?;
+    println!("trained {} steps in {:.0} s, final loss {:.4}", outcome.steps, started.elapsed().as_secs_f64(), outcome.final_loss);
+    let model = load_model(&outcome.checkpoint, device)?;
+    let grid = args.out.join("samples.png");
+    let x1 = sampling::initial_noise(&model, 64, args.seed, device);
+    let solution = euler(&model, x1, 50, |_, _, _| {});
+    let values = sampling::to_vec(&solution.x);
+    image_out::save_grid(Images { pixels: &values, height: IMAGE_SIZE, width: IMAGE_SIZE }, &grid)?;
+    let x1 = sampling::initial_noise(&model, 4, args.seed + 1, device);
+    write_trajectory(&model, x1, 50, &args.out.join("trajectory.png"), &args.out.join("trajectory.gif"))?;
+    println!("samples (64, 50 Euler steps): {}", grid.display());
+    println!("loss curve:       {}", outcome.loss_curve.display());
+    println!("checkpoint:       {}", outcome.checkpoint.display());
+    Ok(())
+}
+
+fn run_bench(args: BenchArgs, device: &Device) -> Result<()> {
+    let Some(widths) = args.widths else {
+        // One process per width, so that each peak-memory figure is its own.
+        let exe = std::env::current_exe().context("locating the flowmatch executable")?;
+        for widths in [[64, 128, 256], [32, 64, 128]] {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("bench").arg("--widths").arg(format!("{},{},{}", widths[0], widths[1], widths[2]));
+            if args.quick {
+                cmd.arg("--quick");
+            }
+            let status = cmd.status().context("running the benchmark")?;
+            if !status.success() {
+                bail!("benchmark for widths {widths:?} failed ({status})");
+            }
+        }
+        return Ok(());
+    };
+    let mut config = BenchConfig::reference(widths);
+    if args.quick {
+        config.train_warmup = 1;
+        config.train_min_steps = 2;
+        config.train_min_time = std::time::Duration::ZERO;
+        config.sample_warmup = 0;
+        config.sample_min_runs = 1;
+        config.sample_min_time = std::time::Duration::ZERO;
+    }
+    let result = bench::run(&config, device)?;
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
+fn info(path: &Path) -> Result<()> {
+    let loaded = checkpoint::load(path, &Device::flex())?;
+    let config = loaded.model.config();
+    let params: usize = loaded.model.named_parameters().iter().map(|t| t.values.len()).sum();
+    println!("checkpoint: {}", path.display());
+    println!("network:    SimpleUNet widths {:?}, time embedding {}, {} parameters", config.widths, config.time_dim, params);
+    match loaded.progress() {
+        Some(p) => println!("progress:   {} epochs, {} steps, last epoch loss {:?}", p.epoch, p.step, p.last_epoch_loss),
+        None => println!("progress:   not recorded (e.g. a PyTorch export)"),
+    }
+    if let Some(toml) = loaded.metadata.get(checkpoint::META_TRAIN_CONFIG) {
+        println!("training configuration:\n{toml}");
+    }
+    Ok(())
+}

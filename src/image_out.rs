@@ -1,0 +1,209 @@
+//! Pictures: sample grids, labelled trajectory strips, animated GIFs and loss curves (PNG/GIF).
+//!
+//! Pixel values in [-1, 1] are mapped to [0, 1] and clamped, as in the reference.
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Once;
+
+use image::codecs::gif::{GifEncoder, Repeat};
+use image::{Delay, Frame, ImageFormat, Rgb, RgbImage, RgbaImage};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::error::{Error, Result};
+use crate::tensor_file::write_atomic;
+
+const FONT: &str = "sans-serif";
+static FONT_BYTES: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+
+fn register_font() {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES)
+            .unwrap_or_else(|_| panic!("the embedded DejaVuSans.ttf is a valid font"));
+    });
+}
+
+/// A stack of single-channel images, `[count, height, width]`, values in data scale [-1, 1].
+#[derive(Debug, Clone, Copy)]
+pub struct Images<'a> {
+    /// Row-major values of all images.
+    pub pixels: &'a [f32],
+    /// Image height.
+    pub height: usize,
+    /// Image width.
+    pub width: usize,
+}
+
+impl Images<'_> {
+    /// Number of images.
+    pub fn count(&self) -> usize {
+        self.pixels.len() / (self.height * self.width)
+    }
+
+    fn grey(&self, index: usize, y: usize, x: usize) -> u8 {
+        let v = self.pixels[(index * self.height + y) * self.width + x];
+        (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round() as u8
+    }
+}
+
+/// Draws the images in a grid of `cols` columns, each pixel `scale` x `scale`, with a
+/// `pad`-pixel black border as torchvision's `make_grid`.
+pub fn grid(images: Images, cols: usize, scale: usize, pad: usize) -> RgbImage {
+    let n = images.count();
+    let cols = cols.clamp(1, n.max(1));
+    let rows = n.div_ceil(cols);
+    let (cell_h, cell_w) = (images.height * scale + pad, images.width * scale + pad);
+    let mut out = RgbImage::new((cols * cell_w + pad) as u32, (rows * cell_h + pad) as u32);
+    for i in 0..n {
+        let (oy, ox) = ((i / cols) * cell_h + pad, (i % cols) * cell_w + pad);
+        for y in 0..images.height * scale {
+            for x in 0..images.width * scale {
+                let g = images.grey(i, y / scale, x / scale);
+                out.put_pixel((ox + x) as u32, (oy + y) as u32, Rgb([g, g, g]));
+            }
+        }
+    }
+    out
+}
+
+/// Saves an image as PNG, atomically.
+pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
+    let mut bytes = Cursor::new(Vec::new());
+    image
+        .write_to(&mut bytes, ImageFormat::Png)
+        .map_err(|e| Error::bad_file(path, format!("cannot encode PNG: {e}")))?;
+    write_atomic(path, bytes.get_ref())
+}
+
+/// Writes the sample grid PNG (square-ish: `ceil(sqrt(n))` columns, 2 px padding).
+pub fn save_grid(images: Images, path: &Path) -> Result<()> {
+    let cols = (images.count() as f64).sqrt().ceil() as usize;
+    save_png(&grid(images, cols, 1, 2), path)
+}
+
+/// Puts `label` above `picture` on a white band `band` pixels high.
+fn with_label(picture: &RgbImage, label: &str, band: u32) -> Result<RgbImage> {
+    register_font();
+    let (w, h) = picture.dimensions();
+    let mut out = RgbImage::from_pixel(w, h + band, Rgb([255, 255, 255]));
+    image::imageops::overlay(&mut out, picture, 0, band as i64);
+    {
+        let area = BitMapBackend::with_buffer(out.as_mut(), (w, h + band)).into_drawing_area();
+        let style = TextStyle::from((FONT, band as f64 * 0.7).into_font())
+            .color(&BLACK)
+            .pos(plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Center,
+                plotters::style::text_anchor::VPos::Center,
+            ));
+        area.draw_text(label, &style, ((w / 2) as i32, (band / 2) as i32))
+            .map_err(|e| Error::invalid("label", e.to_string()))?;
+        area.present().map_err(|e| Error::invalid("label", e.to_string()))?;
+    }
+    Ok(out)
+}
+
+/// One frame of a trajectory: its time and the images at that time.
+#[derive(Debug, Clone)]
+pub struct TrajectoryFrame {
+    /// The time t of the frame (1 = noise, 0 = data).
+    pub t: f32,
+    /// `[count, h, w]` values.
+    pub pixels: Vec<f32>,
+}
+
+/// A strip with one column per frame (titled `t=0.80`) and one row per sample.
+pub fn save_trajectory_strip(frames: &[TrajectoryFrame], height: usize, width: usize, path: &Path) -> Result<()> {
+    let scale = 3;
+    let columns = frames
+        .iter()
+        .map(|f| {
+            let images = Images { pixels: &f.pixels, height, width };
+            with_label(&grid(images, 1, scale, 2), &format!("t={:.2}", f.t), 24)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (cw, ch) = columns.first().map(|c| c.dimensions()).unwrap_or((1, 1));
+    let mut strip = RgbImage::from_pixel(cw * columns.len() as u32, ch, Rgb([255, 255, 255]));
+    for (i, column) in columns.iter().enumerate() {
+        image::imageops::overlay(&mut strip, column, (i as u32 * cw) as i64, 0);
+    }
+    save_png(&strip, path)
+}
+
+/// An animated GIF of the whole flow: one frame per state, each a labelled grid; the last
+/// frame is held longer.
+pub fn save_trajectory_gif(frames: &[TrajectoryFrame], height: usize, width: usize, path: &Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = GifEncoder::new_with_speed(&mut bytes, 10);
+        encoder
+            .set_repeat(Repeat::Infinite)
+            .map_err(|e| Error::bad_file(path, format!("cannot encode GIF: {e}")))?;
+        for (i, f) in frames.iter().enumerate() {
+            let images = Images { pixels: &f.pixels, height, width };
+            let cols = (images.count() as f64).sqrt().ceil() as usize;
+            let picture = with_label(&grid(images, cols, 2, 2), &format!("t={:.2}", f.t), 24)?;
+            let rgba: RgbaImage = image::DynamicImage::ImageRgb8(picture).into_rgba8();
+            let ms = if i + 1 == frames.len() { 1500 } else { 80 };
+            encoder
+                .encode_frame(Frame::from_parts(rgba, 0, 0, Delay::from_numer_denom_ms(ms, 1)))
+                .map_err(|e| Error::bad_file(path, format!("cannot encode GIF: {e}")))?;
+        }
+    }
+    write_atomic(path, &bytes)
+}
+
+/// Plots the per-step loss and the per-epoch mean loss (at the step that ended the epoch).
+pub fn loss_curve(step_losses: &[(u64, f32)], epoch_losses: &[(u64, f32)], path: &Path) -> Result<()> {
+    register_font();
+    let (w, h) = (900u32, 500u32);
+    let mut buffer = vec![255u8; (w * h * 3) as usize];
+    let plot_err = |e: &dyn std::fmt::Display| Error::bad_file(path, format!("cannot draw the loss curve: {e}"));
+    {
+        let area = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
+        area.fill(&WHITE).map_err(|e| plot_err(&e))?;
+        let finite = step_losses.iter().map(|p| p.1).filter(|l| l.is_finite());
+        let y_max = finite.clone().fold(f32::MIN, f32::max).max(1e-3) * 1.05;
+        let y_min = finite.fold(f32::MAX, f32::min).min(y_max * 0.5) * 0.95;
+        let x_max = step_losses.last().map_or(1, |p| p.0).max(1);
+        let mut chart = ChartBuilder::on(&area)
+            .caption("flow-matching loss (velocity MSE)", (FONT, 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0u64..x_max, y_min..y_max)
+            .map_err(|e| plot_err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("loss")
+            .label_style((FONT, 14))
+            .draw()
+            .map_err(|e| plot_err(&e))?;
+        let light = RGBColor(150, 180, 230);
+        chart
+            .draw_series(LineSeries::new(step_losses.iter().copied(), light))
+            .map_err(|e| plot_err(&e))?
+            .label("per step")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], light));
+        chart
+            .draw_series(LineSeries::new(epoch_losses.iter().copied(), RED.stroke_width(2)))
+            .map_err(|e| plot_err(&e))?
+            .label("epoch mean")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+        chart
+            .draw_series(epoch_losses.iter().map(|&p| Circle::new(p, 3, RED.filled())))
+            .map_err(|e| plot_err(&e))?;
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 14))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| plot_err(&e))?;
+        area.present().map_err(|e| plot_err(&e))?;
+    }
+    let image = RgbImage::from_raw(w, h, buffer).expect("buffer matches the image size");
+    save_png(&image, path)
+}
