@@ -82,7 +82,12 @@ pub struct BenchResult {
     pub threads: usize,
 }
 
-fn timed<F: FnMut()>(warmup: usize, min_count: usize, min_time: Duration, mut work: F) -> (usize, f64) {
+fn timed<F: FnMut()>(
+    warmup: usize,
+    min_count: usize,
+    min_time: Duration,
+    mut work: F,
+) -> (usize, f64) {
     for _ in 0..warmup {
         work();
     }
@@ -103,7 +108,9 @@ pub fn run(config: &BenchConfig, device: &Device) -> Result<BenchResult> {
     };
     let ad_device = device.clone().autodiff();
     let mut model = Some(SimpleUNet::init(train_config.model, 0, &ad_device)?);
-    let params = model.as_ref().map_or(0, |m| m.named_parameters().iter().map(|t| t.values.len()).sum());
+    let params = model.as_ref().map_or(0, |m| {
+        m.named_parameters().iter().map(|t| t.values.len()).sum()
+    });
     let mut optimizer = adamw(&train_config);
     let x0 = Tensor::<4>::random(
         [config.train_batch, 1, IMAGE_SIZE, IMAGE_SIZE],
@@ -111,20 +118,31 @@ pub fn run(config: &BenchConfig, device: &Device) -> Result<BenchResult> {
         &ad_device,
     );
     let mut rng = StdRng::seed_from_u64(0);
-    let (train_steps, train_secs) = timed(config.train_warmup, config.train_min_steps, config.train_min_time, || {
-        let current = model.take().expect("model present between steps");
-        let (next, _, _) = train_step(current, &mut optimizer, x0.clone(), &mut rng, &train_config)
-            .expect("random-data training step stays finite");
-        model = Some(next);
-    });
+    let (train_steps, train_secs) = timed(
+        config.train_warmup,
+        config.train_min_steps,
+        config.train_min_time,
+        || {
+            let current = model.take().expect("model present between steps");
+            let (next, _, _) =
+                train_step(current, &mut optimizer, x0.clone(), &mut rng, &train_config)
+                    .expect("random-data training step stays finite");
+            model = Some(next);
+        },
+    );
     drop((model, optimizer));
 
     let sampler = SimpleUNet::init(train_config.model, 0, device)?;
     let x1 = initial_noise(&sampler, config.sample_batch, 0, device);
-    let (sample_runs, sample_secs) = timed(config.sample_warmup, config.sample_min_runs, config.sample_min_time, || {
-        let solution = euler(&sampler, x1.clone(), config.sample_steps, |_, _, _| {});
-        let _ = solution.x.into_data();
-    });
+    let (sample_runs, sample_secs) = timed(
+        config.sample_warmup,
+        config.sample_min_runs,
+        config.sample_min_time,
+        || {
+            let solution = euler(&sampler, x1.clone(), config.sample_steps, |_, _, _| {});
+            let _ = solution.x.into_data();
+        },
+    );
 
     Ok(BenchResult {
         implementation: "flowmatch",

@@ -74,11 +74,17 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
         used: 0,
     };
     let model = SimpleUNet::build(config, &mut source, device).map_err(|e| match e {
-        Error::Invalid { reason, .. } => Error::bad_file(path, format!("not a SimpleUNet checkpoint: {reason}")),
+        Error::Invalid { reason, .. } => {
+            Error::bad_file(path, format!("not a SimpleUNet checkpoint: {reason}"))
+        }
         other => other,
     })?;
     if source.used != file.tensors.len() {
-        let expected: Vec<String> = model.named_parameters().into_iter().map(|t| t.name).collect();
+        let expected: Vec<String> = model
+            .named_parameters()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
         let extra: Vec<&str> = file
             .tensors
             .keys()
@@ -87,7 +93,10 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
             .collect();
         return Err(Error::bad_file(
             path,
-            format!("not a SimpleUNet checkpoint: unexpected tensors {}", extra.join(", ")),
+            format!(
+                "not a SimpleUNet checkpoint: unexpected tensors {}",
+                extra.join(", ")
+            ),
         ));
     }
     Ok(LoadedModel {
@@ -100,12 +109,18 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
 fn infer_config(file: &TensorFile, path: &Path) -> Result<UNetConfig> {
     let dims = |name: &str, rank: usize| -> Result<Vec<usize>> {
         let tensor = file.tensors.get(name).ok_or_else(|| {
-            Error::bad_file(path, format!("not a SimpleUNet checkpoint: missing tensor '{name}'"))
+            Error::bad_file(
+                path,
+                format!("not a SimpleUNet checkpoint: missing tensor '{name}'"),
+            )
         })?;
         if tensor.shape.len() != rank {
             return Err(Error::bad_file(
                 path,
-                format!("not a SimpleUNet checkpoint: tensor '{name}' has shape {:?}", tensor.shape),
+                format!(
+                    "not a SimpleUNet checkpoint: tensor '{name}' has shape {:?}",
+                    tensor.shape
+                ),
             ));
         }
         Ok(tensor.shape.clone())
@@ -136,7 +151,10 @@ impl ParamSource for FileParams<'_> {
         device: &Device,
     ) -> Result<Tensor<D>> {
         let stored = self.file.tensors.get(name).ok_or_else(|| {
-            Error::bad_file(self.path, format!("not a SimpleUNet checkpoint: missing tensor '{name}'"))
+            Error::bad_file(
+                self.path,
+                format!("not a SimpleUNet checkpoint: missing tensor '{name}'"),
+            )
         })?;
         if stored.shape != shape {
             return Err(Error::bad_file(
@@ -148,6 +166,9 @@ impl ParamSource for FileParams<'_> {
             ));
         }
         self.used += 1;
-        Ok(Tensor::from_data(TensorData::new(stored.values.clone(), shape), device))
+        Ok(Tensor::from_data(
+            TensorData::new(stored.values.clone(), shape),
+            device,
+        ))
     }
 }

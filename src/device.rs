@@ -6,7 +6,11 @@ use burn::tensor::Device;
 use crate::error::{Error, Result};
 
 /// Names accepted by [`device_from_name`].
-pub const DEVICE_NAMES: &str = if cfg!(feature = "cuda") { "cpu, cuda, cuda:N" } else { "cpu" };
+pub const DEVICE_NAMES: &str = if cfg!(feature = "cuda") {
+    "cpu, cuda, cuda:N"
+} else {
+    "cpu"
+};
 
 /// `cpu` is burn's `flex` backend; `cuda` / `cuda:N` is a CUDA GPU (feature `cuda`).
 pub fn device_from_name(name: &str) -> Result<Device> {

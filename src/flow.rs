@@ -57,3 +57,95 @@ pub fn uniform_times<R: Rng>(rng: &mut R, batch: usize, device: &Device) -> Tens
     let values: Vec<f32> = (0..batch).map(|_| rng.random::<f32>()).collect();
     Tensor::from_data(TensorData::new(values, [batch]), device)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::solver::{VelocityField, euler};
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn max_abs(a: Tensor<4>, b: Tensor<4>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    #[test]
+    fn path_endpoints_and_target_velocity() {
+        let device = Device::flex();
+        let mut rng = StdRng::seed_from_u64(1);
+        let x0 = gaussian_noise(&mut rng, [3, 1, 4, 4], &device);
+        let x1 = gaussian_noise(&mut rng, [3, 1, 4, 4], &device);
+        let at = |t: f32| interpolate(x0.clone(), x1.clone(), Tensor::full([3], t, &device));
+        assert!(max_abs(at(0.0), x0.clone()) < 1e-6);
+        assert!(max_abs(at(1.0), x1.clone()) < 1e-6);
+        // The path is straight: its finite difference is the target velocity everywhere.
+        let slope = (at(0.7) - at(0.2)) / 0.5;
+        let tuple = training_tuple(x0.clone(), x1.clone(), Tensor::full([3], 0.3, &device));
+        assert!(max_abs(slope, tuple.target.clone()) < 1e-5);
+        assert!(max_abs(tuple.target, x1 - x0) < 1e-6);
+    }
+
+    #[test]
+    fn loss_is_the_mean_squared_error() {
+        let device = Device::flex();
+        let pred = Tensor::<4>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [1, 1, 2, 2]),
+            &device,
+        );
+        let target = Tensor::<4>::from_data(
+            TensorData::new(vec![0.0f32, 2.0, 5.0, 4.0], [1, 1, 2, 2]),
+            &device,
+        );
+        let loss = velocity_loss(pred, target).into_scalar::<f32>();
+        assert!((loss - (1.0 + 4.0) / 4.0).abs() < 1e-6);
+    }
+
+    /// The velocity of the straight line through a fixed data point: `(x - x0) / t`.
+    struct TowardsPoint(Tensor<4>);
+
+    impl VelocityField for TowardsPoint {
+        fn velocity(&self, x: Tensor<4>, t: f32) -> Tensor<4> {
+            (x - self.0.clone()) / t
+        }
+    }
+
+    #[test]
+    fn euler_is_exact_on_a_straight_path() {
+        let device = Device::flex();
+        let mut rng = StdRng::seed_from_u64(2);
+        let x0 = gaussian_noise(&mut rng, [2, 1, 3, 3], &device);
+        let x1 = gaussian_noise(&mut rng, [2, 1, 3, 3], &device);
+        for steps in [1, 3, 7] {
+            let mut times = Vec::new();
+            let solution = euler(&TowardsPoint(x0.clone()), x1.clone(), steps, |i, t, _| {
+                times.push((i, t))
+            });
+            assert_eq!(solution.nfe, steps);
+            assert_eq!(times.first(), Some(&(0, 1.0)));
+            assert_eq!(times.len(), steps);
+            assert!(max_abs(solution.x, x0.clone()) < 1e-5, "{steps} steps");
+        }
+    }
+
+    #[test]
+    fn noise_and_times_are_reproducible_and_in_range() {
+        let device = Device::flex();
+        let a = gaussian_noise(&mut StdRng::seed_from_u64(3), [2, 1, 8, 8], &device);
+        let b = gaussian_noise(&mut StdRng::seed_from_u64(3), [2, 1, 8, 8], &device);
+        assert_eq!(max_abs(a.clone(), b), 0.0);
+        let values = a
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        let mean = values.iter().sum::<f32>() / values.len() as f32;
+        assert!(mean.abs() < 0.3);
+        let t = uniform_times(&mut StdRng::seed_from_u64(4), 100, &device);
+        let t = t
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        assert!(t.iter().all(|v| (0.0..1.0).contains(v)));
+    }
+}

@@ -99,7 +99,8 @@ fn with_label(picture: &RgbImage, label: &str, band: u32) -> Result<RgbImage> {
             ));
         area.draw_text(label, &style, ((w / 2) as i32, (band / 2) as i32))
             .map_err(|e| Error::invalid("label", e.to_string()))?;
-        area.present().map_err(|e| Error::invalid("label", e.to_string()))?;
+        area.present()
+            .map_err(|e| Error::invalid("label", e.to_string()))?;
     }
     Ok(out)
 }
@@ -114,12 +115,21 @@ pub struct TrajectoryFrame {
 }
 
 /// A strip with one column per frame (titled `t=0.80`) and one row per sample.
-pub fn save_trajectory_strip(frames: &[TrajectoryFrame], height: usize, width: usize, path: &Path) -> Result<()> {
+pub fn save_trajectory_strip(
+    frames: &[TrajectoryFrame],
+    height: usize,
+    width: usize,
+    path: &Path,
+) -> Result<()> {
     let scale = 3;
     let columns = frames
         .iter()
         .map(|f| {
-            let images = Images { pixels: &f.pixels, height, width };
+            let images = Images {
+                pixels: &f.pixels,
+                height,
+                width,
+            };
             with_label(&grid(images, 1, scale, 2), &format!("t={:.2}", f.t), 24)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -133,7 +143,12 @@ pub fn save_trajectory_strip(frames: &[TrajectoryFrame], height: usize, width: u
 
 /// An animated GIF of the whole flow: one frame per state, each a labelled grid; the last
 /// frame is held longer.
-pub fn save_trajectory_gif(frames: &[TrajectoryFrame], height: usize, width: usize, path: &Path) -> Result<()> {
+pub fn save_trajectory_gif(
+    frames: &[TrajectoryFrame],
+    height: usize,
+    width: usize,
+    path: &Path,
+) -> Result<()> {
     let mut bytes = Vec::new();
     {
         let mut encoder = GifEncoder::new_with_speed(&mut bytes, 10);
@@ -141,13 +156,22 @@ pub fn save_trajectory_gif(frames: &[TrajectoryFrame], height: usize, width: usi
             .set_repeat(Repeat::Infinite)
             .map_err(|e| Error::bad_file(path, format!("cannot encode GIF: {e}")))?;
         for (i, f) in frames.iter().enumerate() {
-            let images = Images { pixels: &f.pixels, height, width };
+            let images = Images {
+                pixels: &f.pixels,
+                height,
+                width,
+            };
             let cols = (images.count() as f64).sqrt().ceil() as usize;
             let picture = with_label(&grid(images, cols, 2, 2), &format!("t={:.2}", f.t), 24)?;
             let rgba: RgbaImage = image::DynamicImage::ImageRgb8(picture).into_rgba8();
             let ms = if i + 1 == frames.len() { 1500 } else { 80 };
             encoder
-                .encode_frame(Frame::from_parts(rgba, 0, 0, Delay::from_numer_denom_ms(ms, 1)))
+                .encode_frame(Frame::from_parts(
+                    rgba,
+                    0,
+                    0,
+                    Delay::from_numer_denom_ms(ms, 1),
+                ))
                 .map_err(|e| Error::bad_file(path, format!("cannot encode GIF: {e}")))?;
         }
     }
@@ -155,11 +179,17 @@ pub fn save_trajectory_gif(frames: &[TrajectoryFrame], height: usize, width: usi
 }
 
 /// Plots the per-step loss and the per-epoch mean loss (at the step that ended the epoch).
-pub fn loss_curve(step_losses: &[(u64, f32)], epoch_losses: &[(u64, f32)], path: &Path) -> Result<()> {
+pub fn loss_curve(
+    step_losses: &[(u64, f32)],
+    epoch_losses: &[(u64, f32)],
+    path: &Path,
+) -> Result<()> {
     register_font();
     let (w, h) = (900u32, 500u32);
     let mut buffer = vec![255u8; (w * h * 3) as usize];
-    let plot_err = |e: &dyn std::fmt::Display| Error::bad_file(path, format!("cannot draw the loss curve: {e}"));
+    let plot_err = |e: &dyn std::fmt::Display| {
+        Error::bad_file(path, format!("cannot draw the loss curve: {e}"))
+    };
     {
         let area = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
         area.fill(&WHITE).map_err(|e| plot_err(&e))?;
@@ -188,12 +218,19 @@ pub fn loss_curve(step_losses: &[(u64, f32)], epoch_losses: &[(u64, f32)], path:
             .label("per step")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], light));
         chart
-            .draw_series(LineSeries::new(epoch_losses.iter().copied(), RED.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                epoch_losses.iter().copied(),
+                RED.stroke_width(2),
+            ))
             .map_err(|e| plot_err(&e))?
             .label("epoch mean")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
         chart
-            .draw_series(epoch_losses.iter().map(|&p| Circle::new(p, 3, RED.filled())))
+            .draw_series(
+                epoch_losses
+                    .iter()
+                    .map(|&p| Circle::new(p, 3, RED.filled())),
+            )
             .map_err(|e| plot_err(&e))?;
         chart
             .configure_series_labels()

@@ -21,7 +21,11 @@ use flowmatch::tensor_file::TensorFile;
 use flowmatch::train::{self, EpochReport, StepReport, TrainConfig, TrainObserver};
 
 #[derive(Parser)]
-#[command(name = "flowmatch", version, about = "Train flow-matching image generators and sample from them")]
+#[command(
+    name = "flowmatch",
+    version,
+    about = "Train flow-matching image generators and sample from them"
+)]
 struct Cli {
     /// Worker threads of the CPU backend (default: all cores; also RAYON_NUM_THREADS).
     #[arg(long, global = true)]
@@ -77,11 +81,18 @@ impl DataArgs {
             mirrors: self.mirror.clone(),
         };
         if matches!(source, DataSource::Mnist | DataSource::FashionMnist) {
-            eprintln!("data: {source} (downloaded and verified into {} on first use)", download.cache_dir.display());
+            eprintln!(
+                "data: {source} (downloaded and verified into {} on first use)",
+                download.cache_dir.display()
+            );
         }
         let set = ImageSet::load(&source, Split::Train, &download)?;
         if set.height != IMAGE_SIZE || set.width != IMAGE_SIZE {
-            bail!("data set {source}: images are {}x{}, the model needs {IMAGE_SIZE}x{IMAGE_SIZE}", set.height, set.width);
+            bail!(
+                "data set {source}: images are {}x{}, the model needs {IMAGE_SIZE}x{IMAGE_SIZE}",
+                set.height,
+                set.width
+            );
         }
         Ok(match self.limit {
             Some(0) => bail!("invalid --limit: must be positive"),
@@ -169,7 +180,7 @@ struct DemoArgs {
 
 /// The demo's model and schedule, sized for a 2-core CPU.
 const DEMO_STEPS: u64 = 1500;
-const DEMO_WIDTHS: [usize; 3] = [32, 64, 128];
+const DEMO_WIDTHS: [usize; 3] = [16, 32, 64];
 const DEMO_BATCH: usize = 64;
 const DEMO_LR: f64 = 2e-3;
 
@@ -240,12 +251,29 @@ fn parse_widths(s: &str) -> std::result::Result<[usize; 3], String> {
     let widths: [usize; 3] = parts
         .try_into()
         .map_err(|_| format!("'{s}': expected exactly three widths"))?;
-    UNetConfig::with_widths(widths).validate().map_err(|e| e.to_string())?;
+    UNetConfig::with_widths(widths)
+        .validate()
+        .map_err(|e| e.to_string())?;
     Ok(widths)
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line: what was wrong with which flag (clap's usage hint dropped).
+            let rendered = e.render().to_string();
+            eprintln!(
+                "{} (see --help)",
+                rendered.lines().next().unwrap_or("invalid arguments")
+            );
+            return ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -311,22 +339,38 @@ impl TrainObserver for ProgressObserver {
         self.bar.set_length(total_steps);
     }
     fn on_step(&mut self, r: &StepReport) {
-        self.bar.set_message(format!("epoch {} loss {:.4} {:.0} img/s", r.epoch + 1, r.loss, r.img_s));
+        self.bar.set_message(format!(
+            "epoch {} loss {:.4} {:.0} img/s",
+            r.epoch + 1,
+            r.loss,
+            r.img_s
+        ));
         self.bar.inc(1);
     }
     fn on_epoch(&mut self, r: &EpochReport) {
-        self.bar
-            .println(format!("epoch {:>3}: mean loss {:.4} ({:.1} s)", r.epoch + 1, r.mean_loss, r.seconds));
+        self.bar.println(format!(
+            "epoch {:>3}: mean loss {:.4} ({:.1} s)",
+            r.epoch + 1,
+            r.mean_loss,
+            r.seconds
+        ));
     }
     fn on_checkpoint(&mut self, path: &Path) {
         self.bar.println(format!("checkpoint: {}", path.display()));
     }
 }
 
-fn run_training(config: &TrainConfig, data: &ImageSet, out: &Path, device: &Device) -> Result<train::TrainOutcome> {
+fn run_training(
+    config: &TrainConfig,
+    data: &ImageSet,
+    out: &Path,
+    device: &Device,
+) -> Result<train::TrainOutcome> {
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("valid template"),
     );
     let mut observer = ProgressObserver { bar };
     let outcome = train::train(config, data, out, device, &mut observer);
@@ -357,14 +401,29 @@ fn sample(args: SampleArgs, device: &Device) -> Result<()> {
     let dims = solution.x.dims();
     let values = sampling::to_vec(&solution.x);
     let seconds = started.elapsed().as_secs_f64();
-    image_out::save_grid(Images { pixels: &values, height: dims[2], width: dims[3] }, &args.out)?;
+    image_out::save_grid(
+        Images {
+            pixels: &values,
+            height: dims[2],
+            width: dims[3],
+        },
+        &args.out,
+    )?;
     println!(
         "{} samples, {} Euler steps (NFE {}), {:.1} s: {}",
-        dims[0], args.steps, solution.nfe, seconds, args.out.display()
+        dims[0],
+        args.steps,
+        solution.nfe,
+        seconds,
+        args.out.display()
     );
     if let Some(path) = &args.save_tensor {
         let mut file = TensorFile::default();
-        let tensor = NamedTensor { name: "x0".into(), shape: dims.to_vec(), values };
+        let tensor = NamedTensor {
+            name: "x0".into(),
+            shape: dims.to_vec(),
+            values,
+        };
         file.tensors.insert(tensor.name.clone(), tensor);
         file.write(path)?;
         println!("raw samples (tensor x0): {}", path.display());
@@ -372,7 +431,13 @@ fn sample(args: SampleArgs, device: &Device) -> Result<()> {
     Ok(())
 }
 
-fn write_trajectory(model: &SimpleUNet, x1: burn::tensor::Tensor<4>, steps: usize, strip: &Path, gif: &Path) -> Result<()> {
+fn write_trajectory(
+    model: &SimpleUNet,
+    x1: burn::tensor::Tensor<4>,
+    steps: usize,
+    strip: &Path,
+    gif: &Path,
+) -> Result<()> {
     let trajectory = sampling::trajectory(model, x1, steps);
     image_out::save_trajectory_strip(&trajectory.key_frames(), IMAGE_SIZE, IMAGE_SIZE, strip)?;
     image_out::save_trajectory_gif(&trajectory.frames, IMAGE_SIZE, IMAGE_SIZE, gif)?;
@@ -397,19 +462,42 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
     println!(
         "demo: training a {:?}-wide SimpleUNet for {} steps (batch {}, lr {}) on {} images ({}); \
          about 5 minutes on 2 CPU cores",
-        DEMO_WIDTHS, args.steps, DEMO_BATCH, DEMO_LR, data.len(), args.data.data
+        DEMO_WIDTHS,
+        args.steps,
+        DEMO_BATCH,
+        DEMO_LR,
+        data.len(),
+        args.data.data
     );
     let started = Instant::now();
     let outcome = run_training(&config, &data, &args.out, device)?;
-    println!("trained {} steps in {:.0} s, final loss {:.4}", outcome.steps, started.elapsed().as_secs_f64(), outcome.final_loss);
+    println!(
+        "trained {} steps in {:.0} s, final loss {:.4}",
+        outcome.steps,
+        started.elapsed().as_secs_f64(),
+        outcome.final_loss
+    );
     let model = load_model(&outcome.checkpoint, device)?;
     let grid = args.out.join("samples.png");
     let x1 = sampling::initial_noise(&model, 64, args.seed, device);
     let solution = euler(&model, x1, 50, |_, _, _| {});
     let values = sampling::to_vec(&solution.x);
-    image_out::save_grid(Images { pixels: &values, height: IMAGE_SIZE, width: IMAGE_SIZE }, &grid)?;
+    image_out::save_grid(
+        Images {
+            pixels: &values,
+            height: IMAGE_SIZE,
+            width: IMAGE_SIZE,
+        },
+        &grid,
+    )?;
     let x1 = sampling::initial_noise(&model, 4, args.seed + 1, device);
-    write_trajectory(&model, x1, 50, &args.out.join("trajectory.png"), &args.out.join("trajectory.gif"))?;
+    write_trajectory(
+        &model,
+        x1,
+        50,
+        &args.out.join("trajectory.png"),
+        &args.out.join("trajectory.gif"),
+    )?;
     println!("samples (64, 50 Euler steps): {}", grid.display());
     println!("loss curve:       {}", outcome.loss_curve.display());
     println!("checkpoint:       {}", outcome.checkpoint.display());
@@ -422,7 +510,9 @@ fn run_bench(args: BenchArgs, device: &Device) -> Result<()> {
         let exe = std::env::current_exe().context("locating the flowmatch executable")?;
         for widths in [[64, 128, 256], [32, 64, 128]] {
             let mut cmd = std::process::Command::new(&exe);
-            cmd.arg("bench").arg("--widths").arg(format!("{},{},{}", widths[0], widths[1], widths[2]));
+            cmd.arg("bench")
+                .arg("--widths")
+                .arg(format!("{},{},{}", widths[0], widths[1], widths[2]));
             if args.quick {
                 cmd.arg("--quick");
             }
@@ -450,11 +540,22 @@ fn run_bench(args: BenchArgs, device: &Device) -> Result<()> {
 fn info(path: &Path) -> Result<()> {
     let loaded = checkpoint::load(path, &Device::flex())?;
     let config = loaded.model.config();
-    let params: usize = loaded.model.named_parameters().iter().map(|t| t.values.len()).sum();
+    let params: usize = loaded
+        .model
+        .named_parameters()
+        .iter()
+        .map(|t| t.values.len())
+        .sum();
     println!("checkpoint: {}", path.display());
-    println!("network:    SimpleUNet widths {:?}, time embedding {}, {} parameters", config.widths, config.time_dim, params);
+    println!(
+        "network:    SimpleUNet widths {:?}, time embedding {}, {} parameters",
+        config.widths, config.time_dim, params
+    );
     match loaded.progress() {
-        Some(p) => println!("progress:   {} epochs, {} steps, last epoch loss {:?}", p.epoch, p.step, p.last_epoch_loss),
+        Some(p) => println!(
+            "progress:   {} epochs, {} steps, last epoch loss {:?}",
+            p.epoch, p.step, p.last_epoch_loss
+        ),
         None => println!("progress:   not recorded (e.g. a PyTorch export)"),
     }
     if let Some(toml) = loaded.metadata.get(checkpoint::META_TRAIN_CONFIG) {

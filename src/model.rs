@@ -49,7 +49,7 @@ impl UNetConfig {
 
     /// Checks that the widths work with GroupNorm(8) and the embedding is even and > 2.
     pub fn validate(&self) -> Result<()> {
-        if self.widths.iter().any(|w| *w == 0 || w % NORM_GROUPS != 0) {
+        if self.widths.iter().any(|w| *w == 0 || !w.is_multiple_of(NORM_GROUPS)) {
             return Err(Error::invalid(
                 "widths",
                 format!(
@@ -58,7 +58,7 @@ impl UNetConfig {
                 ),
             ));
         }
-        if self.time_dim < 4 || self.time_dim % 2 != 0 {
+        if self.time_dim < 4 || !self.time_dim.is_multiple_of(2) {
             return Err(Error::invalid(
                 "time embedding size",
                 format!("{}: must be even and at least 4", self.time_dim),
@@ -162,8 +162,20 @@ impl Dense {
         device: &Device,
     ) -> Result<Self> {
         Ok(Dense {
-            weight: param(source, &format!("{path}.weight"), [d_out, d_in], Init::FanIn(d_in), device)?,
-            bias: param(source, &format!("{path}.bias"), [d_out], Init::FanIn(d_in), device)?,
+            weight: param(
+                source,
+                &format!("{path}.weight"),
+                [d_out, d_in],
+                Init::FanIn(d_in),
+                device,
+            )?,
+            bias: param(
+                source,
+                &format!("{path}.bias"),
+                [d_out],
+                Init::FanIn(d_in),
+                device,
+            )?,
         })
     }
 
@@ -188,7 +200,9 @@ pub struct TimeMlp {
 pub fn sinusoidal_embedding(t: Tensor<1>, dim: usize) -> Tensor<2> {
     let half = dim / 2;
     let scale = (10000f64).ln() / (half as f64 - 1.0);
-    let freqs: Vec<f32> = (0..half).map(|k| (-(k as f64) * scale).exp() as f32).collect();
+    let freqs: Vec<f32> = (0..half)
+        .map(|k| (-(k as f64) * scale).exp() as f32)
+        .collect();
     let freqs = Tensor::<1>::from_data(TensorData::new(freqs, [half]), &t.device());
     let args = t.unsqueeze_dim::<2>(1) * freqs.unsqueeze_dim(0);
     Tensor::cat(vec![args.clone().sin(), args.cos()], 1)
@@ -261,12 +275,36 @@ impl Block {
             Resample::Up => ([c_in, c_out, 4, 4], c_out * 16),
         };
         let conv = ConvParams {
-            weight: param(source, &format!("{path}.conv.weight"), shape, Init::FanIn(fan_in), device)?,
-            bias: param(source, &format!("{path}.conv.bias"), [c_out], Init::FanIn(fan_in), device)?,
+            weight: param(
+                source,
+                &format!("{path}.conv.weight"),
+                shape,
+                Init::FanIn(fan_in),
+                device,
+            )?,
+            bias: param(
+                source,
+                &format!("{path}.conv.bias"),
+                [c_out],
+                Init::FanIn(fan_in),
+                device,
+            )?,
         };
         let norm = GroupNormParams {
-            weight: param(source, &format!("{path}.norm.weight"), [c_out], Init::Constant(1.0), device)?,
-            bias: param(source, &format!("{path}.norm.bias"), [c_out], Init::Constant(0.0), device)?,
+            weight: param(
+                source,
+                &format!("{path}.norm.weight"),
+                [c_out],
+                Init::Constant(1.0),
+                device,
+            )?,
+            bias: param(
+                source,
+                &format!("{path}.norm.bias"),
+                [c_out],
+                Init::Constant(0.0),
+                device,
+            )?,
         };
         Ok(Block {
             time_mlp: Dense::build(source, &format!("{path}.time_mlp"), time_dim, c_out, device)?,
@@ -292,7 +330,12 @@ impl Block {
         };
         let [b, c, _, _] = h.dims();
         let h = h + self.time_mlp.forward(t_emb).reshape([b, c, 1, 1]);
-        silu(group_norm(h, NORM_GROUPS, self.norm.weight.val(), self.norm.bias.val()))
+        silu(group_norm(
+            h,
+            NORM_GROUPS,
+            self.norm.weight.val(),
+            self.norm.bias.val(),
+        ))
     }
 }
 
@@ -325,13 +368,18 @@ pub struct SimpleUNet {
 
 impl SimpleUNet {
     /// Builds the network, taking every parameter from `source`.
-    pub fn build<S: ParamSource>(config: UNetConfig, source: &mut S, device: &Device) -> Result<Self> {
+    pub fn build<S: ParamSource>(
+        config: UNetConfig,
+        source: &mut S,
+        device: &Device,
+    ) -> Result<Self> {
         config.validate()?;
         let [c1, c2, c3] = config.widths;
         let td = config.time_dim;
         let cin = config.in_channels;
         use Resample::*;
-        let mut block = |name: &str, chans, resample| Block::build(source, name, chans, resample, td, device);
+        let mut block =
+            |name: &str, chans, resample| Block::build(source, name, chans, resample, td, device);
         let down1 = block("down1", (cin, c1), Same)?;
         let down2 = block("down2", (c1, c2), Down)?;
         let down3 = block("down3", (c2, c3), Down)?;
@@ -345,7 +393,13 @@ impl SimpleUNet {
             fc2: Dense::build(source, "time_mlp.fc2", td, td, device)?,
         };
         let out = ConvParams {
-            weight: param(source, "out.weight", [cin, c1, 1, 1], Init::FanIn(c1), device)?,
+            weight: param(
+                source,
+                "out.weight",
+                [cin, c1, 1, 1],
+                Init::FanIn(c1),
+                device,
+            )?,
             bias: param(source, "out.bias", [cin], Init::FanIn(c1), device)?,
         };
         Ok(SimpleUNet {
@@ -376,7 +430,10 @@ impl SimpleUNet {
     /// Predicted velocity for images `x` (`[batch, c, 28, 28]`) at times `t` (`[batch]`, in [0, 1]).
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
         let t_emb = sinusoidal_embedding(t * 1000.0, self.config.time_dim);
-        let t_emb = self.time_mlp.fc2.forward(silu(self.time_mlp.fc1.forward(t_emb)));
+        let t_emb = self
+            .time_mlp
+            .fc2
+            .forward(silu(self.time_mlp.fc1.forward(t_emb)));
         let x1 = self.down1.forward(x, t_emb.clone());
         let x2 = self.down2.forward(x1.clone(), t_emb.clone());
         let x3 = self.down3.forward(x2.clone(), t_emb.clone());
@@ -430,11 +487,77 @@ impl ModuleVisitor for ParamCollector {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let tensor = param.val();
         let shape = tensor.dims().to_vec();
-        let values = tensor.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 parameter data");
+        let values = tensor
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32 parameter data");
         self.tensors.push(NamedTensor {
             name: pytorch_name(&self.path.join(".")),
             shape,
             values,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pytorch_names_and_shapes() {
+        let device = Device::flex();
+        let model = SimpleUNet::init(UNetConfig::with_widths([8, 16, 32]), 0, &device).unwrap();
+        let params = model.named_parameters();
+        assert_eq!(params.len(), 54);
+        let find = |name: &str| {
+            params
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.shape.clone())
+        };
+        assert_eq!(find("time_mlp.1.weight"), Some(vec![32, 32]));
+        assert_eq!(find("time_mlp.3.bias"), Some(vec![32]));
+        assert_eq!(find("down1.conv.weight"), Some(vec![8, 1, 3, 3]));
+        assert_eq!(find("up1.conv.weight"), Some(vec![64, 16, 4, 4]));
+        assert_eq!(find("up3.conv.weight"), Some(vec![8, 16, 3, 3]));
+        assert_eq!(find("mid2.norm.weight"), Some(vec![32]));
+        assert_eq!(find("out.weight"), Some(vec![1, 8, 1, 1]));
+    }
+
+    #[test]
+    fn forward_keeps_the_image_shape() {
+        let device = Device::flex();
+        let model = SimpleUNet::init(UNetConfig::with_widths([8, 16, 32]), 0, &device).unwrap();
+        let x = Tensor::<4>::zeros([2, 1, 28, 28], &device);
+        let v = model.forward(x, Tensor::from_floats([0.1, 0.9], &device));
+        assert_eq!(v.dims(), [2, 1, 28, 28]);
+    }
+
+    #[test]
+    fn initialisation_follows_pytorch_bounds_and_seed() {
+        let device = Device::flex();
+        let config = UNetConfig::with_widths([8, 16, 32]);
+        let a = SimpleUNet::init(config, 5, &device)
+            .unwrap()
+            .named_parameters();
+        let b = SimpleUNet::init(config, 5, &device)
+            .unwrap()
+            .named_parameters();
+        for (p, q) in a.iter().zip(&b) {
+            assert_eq!(p.values, q.values, "{}", p.name);
+        }
+        let conv = a.iter().find(|p| p.name == "down2.conv.weight").unwrap();
+        let bound = 1.0 / ((8 * 9) as f32).sqrt();
+        assert!(conv.values.iter().all(|v| v.abs() <= bound));
+        assert!(conv.values.iter().any(|v| v.abs() > bound * 0.9));
+        let gamma = a.iter().find(|p| p.name == "down2.norm.weight").unwrap();
+        assert!(gamma.values.iter().all(|&v| v == 1.0));
+    }
+
+    #[test]
+    fn widths_must_suit_group_norm() {
+        assert!(UNetConfig::with_widths([12, 16, 32]).validate().is_err());
+        assert!(UNetConfig::with_widths([8, 16, 32]).validate().is_ok());
     }
 }

@@ -26,7 +26,9 @@ pub fn initial_noise(model: &SimpleUNet, n: usize, seed: u64, device: &Device) -
 pub fn check_noise_shape(model: &SimpleUNet, shape: &[usize]) -> Result<[usize; 4]> {
     let c = model.config().in_channels;
     match shape {
-        &[n, ch, h, w] if n > 0 && ch == c && h == IMAGE_SIZE && w == IMAGE_SIZE => Ok([n, ch, h, w]),
+        &[n, ch, h, w] if n > 0 && ch == c && h == IMAGE_SIZE && w == IMAGE_SIZE => {
+            Ok([n, ch, h, w])
+        }
         _ => Err(Error::invalid(
             "initial noise",
             format!("shape {shape:?}, expected [N, {c}, {IMAGE_SIZE}, {IMAGE_SIZE}] with N > 0"),
@@ -48,7 +50,10 @@ pub fn capture_steps(steps: usize) -> Vec<usize> {
 
 /// Host copy of a tensor's values.
 pub fn to_vec(x: &Tensor<4>) -> Vec<f32> {
-    x.to_data().convert::<f32>().try_into_vec::<f32>().expect("f32 tensor")
+    x.to_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 tensor")
 }
 
 /// Builds a tensor from host values.
@@ -81,7 +86,10 @@ impl Trajectory {
 pub fn trajectory(model: &SimpleUNet, x1: Tensor<4>, steps: usize) -> Trajectory {
     let mut frames = Vec::with_capacity(steps + 1);
     let solution = euler(model, x1, steps, |_, t, x| {
-        frames.push(TrajectoryFrame { t, pixels: to_vec(x) });
+        frames.push(TrajectoryFrame {
+            t,
+            pixels: to_vec(x),
+        });
     });
     frames.push(TrajectoryFrame {
         t: 0.0,

@@ -31,7 +31,10 @@ impl TensorFile {
             if view.dtype() != Dtype::F32 {
                 return Err(Error::bad_file(
                     path,
-                    format!("tensor '{name}' is {:?}; flowmatch reads float32 tensors", view.dtype()),
+                    format!(
+                        "tensor '{name}' is {:?}; flowmatch reads float32 tensors",
+                        view.dtype()
+                    ),
                 ));
             }
             let values = view
@@ -58,7 +61,10 @@ impl TensorFile {
             let names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
             Error::bad_file(
                 path,
-                format!("no tensor named '{name}' (the file holds: {})", names.join(", ")),
+                format!(
+                    "no tensor named '{name}' (the file holds: {})",
+                    names.join(", ")
+                ),
             )
         })
     }
@@ -91,12 +97,22 @@ impl TensorFile {
 /// never a partial one: the data goes to a temporary file in the same folder, is synced, and is
 /// renamed over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::invalid("output path", format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
+    let file_name = path.file_name().ok_or_else(|| {
+        Error::invalid(
+            "output path",
+            format!("{} has no file name", path.display()),
+        )
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;

@@ -75,7 +75,11 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         let positive = |what: &str, ok: bool| {
-            if ok { Ok(()) } else { Err(Error::invalid(what, "must be positive")) }
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::invalid(what, "must be positive"))
+            }
         };
         positive("batch size", self.batch_size > 0)?;
         positive("epochs", self.epochs > 0)?;
@@ -83,7 +87,10 @@ impl TrainConfig {
         positive("max steps", self.max_steps != Some(0))?;
         positive("gradient clip", self.grad_clip.is_none_or(|c| c > 0.0))?;
         if !(0.0..1.0).contains(&self.betas.0) || !(0.0..1.0).contains(&self.betas.1) {
-            return Err(Error::invalid("betas", format!("{:?}: each must be in [0, 1)", self.betas)));
+            return Err(Error::invalid(
+                "betas",
+                format!("{:?}: each must be in [0, 1)", self.betas),
+            ));
         }
         Ok(())
     }
@@ -172,7 +179,8 @@ pub fn train(
     let mut optimizer = adamw(config);
 
     let metrics_path = out_dir.join("metrics.jsonl");
-    let mut metrics = BufWriter::new(File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?);
+    let mut metrics =
+        BufWriter::new(File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?);
     let mut log = |line: String| {
         writeln!(metrics, "{line}")
             .and_then(|_| metrics.flush())
@@ -203,8 +211,9 @@ pub fn train(
             let indices = order.batch(b);
             let (x0, _labels) = data.batch(indices, &device);
             let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step));
-            let (updated, loss_value, grad_norm) = train_step(model, &mut optimizer, x0, &mut rng, config)
-                .map_err(|loss| Error::Diverged { step, loss })?;
+            let (updated, loss_value, grad_norm) =
+                train_step(model, &mut optimizer, x0, &mut rng, config)
+                    .map_err(|loss| Error::Diverged { step, loss })?;
             model = updated;
 
             let report = StepReport {
@@ -238,14 +247,32 @@ pub fn train(
         let epochs_done = epoch + 1;
         if config.checkpoint_every > 0 && epochs_done % config.checkpoint_every == 0 {
             let path = out_dir.join(format!("epoch-{epochs_done:04}.safetensors"));
-            save_checkpoint(&model, config, Progress { epoch: epochs_done, step, last_epoch_loss }, &path)?;
+            save_checkpoint(
+                &model,
+                config,
+                Progress {
+                    epoch: epochs_done,
+                    step,
+                    last_epoch_loss,
+                },
+                &path,
+            )?;
             observer.on_checkpoint(&path);
             image_out::loss_curve(&step_losses, &epoch_losses, &loss_curve)?;
         }
     }
     let epochs_done = epoch_losses.len();
     let checkpoint = out_dir.join(FINAL_CHECKPOINT);
-    save_checkpoint(&model, config, Progress { epoch: epochs_done, step, last_epoch_loss }, &checkpoint)?;
+    save_checkpoint(
+        &model,
+        config,
+        Progress {
+            epoch: epochs_done,
+            step,
+            last_epoch_loss,
+        },
+        &checkpoint,
+    )?;
     observer.on_checkpoint(&checkpoint);
     image_out::loss_curve(&step_losses, &epoch_losses, &loss_curve)?;
     Ok(TrainOutcome {
@@ -292,7 +319,11 @@ pub fn train_step(
     if let Some(max_norm) = config.grad_clip {
         scale_grads(&model, &mut grads, clip_factor(grad_norm, max_norm));
     }
-    Ok((optimizer.step(config.lr, model, grads), loss_value, grad_norm))
+    Ok((
+        optimizer.step(config.lr, model, grads),
+        loss_value,
+        grad_norm,
+    ))
 }
 
 /// Seed of the noise and times of one step: a pure function of (seed, step), so resuming at
@@ -301,9 +332,17 @@ fn step_seed(seed: u64, step: u64) -> u64 {
     seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-fn save_checkpoint(model: &SimpleUNet, config: &TrainConfig, progress: Progress, path: &Path) -> Result<()> {
+fn save_checkpoint(
+    model: &SimpleUNet,
+    config: &TrainConfig,
+    progress: Progress,
+    path: &Path,
+) -> Result<()> {
     let metadata = HashMap::from([
-        (META_PROGRESS.to_string(), serde_json::to_string(&progress).expect("progress serialises")),
+        (
+            META_PROGRESS.to_string(),
+            serde_json::to_string(&progress).expect("progress serialises"),
+        ),
         (META_TRAIN_CONFIG.to_string(), config.to_toml()),
     ]);
     checkpoint::save(model, metadata, path)
@@ -327,12 +366,18 @@ pub fn global_grad_norm<M: Module>(model: &M, grads: &GradientsParams) -> f32 {
             }
         }
     }
-    let mut visitor = SquaredSums { grads, sums: Vec::new() };
+    let mut visitor = SquaredSums {
+        grads,
+        sums: Vec::new(),
+    };
     model.visit(&mut visitor);
     if visitor.sums.is_empty() {
         return 0.0;
     }
-    Tensor::cat(visitor.sums, 0).sum().sqrt().into_scalar::<f32>()
+    Tensor::cat(visitor.sums, 0)
+        .sum()
+        .sqrt()
+        .into_scalar::<f32>()
 }
 
 /// Multiplies every gradient of `model` by `factor` (no-op when `factor` is 1).

@@ -47,7 +47,10 @@ fn checkpoint_round_trip_keeps_pytorch_names_and_values() {
     let path = parity_dir().join("weights.safetensors");
     let original = TensorFile::read(&path).unwrap();
     let loaded = checkpoint::load(&path, &device).unwrap();
-    let out = std::env::temp_dir().join(format!("flowmatch-roundtrip-{}.safetensors", std::process::id()));
+    let out = std::env::temp_dir().join(format!(
+        "flowmatch-roundtrip-{}.safetensors",
+        std::process::id()
+    ));
     checkpoint::save(&loaded.model, Default::default(), &out).unwrap();
     let saved = TensorFile::read(&out).unwrap();
     std::fs::remove_file(&out).unwrap();

@@ -16,7 +16,8 @@ impl EpochOrder {
     /// The order of `epoch` for `len` items under `seed`.
     pub fn new(len: usize, batch_size: usize, seed: u64, epoch: usize) -> Self {
         let mut order: Vec<usize> = (0..len).collect();
-        let mut rng = StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng =
+            StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         order.shuffle(&mut rng);
         EpochOrder { order, batch_size }
     }

@@ -85,16 +85,27 @@ const MAX_DOWNLOAD_BYTES: u64 = 64 << 20;
 
 /// Hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Makes sure every file of `dataset` is in `cache_dir/<name>/` with the right checksum,
 /// downloading what is missing or wrong from `mirrors` (or the data set's own mirrors when
 /// empty). Returns the folder. A file whose checksum does not match is never kept.
-pub fn ensure_dataset(dataset: &RemoteDataset, mirrors: &[String], cache_dir: &Path) -> Result<PathBuf> {
+pub fn ensure_dataset(
+    dataset: &RemoteDataset,
+    mirrors: &[String],
+    cache_dir: &Path,
+) -> Result<PathBuf> {
     let dir = cache_dir.join(dataset.name);
     let default_mirrors: Vec<String> = dataset.mirrors.iter().map(|m| m.to_string()).collect();
-    let mirrors = if mirrors.is_empty() { &default_mirrors[..] } else { mirrors };
+    let mirrors = if mirrors.is_empty() {
+        &default_mirrors[..]
+    } else {
+        mirrors
+    };
     for file in &dataset.files {
         let dest = dir.join(file.name);
         if let Ok(bytes) = std::fs::read(&dest) {

@@ -51,7 +51,10 @@ pub fn parse_idx(bytes: &[u8]) -> std::result::Result<IdxArray, String> {
     }
     let header = 4 + 4 * rank;
     if bytes.len() < header {
-        return Err(format!("truncated IDX header ({} of {header} bytes)", bytes.len()));
+        return Err(format!(
+            "truncated IDX header ({} of {header} bytes)",
+            bytes.len()
+        ));
     }
     let dims: Vec<usize> = bytes[4..header]
         .chunks_exact(4)
@@ -110,9 +113,21 @@ mod tests {
         let mut bad_magic = idx(&[1], &[0]);
         bad_magic[2] = 0x0d;
         assert!(parse_idx(&bad_magic).unwrap_err().contains("magic"));
-        assert!(parse_idx(&idx(&[3, 2], &[0; 5])).unwrap_err().contains("truncated"));
-        assert!(parse_idx(&idx(&[3], &[0; 4])).unwrap_err().contains("trailing"));
+        assert!(
+            parse_idx(&idx(&[3, 2], &[0; 5]))
+                .unwrap_err()
+                .contains("truncated")
+        );
+        assert!(
+            parse_idx(&idx(&[3], &[0; 4]))
+                .unwrap_err()
+                .contains("trailing")
+        );
         assert!(parse_idx(&[0, 0, 8, 3, 0]).unwrap_err().contains("header"));
-        assert!(parse_idx(&[0x1f, 0x8b, 1, 2, 3]).unwrap_err().contains("gzip"));
+        assert!(
+            parse_idx(&[0x1f, 0x8b, 1, 2, 3])
+                .unwrap_err()
+                .contains("gzip")
+        );
     }
 }

@@ -139,7 +139,11 @@ impl ImageSet {
             return Err(Error::bad_file(source, "the data set holds no image"));
         }
         Ok(ImageSet {
-            pixels: images.data.iter().map(|&p| p as f32 / 127.5 - 1.0).collect(),
+            pixels: images
+                .data
+                .iter()
+                .map(|&p| p as f32 / 127.5 - 1.0)
+                .collect(),
             labels: labels.data,
             height,
             width,
@@ -152,7 +156,11 @@ impl ImageSet {
             DataSource::Embedded => embedded(split),
             DataSource::Dir(dir) => from_dir(dir, split),
             DataSource::Mnist => {
-                let dir = download::ensure_dataset(&download::MNIST, &download.mirrors, &download.cache_dir)?;
+                let dir = download::ensure_dataset(
+                    &download::MNIST,
+                    &download.mirrors,
+                    &download.cache_dir,
+                )?;
                 from_dir(&dir, split)
             }
             DataSource::FashionMnist => {
@@ -190,7 +198,10 @@ impl ImageSet {
         }
         let labels = indices.iter().map(|&i| self.labels[i]).collect();
         let shape = [indices.len(), 1, self.height, self.width];
-        (Tensor::from_data(TensorData::new(values, shape), device), labels)
+        (
+            Tensor::from_data(TensorData::new(values, shape), device),
+            labels,
+        )
     }
 }
 
@@ -228,7 +239,10 @@ fn idx_file(dir: &Path, split: Split, kind: &str) -> Result<PathBuf> {
 
 fn from_dir(dir: &Path, split: Split) -> Result<ImageSet> {
     if !dir.is_dir() {
-        return Err(Error::bad_file(dir, "no such data folder (or data set name: embedded, mnist, fashion-mnist)"));
+        return Err(Error::bad_file(
+            dir,
+            "no such data folder (or data set name: embedded, mnist, fashion-mnist)",
+        ));
     }
     let images_path = idx_file(dir, split, "images-idx3-ubyte")?;
     let labels_path = idx_file(dir, split, "labels-idx1-ubyte")?;

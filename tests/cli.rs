@@ -1,0 +1,300 @@
+//! The command line end to end: happy paths on tiny models and the reference weights, and
+//! every kind of bad input giving a one-line error, a non-zero exit and no overwritten file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use flowmatch::model::NamedTensor;
+use flowmatch::tensor_file::TensorFile;
+
+fn flowmatch(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flowmatch"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("runs the flowmatch binary")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowmatch-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn parity(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/parity/seed-unet")
+        .join(file)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Asserts a clean failure: exit code non-zero, one line on stderr containing every `needle`.
+fn assert_clean_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "not one line: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "'{needle}' not in: {stderr}");
+    }
+}
+
+#[test]
+fn a_pytorch_export_loads_and_samples_like_the_reference() {
+    let dir = temp_dir("pytorch");
+    let raw = dir.join("x0.safetensors");
+    let png = dir.join("grid.png");
+    let out = flowmatch(&[
+        "sample",
+        "--checkpoint",
+        s(&parity("weights.safetensors")),
+        "--init-noise",
+        s(&parity("cases.safetensors")),
+        "--steps",
+        "10",
+        "--out",
+        s(&png),
+        "--save-tensor",
+        s(&raw),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours = TensorFile::read(&raw).unwrap();
+    let reference = TensorFile::read(&parity("cases.safetensors")).unwrap();
+    let (a, b) = (&ours.tensors["x0"], &reference.tensors["x0_steps10"]);
+    assert_eq!(a.shape, vec![4, 1, 28, 28]);
+    let err = a
+        .values
+        .iter()
+        .zip(&b.values)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    assert!(err <= 1e-3, "max abs error {err}");
+    let grid = image::open(&png).unwrap();
+    assert_eq!((grid.width(), grid.height()), (2 + 2 * 30, 2 + 2 * 30));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn train_sample_trajectory_and_info_on_a_tiny_model() {
+    let dir = temp_dir("tiny");
+    let run = dir.join("run");
+    let out = flowmatch(&[
+        "train",
+        "--widths",
+        "8,16,32",
+        "--limit",
+        "64",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--out",
+        s(&run),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ckpt = run.join("final.safetensors");
+    assert!(
+        ckpt.is_file()
+            && run.join("loss_curve.png").is_file()
+            && run.join("metrics.jsonl").is_file()
+    );
+
+    let grid = dir.join("samples.png");
+    let out = flowmatch(&[
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--n",
+        "9",
+        "--steps",
+        "3",
+        "--out",
+        s(&grid),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = image::open(&grid).unwrap();
+    assert_eq!((img.width(), img.height()), (92, 92));
+
+    let (strip, gif) = (dir.join("traj.png"), dir.join("traj.gif"));
+    let out = flowmatch(&[
+        "trajectory",
+        "--checkpoint",
+        s(&ckpt),
+        "--n",
+        "2",
+        "--steps",
+        "10",
+        "--out",
+        s(&strip),
+        "--gif",
+        s(&gif),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let strip_img = image::open(&strip).unwrap();
+    // 7 captured states (0,1,2,4,6,8,9 of 10) plus t=0: 8 columns; 2 rows of 84-px images.
+    assert_eq!(strip_img.width() % 8, 0);
+    assert!(strip_img.height() > 2 * 84);
+    let frames = image::codecs::gif::GifDecoder::new(std::io::BufReader::new(
+        std::fs::File::open(&gif).unwrap(),
+    ))
+    .map(|d| image::AnimationDecoder::into_frames(d).count())
+    .unwrap();
+    assert_eq!(frames, 11);
+
+    let out = flowmatch(&["info", s(&ckpt)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("[8, 16, 32]")
+            && stdout.contains("2 steps")
+            && stdout.contains("batch_size = 32"),
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn missing_truncated_and_corrupt_data_files_fail_cleanly() {
+    let dir = temp_dir("baddata");
+    let out = flowmatch(&[
+        "train",
+        "--data",
+        s(&dir.join("nowhere")),
+        "--out",
+        s(&dir.join("run")),
+    ]);
+    assert_clean_error(&out, &["nowhere", "no such data folder"]);
+
+    // Truncated gzip images in an otherwise valid folder.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/mnist-10k");
+    for name in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"] {
+        std::fs::copy(src.join(name), dir.join(name)).unwrap();
+    }
+    let images = dir.join("train-images-idx3-ubyte.gz");
+    let bytes = std::fs::read(&images).unwrap();
+    std::fs::write(&images, &bytes[..bytes.len() / 2]).unwrap();
+    let out = flowmatch(&["train", "--data", s(&dir), "--out", s(&dir.join("run"))]);
+    assert_clean_error(&out, &["train-images-idx3-ubyte.gz", "gzip"]);
+
+    // Raw file with a wrong magic number.
+    std::fs::remove_file(&images).unwrap();
+    std::fs::write(
+        dir.join("train-images-idx3-ubyte"),
+        [0u8, 0, 9, 3, 0, 0, 0, 1],
+    )
+    .unwrap();
+    let out = flowmatch(&["train", "--data", s(&dir), "--out", s(&dir.join("run"))]);
+    assert_clean_error(&out, &["train-images-idx3-ubyte", "magic"]);
+    assert!(!dir.join("run").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_checkpoints_and_noise_fail_without_overwriting_outputs() {
+    let dir = temp_dir("badckpt");
+    let existing = dir.join("keep.png");
+    std::fs::write(&existing, b"previous result").unwrap();
+    let keep = s(&existing);
+
+    let out = flowmatch(&[
+        "sample",
+        "--checkpoint",
+        s(&dir.join("absent.safetensors")),
+        "--out",
+        keep,
+    ]);
+    assert_clean_error(&out, &["absent.safetensors"]);
+
+    let corrupt = dir.join("corrupt.safetensors");
+    std::fs::write(&corrupt, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json").unwrap();
+    let out = flowmatch(&["sample", "--checkpoint", s(&corrupt), "--out", keep]);
+    assert_clean_error(&out, &["corrupt.safetensors", "safetensors"]);
+
+    // A checkpoint of another architecture.
+    let other = dir.join("other.safetensors");
+    let mut file = TensorFile::default();
+    let t = NamedTensor {
+        name: "encoder.weight".into(),
+        shape: vec![4, 4],
+        values: vec![0.0; 16],
+    };
+    file.tensors.insert(t.name.clone(), t);
+    file.write(&other).unwrap();
+    let out = flowmatch(&["sample", "--checkpoint", s(&other), "--out", keep]);
+    assert_clean_error(&out, &["other.safetensors", "not a SimpleUNet checkpoint"]);
+
+    // Wrong-shaped starting noise.
+    let noise = dir.join("noise.safetensors");
+    let mut file = TensorFile::default();
+    let t = NamedTensor {
+        name: "x1".into(),
+        shape: vec![2, 1, 14, 14],
+        values: vec![0.0; 392],
+    };
+    file.tensors.insert(t.name.clone(), t);
+    file.write(&noise).unwrap();
+    let ckpt = parity("weights.safetensors");
+    let out = flowmatch(&[
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--init-noise",
+        s(&noise),
+        "--out",
+        keep,
+    ]);
+    assert_clean_error(&out, &["noise.safetensors", "[2, 1, 14, 14]"]);
+
+    // Bad flag values.
+    let out = flowmatch(&[
+        "train",
+        "--widths",
+        "10,20,30",
+        "--out",
+        s(&dir.join("run")),
+    ]);
+    assert_clean_error(&out, &["--widths", "multiple of 8"]);
+    let out = flowmatch(&[
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--steps",
+        "0",
+        "--out",
+        keep,
+    ]);
+    assert_clean_error(&out, &["--steps"]);
+    let out = flowmatch(&[
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--n",
+        "many",
+        "--out",
+        keep,
+    ]);
+    assert!(!out.status.success());
+
+    assert_eq!(std::fs::read(&existing).unwrap(), b"previous result");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
