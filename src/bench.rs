@@ -125,7 +125,7 @@ pub fn run(config: &BenchConfig, device: &Device) -> Result<BenchResult> {
         || {
             let current = model.take().expect("model present between steps");
             let (next, _, _) =
-                train_step(current, &mut optimizer, x0.clone(), &mut rng, &train_config)
+                train_step(current, &mut optimizer, x0.clone(), &mut rng, train_config.lr, &train_config)
                     .expect("random-data training step stays finite");
             model = Some(next);
         },

@@ -9,6 +9,7 @@ use std::path::Path;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::ema::Ema;
 use crate::error::{Error, Result};
 use crate::model::{Init, ParamSource, SimpleUNet, UNetConfig};
 use crate::tensor_file::TensorFile;
@@ -19,6 +20,29 @@ pub const META_UNET: &str = "flowmatch.unet";
 pub const META_PROGRESS: &str = "flowmatch.progress";
 /// Metadata key of the training configuration (TOML).
 pub const META_TRAIN_CONFIG: &str = "flowmatch.train_config";
+/// Metadata key of the EMA state (JSON of [`EmaInfo`]).
+pub const META_EMA: &str = "flowmatch.ema";
+/// Prefix of the EMA copies of the parameters (`ema.down1.conv.weight`, ...).
+pub const EMA_PREFIX: &str = "ema.";
+
+/// Which weights to load from a checkpoint that holds both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Weights {
+    /// The exponential moving average when the file has one, else the raw weights.
+    #[default]
+    PreferEma,
+    /// The raw (last optimiser step) weights.
+    Raw,
+}
+
+/// The EMA settings stored beside the averaged weights.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EmaInfo {
+    /// Decay of the average.
+    pub decay: f64,
+    /// Updates the average has seen.
+    pub updates: u64,
+}
 
 /// How far training had got when a checkpoint was written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -38,6 +62,8 @@ pub struct LoadedModel {
     pub model: SimpleUNet,
     /// The file's metadata (empty for a plain PyTorch export).
     pub metadata: HashMap<String, String>,
+    /// Whether `model` holds the EMA weights.
+    pub is_ema: bool,
 }
 
 impl LoadedModel {
@@ -47,10 +73,16 @@ impl LoadedModel {
             .get(META_PROGRESS)
             .and_then(|s| serde_json::from_str(s).ok())
     }
+
+    /// The EMA settings recorded in the file, if it holds an average.
+    pub fn ema_info(&self) -> Option<EmaInfo> {
+        self.metadata.get(META_EMA).and_then(|s| serde_json::from_str(s).ok())
+    }
 }
 
-/// Writes the model's parameters and `metadata` to `path` atomically.
-pub fn save(model: &SimpleUNet, metadata: HashMap<String, String>, path: &Path) -> Result<()> {
+/// Writes the model's parameters (and, when given, their EMA as `ema.*`) and `metadata` to
+/// `path` atomically.
+pub fn save(model: &SimpleUNet, ema: Option<&Ema>, metadata: HashMap<String, String>, path: &Path) -> Result<()> {
     let mut file = TensorFile {
         metadata,
         ..Default::default()
@@ -61,17 +93,36 @@ pub fn save(model: &SimpleUNet, metadata: HashMap<String, String>, path: &Path) 
     for tensor in model.named_parameters() {
         file.tensors.insert(tensor.name.clone(), tensor);
     }
+    if let Some(ema) = ema {
+        let info = EmaInfo {
+            decay: ema.decay(),
+            updates: ema.updates(),
+        };
+        file.metadata.insert(META_EMA.into(), serde_json::to_string(&info).expect("serialises"));
+        for mut tensor in ema.model().named_parameters() {
+            tensor.name = format!("{EMA_PREFIX}{}", tensor.name);
+            file.tensors.insert(tensor.name.clone(), tensor);
+        }
+    }
     file.write(path)
 }
 
-/// Loads a SimpleUNet checkpoint onto `device`, checking every tensor's name and shape.
+/// Loads a SimpleUNet checkpoint onto `device` (its EMA weights when it has them), checking
+/// every tensor's name and shape.
 pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
+    load_weights(path, device, Weights::PreferEma)
+}
+
+/// Loads the chosen weights of a SimpleUNet checkpoint onto `device`.
+pub fn load_weights(path: &Path, device: &Device, weights: Weights) -> Result<LoadedModel> {
     let file = TensorFile::read(path)?;
     let config = infer_config(&file, path)?;
+    let has_ema = file.tensors.keys().any(|k| k.starts_with(EMA_PREFIX));
+    let is_ema = has_ema && weights == Weights::PreferEma;
     let mut source = FileParams {
         file: &file,
         path,
-        used: 0,
+        prefix: if is_ema { EMA_PREFIX } else { "" },
     };
     let model = SimpleUNet::build(config, &mut source, device).map_err(|e| match e {
         Error::Invalid { reason, .. } => {
@@ -79,29 +130,19 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
         }
         other => other,
     })?;
-    if source.used != file.tensors.len() {
-        let expected: Vec<String> = model
-            .named_parameters()
-            .into_iter()
-            .map(|t| t.name)
-            .collect();
-        let extra: Vec<&str> = file
-            .tensors
-            .keys()
-            .filter(|k| !expected.contains(k))
-            .map(String::as_str)
-            .collect();
+    let names: Vec<String> = model.named_parameters().into_iter().map(|t| t.name).collect();
+    let known = |k: &str| names.iter().any(|n| n == k.strip_prefix(EMA_PREFIX).unwrap_or(k));
+    let extra: Vec<&str> = file.tensors.keys().map(String::as_str).filter(|k| !known(k)).collect();
+    if !extra.is_empty() {
         return Err(Error::bad_file(
             path,
-            format!(
-                "not a SimpleUNet checkpoint: unexpected tensors {}",
-                extra.join(", ")
-            ),
+            format!("not a SimpleUNet checkpoint: unexpected tensors {}", extra.join(", ")),
         ));
     }
     Ok(LoadedModel {
         model,
         metadata: file.metadata,
+        is_ema,
     })
 }
 
@@ -139,7 +180,7 @@ fn infer_config(file: &TensorFile, path: &Path) -> Result<UNetConfig> {
 struct FileParams<'a> {
     file: &'a TensorFile,
     path: &'a Path,
-    used: usize,
+    prefix: &'a str,
 }
 
 impl ParamSource for FileParams<'_> {
@@ -150,6 +191,7 @@ impl ParamSource for FileParams<'_> {
         _init: Init,
         device: &Device,
     ) -> Result<Tensor<D>> {
+        let name = &format!("{}{name}", self.prefix);
         let stored = self.file.tensors.get(name).ok_or_else(|| {
             Error::bad_file(
                 self.path,
@@ -165,7 +207,6 @@ impl ParamSource for FileParams<'_> {
                 ),
             ));
         }
-        self.used += 1;
         Ok(Tensor::from_data(
             TensorData::new(stored.values.clone(), shape),
             device,

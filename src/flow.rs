@@ -7,6 +7,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
 use rand_distr::StandardNormal;
+use serde::{Deserialize, Serialize};
 
 /// The inputs and target of one flow-matching training step.
 #[derive(Debug, Clone)]
@@ -54,8 +55,38 @@ pub fn gaussian_noise<R: Rng>(rng: &mut R, shape: [usize; 4], device: &Device) -
 
 /// Training times drawn uniformly from [0, 1), as in the reference.
 pub fn uniform_times<R: Rng>(rng: &mut R, batch: usize, device: &Device) -> Tensor<1> {
-    let values: Vec<f32> = (0..batch).map(|_| rng.random::<f32>()).collect();
-    Tensor::from_data(TensorData::new(values, [batch]), device)
+    TimeSampling::Uniform.sample(rng, batch, device)
+}
+
+/// How training times are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum TimeSampling {
+    /// Uniform on [0, 1) (the reference).
+    Uniform,
+    /// `sigmoid(n)` with `n ~ N(mean, std^2)`: more weight on intermediate times (Esser et al. 2024).
+    LogitNormal {
+        /// Mean of the underlying normal.
+        mean: f32,
+        /// Standard deviation of the underlying normal.
+        std: f32,
+    },
+}
+
+impl TimeSampling {
+    /// `batch` times drawn from `rng`.
+    pub fn sample<R: Rng>(&self, rng: &mut R, batch: usize, device: &Device) -> Tensor<1> {
+        let values: Vec<f32> = (0..batch)
+            .map(|_| match *self {
+                TimeSampling::Uniform => rng.random::<f32>(),
+                TimeSampling::LogitNormal { mean, std } => {
+                    let n: f32 = rng.sample(StandardNormal);
+                    1.0 / (1.0 + (-(mean + std * n)).exp())
+                }
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(values, [batch]), device)
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! - [`model`]: the reference SimpleUNet with PyTorch-compatible parameter names.
 //! - [`solver`]: ODE solvers from noise (t = 1) to data (t = 0).
 //! - [`data`]: IDX reading, data sets (embedded, directories, downloads) and batching.
-//! - [`train`]: the training loop (AdamW, global gradient clipping, logging, checkpoints).
+//! - [`train`]: the training loop (AdamW, global gradient clipping, logging, checkpoints),
+//!   with [`ema`] weight averaging and [`lr_schedule`] schedules.
 //! - [`checkpoint`], [`tensor_file`]: safetensors files, written atomically.
 //! - [`image_out`]: sample grids, trajectory strips, GIFs and loss curves.
 //! - [`sampling`]: starting noise, sampling and trajectories.
@@ -15,9 +16,11 @@ pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod ema;
 pub mod error;
 pub mod flow;
 pub mod image_out;
+pub mod lr_schedule;
 pub mod model;
 pub mod sampling;
 pub mod solver;

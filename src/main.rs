@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use flowmatch::bench::{self, BenchConfig};
-use flowmatch::checkpoint;
+use flowmatch::checkpoint::{self, Weights};
+use flowmatch::flow::TimeSampling;
+use flowmatch::lr_schedule::LrSchedule;
 use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split, default_cache_dir};
 use flowmatch::device::device_from_name;
 use flowmatch::image_out::{self, Images};
@@ -121,6 +123,21 @@ struct TrainArgs {
     /// AdamW learning rate.
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
+    /// Learning-rate schedule: constant (the reference) or cosine (linear warm-up, cosine decay to 0).
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Constant)]
+    lr_schedule: ScheduleArg,
+    /// Warm-up steps of the cosine schedule.
+    #[arg(long, default_value_t = 100)]
+    warmup_steps: u64,
+    /// Training-time distribution: uniform (the reference) or logit-normal.
+    #[arg(long, value_enum, default_value_t = TimeArg::Uniform)]
+    time_sampling: TimeArg,
+    /// Mean and standard deviation of the logit-normal time distribution.
+    #[arg(long, num_args = 2, value_names = ["MEAN", "STD"], default_values_t = [0.0, 1.0])]
+    logit_normal: Vec<f32>,
+    /// Decay of the EMA of the weights, used for sampling (0 disables it).
+    #[arg(long, default_value_t = 0.999)]
+    ema_decay: f64,
     /// AdamW weight decay.
     #[arg(long, default_value_t = 0.01)]
     weight_decay: f32,
@@ -154,6 +171,18 @@ impl TrainArgs {
             max_steps: self.steps,
             batch_size: self.batch_size,
             lr: self.lr,
+            lr_schedule: match self.lr_schedule {
+                ScheduleArg::Constant => LrSchedule::Constant,
+                ScheduleArg::Cosine => LrSchedule::WarmupCosine { warmup_steps: self.warmup_steps },
+            },
+            ema_decay: (self.ema_decay > 0.0).then_some(self.ema_decay),
+            time_sampling: match self.time_sampling {
+                TimeArg::Uniform => TimeSampling::Uniform,
+                TimeArg::LogitNormal => TimeSampling::LogitNormal {
+                    mean: self.logit_normal[0],
+                    std: self.logit_normal[1],
+                },
+            },
             weight_decay: self.weight_decay,
             grad_clip: (self.grad_clip > 0.0).then_some(self.grad_clip),
             seed: self.seed,
@@ -161,6 +190,18 @@ impl TrainArgs {
             ..TrainConfig::default()
         }
     }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TimeArg {
+    Uniform,
+    LogitNormal,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ScheduleArg {
+    Constant,
+    Cosine,
 }
 
 #[derive(Args)]
@@ -183,6 +224,8 @@ const DEMO_STEPS: u64 = 1500;
 const DEMO_WIDTHS: [usize; 3] = [16, 32, 64];
 const DEMO_BATCH: usize = 64;
 const DEMO_LR: f64 = 2e-3;
+const DEMO_WARMUP: u64 = 50;
+const DEMO_EMA: f64 = 0.995;
 
 #[derive(Args)]
 struct SampleArgs {
@@ -207,6 +250,9 @@ struct SampleArgs {
     /// Also write the raw final samples (tensor `x0`, before clamping) to this safetensors file.
     #[arg(long)]
     save_tensor: Option<PathBuf>,
+    /// Use the raw weights even when the checkpoint holds an EMA.
+    #[arg(long)]
+    no_ema: bool,
 }
 
 #[derive(Args)]
@@ -229,6 +275,9 @@ struct TrajectoryArgs {
     /// Output animated GIF of every step.
     #[arg(long, default_value = "trajectory.gif")]
     gif: PathBuf,
+    /// Use the raw weights even when the checkpoint holds an EMA.
+    #[arg(long)]
+    no_ema: bool,
 }
 
 #[derive(Args)]
@@ -306,7 +355,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Sample(args) => sample(args, &device),
         Command::Trajectory(args) => {
-            let model = load_model(&args.checkpoint, &device)?;
+            let model = load_model(&args.checkpoint, &device, args.no_ema)?;
             check_counts(args.n, args.steps)?;
             let x1 = sampling::initial_noise(&model, args.n, args.seed, &device);
             write_trajectory(&model, x1, args.steps, &args.out, &args.gif)
@@ -326,8 +375,9 @@ fn check_counts(n: usize, steps: usize) -> Result<()> {
     Ok(())
 }
 
-fn load_model(path: &Path, device: &Device) -> Result<SimpleUNet> {
-    Ok(checkpoint::load(path, device)?.model)
+fn load_model(path: &Path, device: &Device, no_ema: bool) -> Result<SimpleUNet> {
+    let weights = if no_ema { Weights::Raw } else { Weights::PreferEma };
+    Ok(checkpoint::load_weights(path, device, weights)?.model)
 }
 
 struct ProgressObserver {
@@ -379,7 +429,7 @@ fn run_training(
 }
 
 fn sample(args: SampleArgs, device: &Device) -> Result<()> {
-    let model = load_model(&args.checkpoint, device)?;
+    let model = load_model(&args.checkpoint, device, args.no_ema)?;
     if args.steps == 0 {
         bail!("invalid --steps: must be positive");
     }
@@ -455,6 +505,8 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
         max_steps: Some(args.steps),
         batch_size: DEMO_BATCH,
         lr: DEMO_LR,
+        lr_schedule: LrSchedule::WarmupCosine { warmup_steps: DEMO_WARMUP },
+        ema_decay: Some(DEMO_EMA),
         seed: args.seed,
         checkpoint_every: 0,
         ..TrainConfig::default()
@@ -477,7 +529,7 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
         started.elapsed().as_secs_f64(),
         outcome.final_loss
     );
-    let model = load_model(&outcome.checkpoint, device)?;
+    let model = load_model(&outcome.checkpoint, device, false)?;
     let grid = args.out.join("samples.png");
     let x1 = sampling::initial_noise(&model, 64, args.seed, device);
     let solution = euler(&model, x1, 50, |_, _, _| {});
@@ -551,6 +603,10 @@ fn info(path: &Path) -> Result<()> {
         "network:    SimpleUNet widths {:?}, time embedding {}, {} parameters",
         config.widths, config.time_dim, params
     );
+    match loaded.ema_info() {
+        Some(e) => println!("weights:    EMA (decay {}, {} updates) and raw", e.decay, e.updates),
+        None => println!("weights:    raw (no EMA)"),
+    }
     match loaded.progress() {
         Some(p) => println!(
             "progress:   {} epochs, {} steps, last epoch loss {:?}",

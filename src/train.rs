@@ -16,8 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, META_PROGRESS, META_TRAIN_CONFIG, Progress};
 use crate::data::{EpochOrder, ImageSet};
+use crate::ema::Ema;
 use crate::error::{Error, Result};
-use crate::flow;
+use crate::lr_schedule::LrSchedule;
+use crate::flow::{self, TimeSampling};
 use crate::image_out;
 use crate::model::{SimpleUNet, UNetConfig};
 
@@ -34,8 +36,14 @@ pub struct TrainConfig {
     pub max_steps: Option<u64>,
     /// Images per step.
     pub batch_size: usize,
-    /// AdamW learning rate.
+    /// AdamW (peak) learning rate.
     pub lr: f64,
+    /// How the learning rate changes over the run.
+    pub lr_schedule: LrSchedule,
+    /// How training times are drawn.
+    pub time_sampling: TimeSampling,
+    /// Decay of the exponential moving average of the weights (none: no average, as the reference).
+    pub ema_decay: Option<f64>,
     /// AdamW betas.
     pub betas: (f32, f32),
     /// AdamW epsilon.
@@ -60,6 +68,9 @@ impl Default for TrainConfig {
             max_steps: None,
             batch_size: 128,
             lr: 1e-4,
+            lr_schedule: LrSchedule::Constant,
+            ema_decay: None,
+            time_sampling: TimeSampling::Uniform,
             betas: (0.9, 0.999),
             eps: 1e-8,
             weight_decay: 0.01,
@@ -86,6 +97,9 @@ impl TrainConfig {
         positive("learning rate", self.lr > 0.0 && self.lr.is_finite())?;
         positive("max steps", self.max_steps != Some(0))?;
         positive("gradient clip", self.grad_clip.is_none_or(|c| c > 0.0))?;
+        if self.ema_decay.is_some_and(|d| !(0.0..1.0).contains(&d)) {
+            return Err(Error::invalid("EMA decay", format!("{:?}: must be in [0, 1)", self.ema_decay)));
+        }
         if !(0.0..1.0).contains(&self.betas.0) || !(0.0..1.0).contains(&self.betas.1) {
             return Err(Error::invalid(
                 "betas",
@@ -177,6 +191,7 @@ pub fn train(
     let device = device.clone().autodiff();
     let mut model = SimpleUNet::init(config.model, config.seed, &device)?;
     let mut optimizer = adamw(config);
+    let mut ema = config.ema_decay.map(|decay| Ema::new(&model, decay));
 
     let metrics_path = out_dir.join("metrics.jsonl");
     let mut metrics =
@@ -211,17 +226,21 @@ pub fn train(
             let indices = order.batch(b);
             let (x0, _labels) = data.batch(indices, &device);
             let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step));
+            let lr = config.lr_schedule.rate(config.lr, step, total_steps);
             let (updated, loss_value, grad_norm) =
-                train_step(model, &mut optimizer, x0, &mut rng, config)
+                train_step(model, &mut optimizer, x0, &mut rng, lr, config)
                     .map_err(|loss| Error::Diverged { step, loss })?;
             model = updated;
+            if let Some(ema) = &mut ema {
+                ema.update(&model);
+            }
 
             let report = StepReport {
                 step,
                 epoch,
                 loss: loss_value,
                 grad_norm,
-                lr: config.lr,
+                lr,
                 img_s: indices.len() as f64 / step_started.elapsed().as_secs_f64(),
             };
             log(serde_json::to_string(&report).expect("report serialises"))?;
@@ -249,6 +268,7 @@ pub fn train(
             let path = out_dir.join(format!("epoch-{epochs_done:04}.safetensors"));
             save_checkpoint(
                 &model,
+                ema.as_ref(),
                 config,
                 Progress {
                     epoch: epochs_done,
@@ -265,6 +285,7 @@ pub fn train(
     let checkpoint = out_dir.join(FINAL_CHECKPOINT);
     save_checkpoint(
         &model,
+        ema.as_ref(),
         config,
         Progress {
             epoch: epochs_done,
@@ -294,7 +315,8 @@ pub fn adamw(config: &TrainConfig) -> ModuleOptimizer {
         .init()
 }
 
-/// One optimiser step on data `x0` (on an autodiff device), noise and times drawn from `rng`.
+/// One optimiser step at rate `lr` on data `x0` (on an autodiff device), noise and times drawn
+/// from `rng`.
 /// Returns the updated model, the loss and the gradient norm before clipping, or the loss
 /// when it is not finite (the model is then not updated).
 pub fn train_step(
@@ -302,12 +324,13 @@ pub fn train_step(
     optimizer: &mut ModuleOptimizer,
     x0: Tensor<4>,
     rng: &mut StdRng,
+    lr: f64,
     config: &TrainConfig,
 ) -> std::result::Result<(SimpleUNet, f32, f32), f32> {
     let device = x0.device();
     let [batch, ..] = x0.dims();
     let x1 = flow::gaussian_noise(rng, x0.dims(), &device);
-    let t = flow::uniform_times(rng, batch, &device);
+    let t = config.time_sampling.sample(rng, batch, &device);
     let tuple = flow::training_tuple(x0, x1, t);
     let loss = flow::velocity_loss(model.forward(tuple.x_t, tuple.t), tuple.target);
     let loss_value = loss.clone().into_scalar::<f32>();
@@ -320,7 +343,7 @@ pub fn train_step(
         scale_grads(&model, &mut grads, clip_factor(grad_norm, max_norm));
     }
     Ok((
-        optimizer.step(config.lr, model, grads),
+        optimizer.step(lr, model, grads),
         loss_value,
         grad_norm,
     ))
@@ -334,6 +357,7 @@ fn step_seed(seed: u64, step: u64) -> u64 {
 
 fn save_checkpoint(
     model: &SimpleUNet,
+    ema: Option<&Ema>,
     config: &TrainConfig,
     progress: Progress,
     path: &Path,
@@ -345,7 +369,7 @@ fn save_checkpoint(
         ),
         (META_TRAIN_CONFIG.to_string(), config.to_toml()),
     ]);
-    checkpoint::save(model, metadata, path)
+    checkpoint::save(model, ema, metadata, path)
 }
 
 /// PyTorch's `clip_grad_norm_` factor: `min(1, max_norm / (norm + 1e-6))`.
