@@ -124,9 +124,15 @@ pub fn run(config: &BenchConfig, device: &Device) -> Result<BenchResult> {
         config.train_min_time,
         || {
             let current = model.take().expect("model present between steps");
-            let (next, _, _) =
-                train_step(current, &mut optimizer, x0.clone(), &mut rng, train_config.lr, &train_config)
-                    .expect("random-data training step stays finite");
+            let (next, _, _) = train_step(
+                current,
+                &mut optimizer,
+                x0.clone(),
+                &mut rng,
+                train_config.lr,
+                &train_config,
+            )
+            .expect("random-data training step stays finite");
             model = Some(next);
         },
     );

@@ -6,13 +6,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::ema::Ema;
 use crate::error::{Error, Result};
-use crate::model::{Init, ParamSource, SimpleUNet, UNetConfig};
-use crate::tensor_file::TensorFile;
+use crate::model::{SimpleUNet, UNetConfig};
+use crate::tensor_file::{FileParams, TensorFile};
 
 /// Metadata key of the network shape (JSON of [`UNetConfig`]).
 pub const META_UNET: &str = "flowmatch.unet";
@@ -76,13 +76,20 @@ impl LoadedModel {
 
     /// The EMA settings recorded in the file, if it holds an average.
     pub fn ema_info(&self) -> Option<EmaInfo> {
-        self.metadata.get(META_EMA).and_then(|s| serde_json::from_str(s).ok())
+        self.metadata
+            .get(META_EMA)
+            .and_then(|s| serde_json::from_str(s).ok())
     }
 }
 
 /// Writes the model's parameters (and, when given, their EMA as `ema.*`) and `metadata` to
 /// `path` atomically.
-pub fn save(model: &SimpleUNet, ema: Option<&Ema>, metadata: HashMap<String, String>, path: &Path) -> Result<()> {
+pub fn save(
+    model: &SimpleUNet,
+    ema: Option<&Ema>,
+    metadata: HashMap<String, String>,
+    path: &Path,
+) -> Result<()> {
     let mut file = TensorFile {
         metadata,
         ..Default::default()
@@ -98,7 +105,10 @@ pub fn save(model: &SimpleUNet, ema: Option<&Ema>, metadata: HashMap<String, Str
             decay: ema.decay(),
             updates: ema.updates(),
         };
-        file.metadata.insert(META_EMA.into(), serde_json::to_string(&info).expect("serialises"));
+        file.metadata.insert(
+            META_EMA.into(),
+            serde_json::to_string(&info).expect("serialises"),
+        );
         for mut tensor in ema.model().named_parameters() {
             tensor.name = format!("{EMA_PREFIX}{}", tensor.name);
             file.tensors.insert(tensor.name.clone(), tensor);
@@ -123,6 +133,7 @@ pub fn load_weights(path: &Path, device: &Device, weights: Weights) -> Result<Lo
         file: &file,
         path,
         prefix: if is_ema { EMA_PREFIX } else { "" },
+        kind: "SimpleUNet checkpoint",
     };
     let model = SimpleUNet::build(config, &mut source, device).map_err(|e| match e {
         Error::Invalid { reason, .. } => {
@@ -130,13 +141,29 @@ pub fn load_weights(path: &Path, device: &Device, weights: Weights) -> Result<Lo
         }
         other => other,
     })?;
-    let names: Vec<String> = model.named_parameters().into_iter().map(|t| t.name).collect();
-    let known = |k: &str| names.iter().any(|n| n == k.strip_prefix(EMA_PREFIX).unwrap_or(k));
-    let extra: Vec<&str> = file.tensors.keys().map(String::as_str).filter(|k| !known(k)).collect();
+    let names: Vec<String> = model
+        .named_parameters()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    let known = |k: &str| {
+        names
+            .iter()
+            .any(|n| n == k.strip_prefix(EMA_PREFIX).unwrap_or(k))
+    };
+    let extra: Vec<&str> = file
+        .tensors
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !known(k))
+        .collect();
     if !extra.is_empty() {
         return Err(Error::bad_file(
             path,
-            format!("not a SimpleUNet checkpoint: unexpected tensors {}", extra.join(", ")),
+            format!(
+                "not a SimpleUNet checkpoint: unexpected tensors {}",
+                extra.join(", ")
+            ),
         ));
     }
     Ok(LoadedModel {
@@ -175,41 +202,4 @@ fn infer_config(file: &TensorFile, path: &Path) -> Result<UNetConfig> {
         widths: [d1[0], d2[0], d3[0]],
         time_dim: t[1],
     })
-}
-
-struct FileParams<'a> {
-    file: &'a TensorFile,
-    path: &'a Path,
-    prefix: &'a str,
-}
-
-impl ParamSource for FileParams<'_> {
-    fn tensor<const D: usize>(
-        &mut self,
-        name: &str,
-        shape: [usize; D],
-        _init: Init,
-        device: &Device,
-    ) -> Result<Tensor<D>> {
-        let name = &format!("{}{name}", self.prefix);
-        let stored = self.file.tensors.get(name).ok_or_else(|| {
-            Error::bad_file(
-                self.path,
-                format!("not a SimpleUNet checkpoint: missing tensor '{name}'"),
-            )
-        })?;
-        if stored.shape != shape {
-            return Err(Error::bad_file(
-                self.path,
-                format!(
-                    "not a SimpleUNet checkpoint of these widths: tensor '{name}' has shape {:?}, expected {:?}",
-                    stored.shape, shape
-                ),
-            ));
-        }
-        Ok(Tensor::from_data(
-            TensorData::new(stored.values.clone(), shape),
-            device,
-        ))
-    }
 }

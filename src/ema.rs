@@ -29,7 +29,11 @@ impl Ema {
 
     /// Resumes an average (from a checkpoint) that has seen `updates` updates.
     pub fn resume(model: SimpleUNet, decay: f64, updates: u64) -> Self {
-        Ema { model, decay, updates }
+        Ema {
+            model,
+            decay,
+            updates,
+        }
     }
 
     /// The decay used at the next update.
@@ -85,7 +89,10 @@ struct Blend {
 
 impl ModuleMapper for Blend {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let weight = self.weights.next().expect("EMA and model have the same parameters");
+        let weight = self
+            .weights
+            .next()
+            .expect("EMA and model have the same parameters");
         let decay = self.decay;
         param.map(|avg| {
             let shape = avg.dims();

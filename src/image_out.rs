@@ -244,3 +244,115 @@ pub fn loss_curve(
     let image = RgbImage::from_raw(w, h, buffer).expect("buffer matches the image size");
     save_png(&image, path)
 }
+
+/// One solver's curve for [`quality_plot`]: (NFE, classifier-FID, confident fraction) points.
+#[derive(Debug, Clone)]
+pub struct QualityCurve {
+    /// Solver name (legend).
+    pub label: String,
+    /// Points in increasing NFE.
+    pub points: Vec<(f64, f64, f64)>,
+}
+
+/// Two panels against NFE on a log scale: classifier-FID (left) and confident fraction (right),
+/// one line per solver, with the real-data floor as a grey line.
+pub fn quality_plot(
+    curves: &[QualityCurve],
+    floor_fid: f64,
+    floor_confident: f64,
+    path: &Path,
+) -> Result<()> {
+    register_font();
+    let (w, h) = (1200u32, 500u32);
+    let mut buffer = vec![255u8; (w * h * 3) as usize];
+    let err =
+        |e: &dyn std::fmt::Display| Error::bad_file(path, format!("cannot draw the plot: {e}"));
+    let all = || curves.iter().flat_map(|c| c.points.iter());
+    let nfe_min = all().map(|p| p.0).fold(f64::MAX, f64::min).max(1.0) / 1.3;
+    let nfe_max = all().map(|p| p.0).fold(1.0, f64::max) * 1.3;
+    let fid_max = all().map(|p| p.1).fold(floor_fid, f64::max) * 1.1;
+    let palette = [
+        RED,
+        BLUE,
+        RGBColor(0, 150, 0),
+        MAGENTA,
+        RGBColor(230, 140, 0),
+        CYAN,
+        BLACK,
+    ];
+    {
+        let area = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
+        area.fill(&WHITE).map_err(|e| err(&e))?;
+        let panels = area.split_evenly((1, 2));
+        type Pick = fn(&(f64, f64, f64)) -> f64;
+        let specs: [(&str, f64, Pick, f64); 2] = [
+            (
+                "classifier-FID (lower is better)",
+                fid_max.max(1e-6),
+                |p| p.1,
+                floor_fid,
+            ),
+            (
+                "confident fraction (p >= 0.9)",
+                1.0,
+                |p| p.2,
+                floor_confident,
+            ),
+        ];
+        for (panel, (title, y_max, pick, floor)) in panels.iter().zip(specs) {
+            let mut chart = ChartBuilder::on(panel)
+                .caption(title, (FONT, 20))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(60)
+                .build_cartesian_2d((nfe_min..nfe_max).log_scale(), 0.0..y_max)
+                .map_err(|e| err(&e))?;
+            chart
+                .configure_mesh()
+                .x_desc("NFE (log scale)")
+                .label_style((FONT, 13))
+                .light_line_style(WHITE)
+                .draw()
+                .map_err(|e| err(&e))?;
+            let grey = RGBColor(120, 120, 120);
+            chart
+                .draw_series(LineSeries::new(
+                    [(nfe_min, floor), (nfe_max, floor)],
+                    grey.stroke_width(2),
+                ))
+                .map_err(|e| err(&e))?
+                .label("real data (floor)")
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(2))
+                });
+            for (curve, color) in curves.iter().zip(palette.iter().cycle()) {
+                let points: Vec<(f64, f64)> = curve.points.iter().map(|p| (p.0, pick(p))).collect();
+                let color = *color;
+                chart
+                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                    .map_err(|e| err(&e))?
+                    .label(curve.label.clone())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+                chart
+                    .draw_series(
+                        points
+                            .into_iter()
+                            .map(|p| Circle::new(p, 3, color.filled())),
+                    )
+                    .map_err(|e| err(&e))?;
+            }
+            chart
+                .configure_series_labels()
+                .label_font((FONT, 13))
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| err(&e))?;
+        }
+        area.present().map_err(|e| err(&e))?;
+    }
+    let image = RgbImage::from_raw(w, h, buffer).expect("buffer matches the image size");
+    save_png(&image, path)
+}

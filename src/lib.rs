@@ -10,17 +10,22 @@
 //! - [`image_out`]: sample grids, trajectory strips, GIFs and loss curves.
 //! - [`sampling`]: starting noise, sampling and trajectories.
 //! - [`device`]: choosing the CPU (`flex`) or CUDA backend.
+//! - [`classifier`], [`metrics`], [`likelihood`], [`eval`]: sample quality and likelihood.
 //! - [`bench`]: throughput and memory measurements.
 
 pub mod bench;
 pub mod checkpoint;
+pub mod classifier;
 pub mod data;
 pub mod device;
 pub mod ema;
 pub mod error;
+pub mod eval;
 pub mod flow;
 pub mod image_out;
+pub mod likelihood;
 pub mod lr_schedule;
+pub mod metrics;
 pub mod model;
 pub mod sampling;
 pub mod solver;

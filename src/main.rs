@@ -11,14 +11,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use flowmatch::bench::{self, BenchConfig};
 use flowmatch::checkpoint::{self, Weights};
-use flowmatch::flow::TimeSampling;
-use flowmatch::lr_schedule::LrSchedule;
+use flowmatch::classifier::{Classifier, ClassifierInfo, train_classifier};
 use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split, default_cache_dir};
 use flowmatch::device::device_from_name;
+use flowmatch::eval::{self, EvalPlan};
+use flowmatch::flow::TimeSampling;
+use flowmatch::image_out::QualityCurve;
 use flowmatch::image_out::{self, Images};
+use flowmatch::likelihood::Divergence;
+use flowmatch::lr_schedule::LrSchedule;
+use flowmatch::metrics::Quality;
 use flowmatch::model::{NamedTensor, SimpleUNet, UNetConfig};
 use flowmatch::sampling::{self, IMAGE_SIZE};
-use flowmatch::solver::euler;
+use flowmatch::solver::{Solver, TimeGrid, euler, solve};
 use flowmatch::tensor_file::TensorFile;
 use flowmatch::train::{self, EpochReport, StepReport, TrainConfig, TrainObserver};
 
@@ -50,6 +55,11 @@ enum Command {
     Sample(SampleArgs),
     /// Show how samples flow from noise (t=1) to data (t=0): a labelled strip and a GIF.
     Trajectory(TrajectoryArgs),
+    /// Train the evaluation classifier (its features define the quality metrics).
+    Classifier(ClassifierArgs),
+    /// Measure sample quality per solver and NFE (classifier-FID, KID, confidence, classes)
+    /// against held-out digits, with the real-data floor, and optionally the likelihood.
+    Eval(EvalArgs),
     /// Measure training and sampling throughput and peak memory (one JSON line per width).
     Bench(BenchArgs),
     /// Print a checkpoint's network shape, progress and training configuration.
@@ -77,6 +87,10 @@ struct DataArgs {
 
 impl DataArgs {
     fn load(&self) -> Result<ImageSet> {
+        self.load_split(Split::Train)
+    }
+
+    fn load_split(&self, split: Split) -> Result<ImageSet> {
         let source = DataSource::parse(&self.data);
         let download = DownloadOptions {
             cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
@@ -88,7 +102,7 @@ impl DataArgs {
                 download.cache_dir.display()
             );
         }
-        let set = ImageSet::load(&source, Split::Train, &download)?;
+        let set = ImageSet::load(&source, split, &download)?;
         if set.height != IMAGE_SIZE || set.width != IMAGE_SIZE {
             bail!(
                 "data set {source}: images are {}x{}, the model needs {IMAGE_SIZE}x{IMAGE_SIZE}",
@@ -96,10 +110,10 @@ impl DataArgs {
                 set.width
             );
         }
-        Ok(match self.limit {
-            Some(0) => bail!("invalid --limit: must be positive"),
-            Some(n) => set.take(n),
-            None => set,
+        Ok(match (self.limit, split) {
+            (Some(0), _) => bail!("invalid --limit: must be positive"),
+            (Some(n), Split::Train) => set.take(n),
+            _ => set,
         })
     }
 }
@@ -173,7 +187,9 @@ impl TrainArgs {
             lr: self.lr,
             lr_schedule: match self.lr_schedule {
                 ScheduleArg::Constant => LrSchedule::Constant,
-                ScheduleArg::Cosine => LrSchedule::WarmupCosine { warmup_steps: self.warmup_steps },
+                ScheduleArg::Cosine => LrSchedule::WarmupCosine {
+                    warmup_steps: self.warmup_steps,
+                },
             },
             ema_decay: (self.ema_decay > 0.0).then_some(self.ema_decay),
             time_sampling: match self.time_sampling {
@@ -228,6 +244,127 @@ const DEMO_WARMUP: u64 = 50;
 const DEMO_EMA: f64 = 0.995;
 
 #[derive(Args)]
+struct SolverArgs {
+    /// ODE solver: euler (the reference), midpoint, heun, rk4, dopri5 (adaptive).
+    #[arg(long, default_value = "euler")]
+    solver: Solver,
+    /// Relative and absolute tolerance of dopri5.
+    #[arg(long, default_value_t = 1e-5)]
+    tol: f32,
+    /// Time grid of the fixed-step solvers: uniform, or shifted towards the data end.
+    #[arg(long, value_enum, default_value_t = GridArg::Uniform)]
+    time_grid: GridArg,
+    /// Shift s of the shifted grid, t = s u / (1 + (s - 1) u); s < 1 puts more steps near t = 0.
+    #[arg(long, default_value_t = 0.5)]
+    grid_shift: f32,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GridArg {
+    Uniform,
+    Shifted,
+}
+
+impl SolverArgs {
+    fn solver(&self) -> Result<Solver> {
+        if self.tol.is_nan() || self.tol <= 0.0 {
+            bail!("invalid --tol: must be positive");
+        }
+        Ok(match self.solver {
+            Solver::Dopri5 { .. } => Solver::Dopri5 {
+                rtol: self.tol,
+                atol: self.tol,
+            },
+            other => other,
+        })
+    }
+
+    fn grid(&self) -> Result<TimeGrid> {
+        Ok(match self.time_grid {
+            GridArg::Uniform => TimeGrid::Uniform,
+            GridArg::Shifted if self.grid_shift > 0.0 => TimeGrid::Shifted(self.grid_shift),
+            GridArg::Shifted => bail!("invalid --grid-shift: must be positive"),
+        })
+    }
+}
+
+#[derive(Args)]
+struct ClassifierArgs {
+    #[command(subcommand)]
+    command: ClassifierCommand,
+}
+
+#[derive(Subcommand)]
+enum ClassifierCommand {
+    /// Train on the training split, report accuracy on the held-out split, save weights + accuracy.
+    Train {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Training epochs.
+        #[arg(long, default_value_t = 4)]
+        epochs: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output weights.
+        #[arg(long, default_value = "runs/classifier.safetensors")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Model checkpoint.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Classifier written by `flowmatch classifier train`.
+    #[arg(long, default_value = "runs/classifier.safetensors")]
+    classifier: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Solvers to compare.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "euler,midpoint,heun,rk4,dopri5"
+    )]
+    solvers: Vec<Solver>,
+    /// NFE budgets of the fixed-step solvers.
+    #[arg(long, value_delimiter = ',', default_value = "4,8,16,32,64")]
+    nfe: Vec<usize>,
+    /// Tolerances (rtol = atol) at which dopri5 is run.
+    #[arg(long, value_delimiter = ',', default_value = "1e-2,1e-3,1e-4")]
+    dopri_tols: Vec<f32>,
+    /// Samples per setting (at most half the held-out split).
+    #[arg(long, default_value_t = 500)]
+    n: usize,
+    /// Seed of the starting noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Time grid of the fixed-step solvers.
+    #[arg(long, value_enum, default_value_t = GridArg::Uniform)]
+    time_grid: GridArg,
+    /// Shift of the shifted grid.
+    #[arg(long, default_value_t = 0.5)]
+    grid_shift: f32,
+    /// JSON lines output.
+    #[arg(long, default_value = "eval.jsonl")]
+    out: PathBuf,
+    /// Also write a PNG of quality against NFE (to this path).
+    #[arg(long, num_args = 0..=1, default_missing_value = "eval.png")]
+    plot: Option<PathBuf>,
+    /// Held-out images whose likelihood (bits/dim) is measured (0: none).
+    #[arg(long, default_value_t = 0)]
+    nll_images: usize,
+    /// RK4 steps of the likelihood integration.
+    #[arg(long, default_value_t = 16)]
+    nll_steps: usize,
+    /// Exact divergence (one VJP per dimension; slow) instead of Hutchinson's estimate.
+    #[arg(long)]
+    nll_exact: bool,
+}
+
+#[derive(Args)]
 struct SampleArgs {
     /// Checkpoint (.safetensors; flowmatch's or a PyTorch state_dict export).
     #[arg(long)]
@@ -253,6 +390,8 @@ struct SampleArgs {
     /// Use the raw weights even when the checkpoint holds an EMA.
     #[arg(long)]
     no_ema: bool,
+    #[command(flatten)]
+    solver: SolverArgs,
 }
 
 #[derive(Args)]
@@ -278,6 +417,8 @@ struct TrajectoryArgs {
     /// Use the raw weights even when the checkpoint holds an EMA.
     #[arg(long)]
     no_ema: bool,
+    #[command(flatten)]
+    solver: SolverArgs,
 }
 
 #[derive(Args)]
@@ -358,9 +499,12 @@ fn run(cli: Cli) -> Result<()> {
             let model = load_model(&args.checkpoint, &device, args.no_ema)?;
             check_counts(args.n, args.steps)?;
             let x1 = sampling::initial_noise(&model, args.n, args.seed, &device);
-            write_trajectory(&model, x1, args.steps, &args.out, &args.gif)
+            let (solver, grid) = (args.solver.solver()?, args.solver.grid()?);
+            write_trajectory(&model, x1, solver, args.steps, grid, &args.out, &args.gif)
         }
         Command::Bench(args) => run_bench(args, &device),
+        Command::Classifier(args) => classifier(args, &device),
+        Command::Eval(args) => evaluate(args, &device),
         Command::Info { checkpoint } => info(&checkpoint),
     }
 }
@@ -376,7 +520,11 @@ fn check_counts(n: usize, steps: usize) -> Result<()> {
 }
 
 fn load_model(path: &Path, device: &Device, no_ema: bool) -> Result<SimpleUNet> {
-    let weights = if no_ema { Weights::Raw } else { Weights::PreferEma };
+    let weights = if no_ema {
+        Weights::Raw
+    } else {
+        Weights::PreferEma
+    };
     Ok(checkpoint::load_weights(path, device, weights)?.model)
 }
 
@@ -447,7 +595,15 @@ fn sample(args: SampleArgs, device: &Device) -> Result<()> {
         }
     };
     let started = Instant::now();
-    let solution = euler(&model, x1, args.steps, |_, _, _| {});
+    let solver = args.solver.solver()?;
+    let solution = solve(
+        &model,
+        solver,
+        x1,
+        args.steps,
+        args.solver.grid()?,
+        |_, _, _| {},
+    );
     let dims = solution.x.dims();
     let values = sampling::to_vec(&solution.x);
     let seconds = started.elapsed().as_secs_f64();
@@ -484,11 +640,13 @@ fn sample(args: SampleArgs, device: &Device) -> Result<()> {
 fn write_trajectory(
     model: &SimpleUNet,
     x1: burn::tensor::Tensor<4>,
+    solver: Solver,
     steps: usize,
+    grid: TimeGrid,
     strip: &Path,
     gif: &Path,
 ) -> Result<()> {
-    let trajectory = sampling::trajectory(model, x1, steps);
+    let trajectory = sampling::trajectory(model, x1, solver, steps, grid);
     image_out::save_trajectory_strip(&trajectory.key_frames(), IMAGE_SIZE, IMAGE_SIZE, strip)?;
     image_out::save_trajectory_gif(&trajectory.frames, IMAGE_SIZE, IMAGE_SIZE, gif)?;
     println!("trajectory strip: {}", strip.display());
@@ -505,7 +663,9 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
         max_steps: Some(args.steps),
         batch_size: DEMO_BATCH,
         lr: DEMO_LR,
-        lr_schedule: LrSchedule::WarmupCosine { warmup_steps: DEMO_WARMUP },
+        lr_schedule: LrSchedule::WarmupCosine {
+            warmup_steps: DEMO_WARMUP,
+        },
         ema_decay: Some(DEMO_EMA),
         seed: args.seed,
         checkpoint_every: 0,
@@ -546,7 +706,9 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
     write_trajectory(
         &model,
         x1,
+        Solver::Euler,
         50,
+        TimeGrid::Uniform,
         &args.out.join("trajectory.png"),
         &args.out.join("trajectory.gif"),
     )?;
@@ -604,7 +766,10 @@ fn info(path: &Path) -> Result<()> {
         config.widths, config.time_dim, params
     );
     match loaded.ema_info() {
-        Some(e) => println!("weights:    EMA (decay {}, {} updates) and raw", e.decay, e.updates),
+        Some(e) => println!(
+            "weights:    EMA (decay {}, {} updates) and raw",
+            e.decay, e.updates
+        ),
         None => println!("weights:    raw (no EMA)"),
     }
     match loaded.progress() {
@@ -616,6 +781,143 @@ fn info(path: &Path) -> Result<()> {
     }
     if let Some(toml) = loaded.metadata.get(checkpoint::META_TRAIN_CONFIG) {
         println!("training configuration:\n{toml}");
+    }
+    Ok(())
+}
+
+fn classifier(args: ClassifierArgs, device: &Device) -> Result<()> {
+    let ClassifierCommand::Train {
+        data,
+        epochs,
+        seed,
+        out,
+    } = args.command;
+    let train = data.load()?;
+    let test = data.load_split(Split::Test)?;
+    println!(
+        "training the evaluation classifier on {} images ({}), {epochs} epochs",
+        train.len(),
+        data.data
+    );
+    let (model, accuracy) =
+        train_classifier(&train, &test, epochs, seed, device, |epoch, loss| {
+            println!("epoch {:>2}: mean loss {loss:.4}", epoch + 1);
+        })?;
+    let info = ClassifierInfo {
+        data: data.data.clone(),
+        epochs,
+        test_accuracy: accuracy,
+        test_images: test.len(),
+    };
+    model.save(&info, &out)?;
+    println!(
+        "held-out accuracy: {:.2}% on {} images",
+        100.0 * accuracy,
+        test.len()
+    );
+    println!("classifier: {}", out.display());
+    Ok(())
+}
+
+fn print_quality_row(name: &str, nfe: &str, q: &Quality) {
+    println!(
+        "{name:<18} {nfe:>5} {:>9.3} {:>9.4} ± {:<7.4} {:>9.3} {:>8.3}",
+        q.fid, q.kid, q.kid_std, q.confident, q.class_entropy_bits
+    );
+}
+
+fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
+    let model = load_model(&args.checkpoint, device, false)?;
+    let (classifier, info) = Classifier::load(&args.classifier, device)?;
+    let test = args.data.load_split(Split::Test)?;
+    let grid = SolverArgs {
+        solver: Solver::Euler,
+        tol: 1e-5,
+        time_grid: args.time_grid,
+        grid_shift: args.grid_shift,
+    }
+    .grid()?;
+    if args.nfe.contains(&0) || args.dopri_tols.iter().any(|t| t.is_nan() || *t <= 0.0) {
+        bail!("invalid --nfe / --dopri-tols: values must be positive");
+    }
+    let plan = EvalPlan {
+        solvers: args.solvers.clone(),
+        nfe: args.nfe.clone(),
+        dopri_tolerances: args.dopri_tols.clone(),
+        grid,
+        n: args.n,
+        seed: args.seed,
+    };
+    let (floor, reference) = eval::real_floor(&classifier, &test, args.n, device)?;
+    println!(
+        "classifier: {} ({:.2}% held-out accuracy); {} samples per setting vs {} held-out digits",
+        args.classifier.display(),
+        100.0 * info.test_accuracy,
+        args.n,
+        args.n
+    );
+    println!(
+        "{:<18} {:>5} {:>9} {:>20} {:>9} {:>8}",
+        "solver", "NFE", "cFID", "KID", "confident", "H(bits)"
+    );
+    print_quality_row("real data (floor)", "-", &floor);
+    let mut lines = vec![
+        serde_json::json!({"solver": "real-data-floor", "nfe": 0, "n": floor.n,
+        "fid": floor.fid, "kid": floor.kid, "kid_std": floor.kid_std, "confident": floor.confident,
+        "histogram": floor.histogram, "class_entropy_bits": floor.class_entropy_bits})
+        .to_string(),
+    ];
+    let rows = eval::sample_quality(&model, &classifier, &reference, &plan, device, |row| {
+        let name = match row.tol {
+            Some(tol) => format!("{} tol={tol:.0e}", row.solver),
+            None => row.solver.clone(),
+        };
+        print_quality_row(&name, &row.nfe.to_string(), &row.quality);
+    });
+    lines.extend(
+        rows.iter()
+            .map(|r| serde_json::to_string(r).expect("serialises")),
+    );
+    if args.nll_images > 0 {
+        let divergence = if args.nll_exact {
+            Divergence::Exact { chunk: 112 }
+        } else {
+            Divergence::Hutchinson
+        };
+        let report = eval::nll(
+            &model,
+            &test,
+            args.nll_images,
+            args.nll_steps,
+            divergence,
+            args.seed,
+            device,
+        )?;
+        println!(
+            "likelihood: {:.3} ± {:.3} bits/dim on {} held-out digits ({} divergence, RK4 {} steps, uniform dequantisation)",
+            report.bits_per_dim, report.std_error, report.images, report.divergence, report.steps
+        );
+        lines.push(serde_json::to_string(&report)?);
+    }
+    flowmatch::tensor_file::write_atomic(&args.out, (lines.join("\n") + "\n").as_bytes())?;
+    println!("results: {}", args.out.display());
+    if let Some(plot) = &args.plot {
+        let mut curves: Vec<QualityCurve> = Vec::new();
+        for row in &rows {
+            let point = (row.nfe as f64, row.quality.fid, row.quality.confident);
+            match curves.iter_mut().find(|c| c.label == row.solver) {
+                Some(curve) => curve.points.push(point),
+                None => curves.push(QualityCurve {
+                    label: row.solver.clone(),
+                    points: vec![point],
+                }),
+            }
+        }
+        for curve in &mut curves {
+            curve.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        image_out::quality_plot(&curves, floor.fid, floor.confident, plot)?;
+        println!("plot: {}", plot.display());
     }
     Ok(())
 }

@@ -49,7 +49,11 @@ impl UNetConfig {
 
     /// Checks that the widths work with GroupNorm(8) and the embedding is even and > 2.
     pub fn validate(&self) -> Result<()> {
-        if self.widths.iter().any(|w| *w == 0 || !w.is_multiple_of(NORM_GROUPS)) {
+        if self
+            .widths
+            .iter()
+            .any(|w| *w == 0 || !w.is_multiple_of(NORM_GROUPS))
+        {
             return Err(Error::invalid(
                 "widths",
                 format!(
@@ -133,7 +137,8 @@ pub fn pytorch_name(path: &str) -> String {
         .replacen("time_mlp.fc2.", "time_mlp.3.", 1)
 }
 
-fn param<S: ParamSource, const D: usize>(
+/// Takes parameter `path` (module path, mapped to its PyTorch name) of `shape` from `source`.
+pub(crate) fn param<S: ParamSource, const D: usize>(
     source: &mut S,
     path: &str,
     shape: [usize; D],
@@ -154,7 +159,8 @@ pub struct Dense {
 }
 
 impl Dense {
-    fn build<S: ParamSource>(
+    /// Takes `path.weight` (`[d_out, d_in]`) and `path.bias` from `source`.
+    pub fn build<S: ParamSource>(
         source: &mut S,
         path: &str,
         d_in: usize,
@@ -452,9 +458,7 @@ impl SimpleUNet {
 
     /// Every parameter as (PyTorch name, shape, values), in module order.
     pub fn named_parameters(&self) -> Vec<NamedTensor> {
-        let mut collector = ParamCollector::default();
-        self.visit(&mut collector);
-        collector.tensors
+        named_parameters(self)
     }
 }
 
@@ -467,6 +471,13 @@ pub struct NamedTensor {
     pub shape: Vec<usize>,
     /// Row-major values.
     pub values: Vec<f32>,
+}
+
+/// Every parameter of `module` as (PyTorch name, shape, values), in module order.
+pub fn named_parameters<M: Module>(module: &M) -> Vec<NamedTensor> {
+    let mut collector = ParamCollector::default();
+    module.visit(&mut collector);
+    collector.tensors
 }
 
 #[derive(Default)]

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::flow::gaussian_noise;
 use crate::image_out::TrajectoryFrame;
 use crate::model::SimpleUNet;
-use crate::solver::{Solution, euler};
+use crate::solver::{Solution, Solver, TimeGrid, solve};
 
 /// Height and width of the images the models work on (the reference's `image_size`).
 pub const IMAGE_SIZE: usize = 28;
@@ -82,10 +82,17 @@ impl Trajectory {
     }
 }
 
-/// Integrates from `x1` with `steps` Euler steps, recording every state.
-pub fn trajectory(model: &SimpleUNet, x1: Tensor<4>, steps: usize) -> Trajectory {
+/// Integrates from `x1` with `solver` (`steps` steps on `grid` for fixed-step solvers),
+/// recording every state.
+pub fn trajectory(
+    model: &SimpleUNet,
+    x1: Tensor<4>,
+    solver: Solver,
+    steps: usize,
+    grid: TimeGrid,
+) -> Trajectory {
     let mut frames = Vec::with_capacity(steps + 1);
-    let solution = euler(model, x1, steps, |_, t, x| {
+    let solution = solve(model, solver, x1, steps, grid, |_, t, x| {
         frames.push(TrajectoryFrame {
             t,
             pixels: to_vec(x),

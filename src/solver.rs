@@ -91,8 +91,13 @@ impl FromStr for Solver {
             "midpoint" => Ok(Solver::Midpoint),
             "heun" => Ok(Solver::Heun),
             "rk4" => Ok(Solver::Rk4),
-            "dopri5" => Ok(Solver::Dopri5 { rtol: 1e-5, atol: 1e-5 }),
-            other => Err(format!("unknown solver '{other}' (euler, midpoint, heun, rk4, dopri5)")),
+            "dopri5" => Ok(Solver::Dopri5 {
+                rtol: 1e-5,
+                atol: 1e-5,
+            }),
+            other => Err(format!(
+                "unknown solver '{other}' (euler, midpoint, heun, rk4, dopri5)"
+            )),
         }
     }
 }
@@ -224,10 +229,28 @@ fn dopri5<F: VelocityField>(
     const A2: [f32; 1] = [1.0 / 5.0];
     const A3: [f32; 2] = [3.0 / 40.0, 9.0 / 40.0];
     const A4: [f32; 3] = [44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0];
-    const A5: [f32; 4] = [19372.0 / 6561.0, -25360.0 / 2187.0, 64448.0 / 6561.0, -212.0 / 729.0];
-    const A6: [f32; 5] = [9017.0 / 3168.0, -355.0 / 33.0, 46732.0 / 5247.0, 49.0 / 176.0, -5103.0 / 18656.0];
+    const A5: [f32; 4] = [
+        19372.0 / 6561.0,
+        -25360.0 / 2187.0,
+        64448.0 / 6561.0,
+        -212.0 / 729.0,
+    ];
+    const A6: [f32; 5] = [
+        9017.0 / 3168.0,
+        -355.0 / 33.0,
+        46732.0 / 5247.0,
+        49.0 / 176.0,
+        -5103.0 / 18656.0,
+    ];
     // 5th-order weights (also the last stage's coefficients: first same as last).
-    const B: [f32; 6] = [35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0];
+    const B: [f32; 6] = [
+        35.0 / 384.0,
+        0.0,
+        500.0 / 1113.0,
+        125.0 / 192.0,
+        -2187.0 / 6784.0,
+        11.0 / 84.0,
+    ];
     // Difference between the 5th- and 4th-order weights (7 stages).
     const E: [f32; 7] = [
         71.0 / 57600.0,
@@ -252,7 +275,11 @@ fn dopri5<F: VelocityField>(
     let scale = x.clone().abs() * rtol + atol;
     let scaled_rms = |v: Tensor<4>| rms(&(v / scale.clone()));
     let (d0, d1) = (scaled_rms(x.clone()), scaled_rms(k1.clone()));
-    let h0 = if d0 < 1e-5 || d1 < 1e-5 { 1e-6 } else { 0.01 * d0 / d1 };
+    let h0 = if d0 < 1e-5 || d1 < 1e-5 {
+        1e-6
+    } else {
+        0.01 * d0 / d1
+    };
     let probe = f.eval(x.clone() - k1.clone() * h0, t - h0);
     let d2 = scaled_rms(probe - k1.clone()) / h0;
     let h1 = if d1.max(d2) <= 1e-15 {
@@ -268,7 +295,10 @@ fn dopri5<F: VelocityField>(
         }
         let k2 = f.eval(combine(&x, &[k1.clone()], &A2, h), t + C[0] * h);
         let k3 = f.eval(combine(&x, &[k1.clone(), k2.clone()], &A3, h), t + C[1] * h);
-        let k4 = f.eval(combine(&x, &[k1.clone(), k2.clone(), k3.clone()], &A4, h), t + C[2] * h);
+        let k4 = f.eval(
+            combine(&x, &[k1.clone(), k2.clone(), k3.clone()], &A4, h),
+            t + C[2] * h,
+        );
         let ks4 = [k1.clone(), k2.clone(), k3.clone(), k4.clone()];
         let k5 = f.eval(combine(&x, &ks4, &A5, h), t + C[3] * h);
         let ks5 = [k1.clone(), k2.clone(), k3.clone(), k4.clone(), k5.clone()];
@@ -282,7 +312,9 @@ fn dopri5<F: VelocityField>(
             .iter()
             .zip(E)
             .filter(|(_, c)| *c != 0.0)
-            .fold(Tensor::zeros(x.dims(), &x.device()), |acc, (k, c)| acc + k.clone() * (h * c));
+            .fold(Tensor::zeros(x.dims(), &x.device()), |acc, (k, c)| {
+                acc + k.clone() * (h * c)
+            });
         let norm = error_norm(err, &x, &x_new, rtol, atol);
         if norm <= 1.0 {
             observe(accepted, t, &x);
@@ -291,7 +323,11 @@ fn dopri5<F: VelocityField>(
             x = x_new;
             k1 = k7;
         }
-        let factor = if norm == 0.0 { 5.0 } else { (0.9 * norm.powf(-0.2)).clamp(0.2, 5.0) };
+        let factor = if norm == 0.0 {
+            5.0
+        } else {
+            (0.9 * norm.powf(-0.2)).clamp(0.2, 5.0)
+        };
         h *= if norm <= 1.0 { factor } else { factor.min(1.0) };
     }
     Solution {
@@ -316,12 +352,18 @@ mod tests {
     }
 
     fn start() -> Tensor<4> {
-        Tensor::from_data(TensorData::new(vec![1.0f32, -0.5, 2.0, 0.25], [1, 1, 2, 2]), &Device::flex())
+        Tensor::from_data(
+            TensorData::new(vec![1.0f32, -0.5, 2.0, 0.25], [1, 1, 2, 2]),
+            &Device::flex(),
+        )
     }
 
     fn error(solution: &Solution) -> f32 {
         let exact = start() * (0f32.sin() - 1f32.sin()).exp();
-        (solution.x.clone() - exact).abs().max().into_scalar::<f32>()
+        (solution.x.clone() - exact)
+            .abs()
+            .max()
+            .into_scalar::<f32>()
     }
 
     #[test]
@@ -332,10 +374,28 @@ mod tests {
             (Solver::Heun, 2.0, 8),
             (Solver::Rk4, 4.0, 2),
         ] {
-            let coarse = solve(&Oscillating, solver, start(), steps, TimeGrid::Uniform, |_, _, _| {});
-            let fine = solve(&Oscillating, solver, start(), 2 * steps, TimeGrid::Uniform, |_, _, _| {});
+            let coarse = solve(
+                &Oscillating,
+                solver,
+                start(),
+                steps,
+                TimeGrid::Uniform,
+                |_, _, _| {},
+            );
+            let fine = solve(
+                &Oscillating,
+                solver,
+                start(),
+                2 * steps,
+                TimeGrid::Uniform,
+                |_, _, _| {},
+            );
             let stages = solver.stages().unwrap();
-            assert_eq!((coarse.nfe, fine.nfe), (steps * stages, 2 * steps * stages), "{solver}");
+            assert_eq!(
+                (coarse.nfe, fine.nfe),
+                (steps * stages, 2 * steps * stages),
+                "{solver}"
+            );
             let ratio = error(&coarse) / error(&fine);
             let expected = 2f32.powf(order);
             assert!(
@@ -350,8 +410,18 @@ mod tests {
         let mut last_nfe = 0;
         for tol in [1e-3f32, 1e-5] {
             let mut observed = 0;
-            let solver = Solver::Dopri5 { rtol: tol, atol: tol };
-            let sol = solve(&Oscillating, solver, start(), 0, TimeGrid::Uniform, |_, _, _| observed += 1);
+            let solver = Solver::Dopri5 {
+                rtol: tol,
+                atol: tol,
+            };
+            let sol = solve(
+                &Oscillating,
+                solver,
+                start(),
+                0,
+                TimeGrid::Uniform,
+                |_, _, _| observed += 1,
+            );
             assert!(error(&sol) < 10.0 * tol, "tol {tol}: error {}", error(&sol));
             assert_eq!(observed, sol.steps);
             // 2 evaluations to pick the first step, then 6 per attempted step.
@@ -372,7 +442,14 @@ mod tests {
         assert!(shifted[3] - shifted[4] < shifted[0] - shifted[1]);
         let observed: Vec<f32> = {
             let mut ts = Vec::new();
-            solve(&Oscillating, Solver::Heun, start(), 4, TimeGrid::Shifted(0.5), |_, t, _| ts.push(t));
+            solve(
+                &Oscillating,
+                Solver::Heun,
+                start(),
+                4,
+                TimeGrid::Shifted(0.5),
+                |_, t, _| ts.push(t),
+            );
             ts
         };
         assert_eq!(observed, shifted[..4].to_vec());

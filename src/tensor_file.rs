@@ -7,7 +7,9 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{Error, Result};
-use crate::model::NamedTensor;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::model::{Init, NamedTensor, ParamSource};
 
 /// The tensors and string metadata of one safetensors file.
 #[derive(Debug, Clone, Default)]
@@ -123,4 +125,45 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// Parameters read from a tensor file while a module is built; every name and shape is checked.
+pub struct FileParams<'a> {
+    /// The file's tensors.
+    pub file: &'a TensorFile,
+    /// The file, for error messages.
+    pub path: &'a Path,
+    /// Prefix added to every parameter name (e.g. `ema.`).
+    pub prefix: &'a str,
+    /// What the file should be, for error messages ("SimpleUNet checkpoint").
+    pub kind: &'a str,
+}
+
+impl ParamSource for FileParams<'_> {
+    fn tensor<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        _init: Init,
+        device: &Device,
+    ) -> Result<Tensor<D>> {
+        let name = format!("{}{name}", self.prefix);
+        let kind = self.kind;
+        let stored = self.file.tensors.get(&name).ok_or_else(|| {
+            Error::bad_file(self.path, format!("not a {kind}: missing tensor '{name}'"))
+        })?;
+        if stored.shape != shape {
+            return Err(Error::bad_file(
+                self.path,
+                format!(
+                    "not a {kind} of this shape: tensor '{name}' has shape {:?}, expected {shape:?}",
+                    stored.shape
+                ),
+            ));
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(stored.values.clone(), shape),
+            device,
+        ))
+    }
 }

@@ -18,9 +18,9 @@ use crate::checkpoint::{self, META_PROGRESS, META_TRAIN_CONFIG, Progress};
 use crate::data::{EpochOrder, ImageSet};
 use crate::ema::Ema;
 use crate::error::{Error, Result};
-use crate::lr_schedule::LrSchedule;
 use crate::flow::{self, TimeSampling};
 use crate::image_out;
+use crate::lr_schedule::LrSchedule;
 use crate::model::{SimpleUNet, UNetConfig};
 
 /// Every training choice; stored in each checkpoint's metadata (as TOML).
@@ -98,7 +98,10 @@ impl TrainConfig {
         positive("max steps", self.max_steps != Some(0))?;
         positive("gradient clip", self.grad_clip.is_none_or(|c| c > 0.0))?;
         if self.ema_decay.is_some_and(|d| !(0.0..1.0).contains(&d)) {
-            return Err(Error::invalid("EMA decay", format!("{:?}: must be in [0, 1)", self.ema_decay)));
+            return Err(Error::invalid(
+                "EMA decay",
+                format!("{:?}: must be in [0, 1)", self.ema_decay),
+            ));
         }
         if !(0.0..1.0).contains(&self.betas.0) || !(0.0..1.0).contains(&self.betas.1) {
             return Err(Error::invalid(
@@ -342,11 +345,7 @@ pub fn train_step(
     if let Some(max_norm) = config.grad_clip {
         scale_grads(&model, &mut grads, clip_factor(grad_norm, max_norm));
     }
-    Ok((
-        optimizer.step(lr, model, grads),
-        loss_value,
-        grad_norm,
-    ))
+    Ok((optimizer.step(lr, model, grads), loss_value, grad_norm))
 }
 
 /// Seed of the noise and times of one step: a pure function of (seed, step), so resuming at

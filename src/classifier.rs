@@ -1,0 +1,257 @@
+//! A small MNIST classifier that flowmatch trains itself, used as the feature extractor of the
+//! quality metrics (a "classifier-FID", as Inception features are for natural images).
+//!
+//! Four 3x3 convolutions (two with stride 2) with ReLU, a 128-unit feature layer, 10 logits.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::activation::{log_softmax, relu, softmax};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{EpochOrder, ImageSet};
+use crate::error::{Error, Result};
+use crate::model::{ConvParams, Dense, Init, ParamSource, RandomInit, named_parameters, param};
+use crate::tensor_file::{FileParams, TensorFile};
+
+/// Number of classes.
+pub const CLASSES: usize = 10;
+/// Size of the feature layer used by the metrics.
+pub const FEATURES: usize = 128;
+/// Metadata key of the classifier's record (JSON of [`ClassifierInfo`]).
+pub const META_CLASSIFIER: &str = "flowmatch.classifier";
+
+/// What a stored classifier was trained on and how well it does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierInfo {
+    /// Data set name.
+    pub data: String,
+    /// Training epochs.
+    pub epochs: usize,
+    /// Accuracy on the held-out split.
+    pub test_accuracy: f64,
+    /// Held-out images it was measured on.
+    pub test_images: usize,
+}
+
+/// The classifier network.
+#[derive(Module, Debug)]
+pub struct Classifier {
+    /// 1 -> 32, 28x28.
+    pub conv1: ConvParams,
+    /// 32 -> 32, stride 2 (14x14).
+    pub conv2: ConvParams,
+    /// 32 -> 64, 14x14.
+    pub conv3: ConvParams,
+    /// 64 -> 64, stride 2 (7x7).
+    pub conv4: ConvParams,
+    /// 3136 -> 128 feature layer.
+    pub fc1: Dense,
+    /// 128 -> 10 logits.
+    pub fc2: Dense,
+}
+
+fn conv<S: ParamSource>(
+    source: &mut S,
+    name: &str,
+    c_in: usize,
+    c_out: usize,
+    device: &Device,
+) -> Result<ConvParams> {
+    let fan_in = c_in * 9;
+    Ok(ConvParams {
+        weight: param(
+            source,
+            &format!("{name}.weight"),
+            [c_out, c_in, 3, 3],
+            Init::FanIn(fan_in),
+            device,
+        )?,
+        bias: param(
+            source,
+            &format!("{name}.bias"),
+            [c_out],
+            Init::FanIn(fan_in),
+            device,
+        )?,
+    })
+}
+
+impl Classifier {
+    /// Builds the network from `source`.
+    pub fn build<S: ParamSource>(source: &mut S, device: &Device) -> Result<Self> {
+        Ok(Classifier {
+            conv1: conv(source, "conv1", 1, 32, device)?,
+            conv2: conv(source, "conv2", 32, 32, device)?,
+            conv3: conv(source, "conv3", 32, 64, device)?,
+            conv4: conv(source, "conv4", 64, 64, device)?,
+            fc1: Dense::build(source, "fc1", 64 * 7 * 7, FEATURES, device)?,
+            fc2: Dense::build(source, "fc2", FEATURES, CLASSES, device)?,
+        })
+    }
+
+    /// The 128 features of images `x` (`[batch, 1, 28, 28]`, values in [-1, 1]).
+    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        let layer = |x, c: &ConvParams, stride| {
+            relu(conv2d(
+                x,
+                c.weight.val(),
+                Some(c.bias.val()),
+                ConvOptions::new([stride; 2], [1, 1], [1, 1], 1),
+            ))
+        };
+        let h = layer(x, &self.conv1, 1);
+        let h = layer(h, &self.conv2, 2);
+        let h = layer(h, &self.conv3, 1);
+        let h = layer(h, &self.conv4, 2);
+        let [b, c, hh, ww] = h.dims();
+        relu(self.fc1.forward(h.reshape([b, c * hh * ww])))
+    }
+
+    /// Class logits of images `x`.
+    pub fn logits(&self, x: Tensor<4>) -> Tensor<2> {
+        self.fc2.forward(self.features(x))
+    }
+
+    /// Loads a classifier written by [`train_classifier`].
+    pub fn load(path: &Path, device: &Device) -> Result<(Self, ClassifierInfo)> {
+        let file = TensorFile::read(path)?;
+        let kind = "flowmatch classifier";
+        let info = file
+            .metadata
+            .get(META_CLASSIFIER)
+            .and_then(|s| serde_json::from_str(s).ok())
+            .ok_or_else(|| {
+                Error::bad_file(
+                    path,
+                    format!("not a {kind}: no '{META_CLASSIFIER}' metadata"),
+                )
+            })?;
+        let mut source = FileParams {
+            file: &file,
+            path,
+            prefix: "",
+            kind,
+        };
+        Ok((Classifier::build(&mut source, device)?, info))
+    }
+
+    /// Writes the weights and `info` to `path` atomically.
+    pub fn save(&self, info: &ClassifierInfo, path: &Path) -> Result<()> {
+        let mut file = TensorFile {
+            metadata: HashMap::from([(
+                META_CLASSIFIER.to_string(),
+                serde_json::to_string(info).expect("serialises"),
+            )]),
+            ..Default::default()
+        };
+        for t in named_parameters(self) {
+            file.tensors.insert(t.name.clone(), t);
+        }
+        file.write(path)
+    }
+}
+
+/// Features and class probabilities of a set of images.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    /// `n` rows of [`FEATURES`] values.
+    pub features: Vec<Vec<f32>>,
+    /// `n` rows of [`CLASSES`] probabilities.
+    pub probs: Vec<Vec<f32>>,
+}
+
+fn rows(t: Tensor<2>) -> Vec<Vec<f32>> {
+    let [_, d] = t.dims();
+    let values = t
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 tensor");
+    values.chunks(d).map(|c| c.to_vec()).collect()
+}
+
+/// Embeds `n` images given as row-major `[n, 28, 28]` values in [-1, 1], in batches.
+pub fn embed(classifier: &Classifier, pixels: &[f32], device: &Device) -> Embedding {
+    let image = 28 * 28;
+    let mut out = Embedding {
+        features: Vec::new(),
+        probs: Vec::new(),
+    };
+    for chunk in pixels.chunks(256 * image) {
+        let n = chunk.len() / image;
+        let x = Tensor::<4>::from_data(TensorData::new(chunk.to_vec(), [n, 1, 28, 28]), device);
+        let features = classifier.features(x);
+        let probs = softmax(classifier.fc2.forward(features.clone()), 1);
+        out.features.extend(rows(features));
+        out.probs.extend(rows(probs));
+    }
+    out
+}
+
+/// Fraction of `set` classified correctly.
+pub fn accuracy(classifier: &Classifier, set: &ImageSet, device: &Device) -> f64 {
+    let embedding = embed(classifier, &set.pixels, device);
+    let correct = embedding
+        .probs
+        .iter()
+        .zip(&set.labels)
+        .filter(|(p, label)| argmax(p) == **label as usize)
+        .count();
+    correct as f64 / set.len() as f64
+}
+
+/// Index of the largest value.
+pub fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
+}
+
+/// Trains a classifier on `train` (AdamW, lr 1e-3, batch 128) and measures it on `test`.
+pub fn train_classifier(
+    train: &ImageSet,
+    test: &ImageSet,
+    epochs: usize,
+    seed: u64,
+    device: &Device,
+    mut on_epoch: impl FnMut(usize, f32),
+) -> Result<(Classifier, f64)> {
+    if epochs == 0 {
+        return Err(Error::invalid("epochs", "must be positive"));
+    }
+    let ad = device.clone().autodiff();
+    let mut model = Classifier::build(&mut RandomInit::new(seed), &ad)?;
+    let mut optimizer = AdamWConfig::new().with_weight_decay(1e-4).init();
+    for epoch in 0..epochs {
+        let order = EpochOrder::new(train.len(), 128, seed, epoch);
+        let mut total = 0.0;
+        for b in 0..order.num_batches() {
+            let (x, labels) = train.batch(order.batch(b), &ad);
+            let mut one_hot = vec![0.0f32; labels.len() * CLASSES];
+            for (i, &l) in labels.iter().enumerate() {
+                one_hot[i * CLASSES + l as usize] = 1.0;
+            }
+            let target =
+                Tensor::<2>::from_data(TensorData::new(one_hot, [labels.len(), CLASSES]), &ad);
+            let loss = (log_softmax(model.logits(x), 1) * target)
+                .sum_dim(1)
+                .mean()
+                .neg();
+            total += loss.clone().into_scalar::<f32>();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optimizer.step(1e-3, model, grads);
+        }
+        on_epoch(epoch, total / order.num_batches() as f32);
+    }
+    let model = model.valid();
+    let accuracy = accuracy(&model, test, device);
+    Ok((model, accuracy))
+}

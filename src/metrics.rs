@@ -1,0 +1,177 @@
+//! Sample-quality metrics in a classifier's feature space: Fréchet distance (classifier-FID),
+//! kernel inception distance (KID, with its standard deviation over subsets), the fraction of
+//! confidently classified samples, and the class histogram with its entropy.
+
+use nalgebra::{DMatrix, DVector, SymmetricEigen};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::index::sample;
+use serde::Serialize;
+
+use crate::classifier::{CLASSES, Embedding, argmax};
+
+/// Probability above which a sample counts as confidently classified.
+pub const CONFIDENT: f32 = 0.9;
+
+/// Quality of one set of samples against a reference set.
+#[derive(Debug, Clone, Serialize)]
+pub struct Quality {
+    /// Samples measured.
+    pub n: usize,
+    /// Fréchet distance between Gaussian fits of the features.
+    pub fid: f64,
+    /// Kernel inception distance (unbiased MMD^2, cubic polynomial kernel), mean over subsets.
+    pub kid: f64,
+    /// Standard deviation of KID over the subsets.
+    pub kid_std: f64,
+    /// Fraction of samples whose top class probability is at least 0.9.
+    pub confident: f64,
+    /// Samples per predicted class.
+    pub histogram: [usize; CLASSES],
+    /// Entropy of the predicted-class histogram in bits (log2(10) = 3.32 when balanced).
+    pub class_entropy_bits: f64,
+}
+
+fn matrix(rows: &[Vec<f32>]) -> DMatrix<f64> {
+    let d = rows.first().map_or(0, Vec::len);
+    DMatrix::from_fn(rows.len(), d, |i, j| rows[i][j] as f64)
+}
+
+fn mean_cov(x: &DMatrix<f64>) -> (DVector<f64>, DMatrix<f64>) {
+    let n = x.nrows() as f64;
+    let mean = x.row_mean().transpose();
+    let mut centered = x.clone();
+    for mut row in centered.row_iter_mut() {
+        row -= mean.transpose();
+    }
+    let cov = centered.transpose() * &centered / (n - 1.0).max(1.0);
+    (mean, cov)
+}
+
+/// Square root of a symmetric positive semi-definite matrix (negative eigenvalues clamped).
+fn sqrt_psd(m: DMatrix<f64>) -> DMatrix<f64> {
+    let eig = SymmetricEigen::new(m);
+    let roots = eig.eigenvalues.map(|v| v.max(0.0).sqrt());
+    &eig.eigenvectors * DMatrix::from_diagonal(&roots) * eig.eigenvectors.transpose()
+}
+
+/// Fréchet distance `|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))` between Gaussian fits.
+pub fn frechet_distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    let (mu_a, s_a) = mean_cov(&matrix(a));
+    let (mu_b, s_b) = mean_cov(&matrix(b));
+    let root_a = sqrt_psd(s_a.clone());
+    // Tr((S_a S_b)^(1/2)) = Tr((A^(1/2) S_b A^(1/2))^(1/2)), a symmetric form.
+    let middle = &root_a * &s_b * &root_a;
+    let middle = (&middle + middle.transpose()) / 2.0;
+    let tr_root = SymmetricEigen::new(middle)
+        .eigenvalues
+        .iter()
+        .map(|v| v.max(0.0).sqrt())
+        .sum::<f64>();
+    (mu_a - mu_b).norm_squared() + s_a.trace() + s_b.trace() - 2.0 * tr_root
+}
+
+/// Unbiased MMD^2 with the kernel `k(x, y) = (x.y / d + 1)^3` (Binkowski et al. 2018).
+fn mmd2(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
+    let d = a.ncols() as f64;
+    let kernel =
+        |x: &DMatrix<f64>, y: &DMatrix<f64>| (x * y.transpose()).map(|v| (v / d + 1.0).powi(3));
+    let (kaa, kbb, kab) = (kernel(a, a), kernel(b, b), kernel(a, b));
+    let (m, n) = (a.nrows() as f64, b.nrows() as f64);
+    let off_diag = |k: &DMatrix<f64>| k.sum() - k.trace();
+    off_diag(&kaa) / (m * (m - 1.0)) + off_diag(&kbb) / (n * (n - 1.0)) - 2.0 * kab.sum() / (m * n)
+}
+
+/// KID: mean and standard deviation of MMD^2 over `subsets` random subsets of `subset_size`
+/// rows of each set (all rows when fewer).
+pub fn kid(
+    a: &[Vec<f32>],
+    b: &[Vec<f32>],
+    subsets: usize,
+    subset_size: usize,
+    seed: u64,
+) -> (f64, f64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let size = subset_size.min(a.len()).min(b.len());
+    let pick = |rows: &[Vec<f32>], rng: &mut StdRng| {
+        let idx = sample(rng, rows.len(), size);
+        matrix(&idx.iter().map(|i| rows[i].clone()).collect::<Vec<_>>())
+    };
+    let values: Vec<f64> = (0..subsets.max(1))
+        .map(|_| {
+            let (x, y) = (pick(a, &mut rng), pick(b, &mut rng));
+            mmd2(&x, &y)
+        })
+        .collect();
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
+    (mean, var.sqrt())
+}
+
+/// All metrics of `samples` against `reference`.
+pub fn quality(samples: &Embedding, reference: &Embedding) -> Quality {
+    let n = samples.features.len();
+    let fid = frechet_distance(&samples.features, &reference.features);
+    let (kid, kid_std) = kid(&samples.features, &reference.features, 10, 500, 0);
+    let confident = samples
+        .probs
+        .iter()
+        .filter(|p| p.iter().cloned().fold(0.0, f32::max) >= CONFIDENT)
+        .count();
+    let mut histogram = [0usize; CLASSES];
+    for p in &samples.probs {
+        histogram[argmax(p)] += 1;
+    }
+    let class_entropy_bits = -histogram
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n as f64;
+            p * p.log2()
+        })
+        .sum::<f64>();
+    Quality {
+        n,
+        fid,
+        kid,
+        kid_std,
+        confident: confident as f64 / n.max(1) as f64,
+        histogram,
+        class_entropy_bits,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_distr::{Distribution, Normal};
+
+    fn gaussian(n: usize, d: usize, mean: f32, std: f32, seed: u64) -> Vec<Vec<f32>> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let dist = Normal::new(mean, std).unwrap();
+        (0..n)
+            .map(|_| (0..d).map(|_| dist.sample(&mut rng)).collect())
+            .collect()
+    }
+
+    #[test]
+    fn frechet_distance_of_known_gaussians() {
+        // N(0, I) vs N(1, 4 I) in 4 dims: |mu|^2 = 4, trace term = 4 (1 + 4 - 2*2) = 4.
+        let a = gaussian(20000, 4, 0.0, 1.0, 1);
+        let b = gaussian(20000, 4, 1.0, 2.0, 2);
+        let fd = frechet_distance(&a, &b);
+        assert!((fd - 8.0).abs() < 0.3, "{fd}");
+        let same = frechet_distance(&a, &gaussian(20000, 4, 0.0, 1.0, 3));
+        assert!(same < 0.01, "{same}");
+    }
+
+    #[test]
+    fn kid_is_near_zero_for_one_distribution_and_grows_with_the_shift() {
+        let a = gaussian(400, 8, 0.0, 1.0, 1);
+        let (same, _) = kid(&a, &gaussian(400, 8, 0.0, 1.0, 2), 5, 200, 0);
+        let (near, _) = kid(&a, &gaussian(400, 8, 0.3, 1.0, 3), 5, 200, 0);
+        let (far, _) = kid(&a, &gaussian(400, 8, 1.0, 1.0, 4), 5, 200, 0);
+        assert!(same.abs() < 0.02, "{same}");
+        assert!(same < near && near < far, "{same} {near} {far}");
+    }
+}
