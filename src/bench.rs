@@ -128,6 +128,7 @@ pub fn run(config: &BenchConfig, device: &Device) -> Result<BenchResult> {
                 current,
                 &mut optimizer,
                 x0.clone(),
+                None,
                 &mut rng,
                 train_config.lr,
                 &train_config,

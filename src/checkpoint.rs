@@ -22,6 +22,8 @@ pub const META_PROGRESS: &str = "flowmatch.progress";
 pub const META_TRAIN_CONFIG: &str = "flowmatch.train_config";
 /// Metadata key of the EMA state (JSON of [`EmaInfo`]).
 pub const META_EMA: &str = "flowmatch.ema";
+/// Name of the optimiser state (burnpack bytes) in a resumable checkpoint.
+pub const OPTIMIZER_STATE: &str = "optimizer_state";
 /// Prefix of the EMA copies of the parameters (`ema.down1.conv.weight`, ...).
 pub const EMA_PREFIX: &str = "ema.";
 
@@ -53,6 +55,12 @@ pub struct Progress {
     pub step: u64,
     /// Mean loss of the last completed epoch, if any.
     pub last_epoch_loss: Option<f32>,
+    /// Sum of the losses of the current (unfinished) epoch.
+    #[serde(default)]
+    pub epoch_loss_sum: f64,
+    /// Steps of the current (unfinished) epoch.
+    #[serde(default)]
+    pub epoch_steps: usize,
 }
 
 /// A loaded model and the metadata stored beside it.
@@ -82,11 +90,12 @@ impl LoadedModel {
     }
 }
 
-/// Writes the model's parameters (and, when given, their EMA as `ema.*`) and `metadata` to
-/// `path` atomically.
+/// Writes the model's parameters (and, when given, their EMA as `ema.*` and the optimiser state
+/// as a byte tensor) and `metadata` to `path` atomically.
 pub fn save(
     model: &SimpleUNet,
     ema: Option<&Ema>,
+    optimizer_state: Option<Vec<u8>>,
     metadata: HashMap<String, String>,
     path: &Path,
 ) -> Result<()> {
@@ -113,6 +122,9 @@ pub fn save(
             tensor.name = format!("{EMA_PREFIX}{}", tensor.name);
             file.tensors.insert(tensor.name.clone(), tensor);
         }
+    }
+    if let Some(bytes) = optimizer_state {
+        file.blobs.insert(OPTIMIZER_STATE.into(), bytes);
     }
     file.write(path)
 }
@@ -197,9 +209,14 @@ fn infer_config(file: &TensorFile, path: &Path) -> Result<UNetConfig> {
     let d2 = dims("down2.conv.weight", 4)?;
     let d3 = dims("down3.conv.weight", 4)?;
     let t = dims("time_mlp.1.weight", 2)?;
+    let num_classes = match file.tensors.get("label_emb.weight") {
+        Some(_) => Some(dims("label_emb.weight", 2)?[0].saturating_sub(1)),
+        None => None,
+    };
     Ok(UNetConfig {
         in_channels: d1[1],
         widths: [d1[0], d2[0], d3[0]],
         time_dim: t[1],
+        num_classes,
     })
 }

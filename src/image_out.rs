@@ -206,6 +206,7 @@ pub fn loss_curve(
             .map_err(|e| plot_err(&e))?;
         chart
             .configure_mesh()
+            .light_line_style(WHITE)
             .x_desc("step")
             .y_desc("loss")
             .label_style((FONT, 14))
@@ -285,21 +286,23 @@ pub fn quality_plot(
         area.fill(&WHITE).map_err(|e| err(&e))?;
         let panels = area.split_evenly((1, 2));
         type Pick = fn(&(f64, f64, f64)) -> f64;
-        let specs: [(&str, f64, Pick, f64); 2] = [
+        let specs: [(&str, f64, Pick, f64, SeriesLabelPosition); 2] = [
             (
                 "classifier-FID (lower is better)",
                 fid_max.max(1e-6),
                 |p| p.1,
                 floor_fid,
+                SeriesLabelPosition::UpperRight,
             ),
             (
                 "confident fraction (p >= 0.9)",
                 1.0,
                 |p| p.2,
                 floor_confident,
+                SeriesLabelPosition::LowerRight,
             ),
         ];
-        for (panel, (title, y_max, pick, floor)) in panels.iter().zip(specs) {
+        for (panel, (title, y_max, pick, floor, legend)) in panels.iter().zip(specs) {
             let mut chart = ChartBuilder::on(panel)
                 .caption(title, (FONT, 20))
                 .margin(12)
@@ -310,6 +313,8 @@ pub fn quality_plot(
             chart
                 .configure_mesh()
                 .x_desc("NFE (log scale)")
+                .x_labels(8)
+                .x_label_formatter(&|v| format!("{v:.0}"))
                 .label_style((FONT, 13))
                 .light_line_style(WHITE)
                 .draw()
@@ -345,6 +350,7 @@ pub fn quality_plot(
             }
             chart
                 .configure_series_labels()
+                .position(legend)
                 .label_font((FONT, 13))
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)

@@ -22,6 +22,7 @@ pub mod ema;
 pub mod error;
 pub mod eval;
 pub mod flow;
+pub mod guidance;
 pub mod image_out;
 pub mod likelihood;
 pub mod lr_schedule;

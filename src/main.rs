@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -16,6 +18,7 @@ use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split, default_cach
 use flowmatch::device::device_from_name;
 use flowmatch::eval::{self, EvalPlan};
 use flowmatch::flow::TimeSampling;
+use flowmatch::guidance::Guided;
 use flowmatch::image_out::QualityCurve;
 use flowmatch::image_out::{self, Images};
 use flowmatch::likelihood::Divergence;
@@ -122,6 +125,10 @@ impl DataArgs {
 struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
+    /// Continue the run in this folder exactly where it stopped (its stored settings are used;
+    /// the other training flags are ignored).
+    #[arg(long)]
+    resume: Option<PathBuf>,
     /// Output folder (checkpoints, metrics.jsonl, loss_curve.png).
     #[arg(long, default_value = "runs/train")]
     out: PathBuf,
@@ -164,6 +171,12 @@ struct TrainArgs {
     /// Size of the time embedding.
     #[arg(long, default_value_t = 32)]
     time_dim: usize,
+    /// Train a class-conditional model with this many classes (10 for digits; 0: unconditional).
+    #[arg(long, default_value_t = 0)]
+    classes: usize,
+    /// Probability of dropping a label during conditional training (for classifier-free guidance).
+    #[arg(long, default_value_t = 0.1)]
+    label_dropout: f32,
     /// Seed of initialisation, data order and noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -178,9 +191,12 @@ impl TrainArgs {
             model: UNetConfig {
                 widths: self.widths,
                 time_dim: self.time_dim,
+                num_classes: (self.classes > 0).then_some(self.classes),
                 ..UNetConfig::REFERENCE
             },
+            label_dropout: self.label_dropout,
             data: self.data.data.clone(),
+            data_limit: self.data.limit,
             epochs: self.epochs,
             max_steps: self.steps,
             batch_size: self.batch_size,
@@ -227,21 +243,25 @@ struct DemoArgs {
     /// Output folder.
     #[arg(long, default_value = "runs/demo")]
     out: PathBuf,
-    /// Optimiser steps (about 5 minutes on 2 CPU cores with the defaults).
+    /// Optimiser steps (about 8 minutes on 2 CPU cores with the defaults).
     #[arg(long, default_value_t = DEMO_STEPS)]
     steps: u64,
+    /// Train a class-conditional model (10 for digits) and also write a guided grid, one row per class.
+    #[arg(long, default_value_t = 0)]
+    classes: usize,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
 
 /// The demo's model and schedule, sized for a 2-core CPU.
-const DEMO_STEPS: u64 = 1500;
+const DEMO_STEPS: u64 = 2000;
 const DEMO_WIDTHS: [usize; 3] = [16, 32, 64];
-const DEMO_BATCH: usize = 64;
+const DEMO_BATCH: usize = 32;
 const DEMO_LR: f64 = 2e-3;
-const DEMO_WARMUP: u64 = 50;
-const DEMO_EMA: f64 = 0.995;
+const DEMO_WARMUP: u64 = 100;
+const DEMO_EMA: f64 = 0.999;
+const DEMO_GUIDANCE: f32 = 2.0;
 
 #[derive(Args)]
 struct SolverArgs {
@@ -372,7 +392,7 @@ struct SampleArgs {
     /// Number of samples.
     #[arg(long, default_value_t = 64)]
     n: usize,
-    /// Euler steps.
+    /// Steps of the fixed-step solvers (ignored by dopri5).
     #[arg(long, default_value_t = 50)]
     steps: usize,
     /// Seed of the starting noise.
@@ -392,6 +412,33 @@ struct SampleArgs {
     no_ema: bool,
     #[command(flatten)]
     solver: SolverArgs,
+    /// Conditional models: generate this digit (class).
+    #[arg(long, conflicts_with = "digits")]
+    digit: Option<usize>,
+    /// Conditional models: one row per class, e.g. 0-9 or 1,3,7 (--n samples per row).
+    #[arg(long, value_parser = parse_digits)]
+    digits: Option<Vec<usize>>,
+    /// Classifier-free guidance scale w: v = v_uncond + w (v_cond - v_uncond); 1 is plain conditional.
+    #[arg(long, default_value_t = 1.0)]
+    guidance: f32,
+}
+
+fn parse_digits(s: &str) -> std::result::Result<Vec<usize>, String> {
+    let bad = || format!("'{s}': expected a range like 0-9 or a list like 1,3,7");
+    if let Some((a, b)) = s.split_once('-') {
+        let (a, b) = (
+            a.trim().parse::<usize>().map_err(|_| bad())?,
+            b.trim().parse::<usize>().map_err(|_| bad())?,
+        );
+        return if a <= b {
+            Ok((a..=b).collect())
+        } else {
+            Err(bad())
+        };
+    }
+    s.split(',')
+        .map(|p| p.trim().parse::<usize>().map_err(|_| bad()))
+        .collect()
 }
 
 #[derive(Args)]
@@ -402,7 +449,7 @@ struct TrajectoryArgs {
     /// Number of samples (rows of the strip).
     #[arg(long, default_value_t = 1)]
     n: usize,
-    /// Euler steps.
+    /// Steps of the fixed-step solvers (ignored by dopri5).
     #[arg(long, default_value_t = 50)]
     steps: usize,
     /// Seed of the starting noise.
@@ -487,8 +534,43 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(args) => demo(args, &device),
         Command::Train(args) => {
-            let data = args.data.load()?;
-            let outcome = run_training(&args.config(), &data, &args.out, &device)?;
+            let outcome = match &args.resume {
+                Some(dir) => {
+                    let config = train::resume_config(dir)?;
+                    let data = DataArgs {
+                        data: config.data.clone(),
+                        limit: config.data_limit,
+                        ..args.data
+                    }
+                    .load()?;
+                    println!(
+                        "resuming {} ({} steps planned)",
+                        dir.display(),
+                        config.max_steps.map_or("all".into(), |s| s.to_string())
+                    );
+                    with_progress(|observer| train::resume(&data, dir, &device, observer))?
+                }
+                None => {
+                    let data = args.data.load()?;
+                    let config = args.config();
+                    with_progress(|observer| {
+                        train::train(&config, &data, &args.out, &device, observer)
+                    })?
+                }
+            };
+            if outcome.interrupted {
+                println!(
+                    "interrupted after step {}: saved {}; continue with: flowmatch train --resume {}",
+                    outcome.steps,
+                    outcome.checkpoint.display(),
+                    outcome
+                        .checkpoint
+                        .parent()
+                        .unwrap_or(Path::new("."))
+                        .display()
+                );
+                return Ok(());
+            }
             println!("final checkpoint: {}", outcome.checkpoint.display());
             println!("loss curve:       {}", outcome.loss_curve.display());
             println!("metrics:          {}", outcome.metrics.display());
@@ -530,6 +612,7 @@ fn load_model(path: &Path, device: &Device, no_ema: bool) -> Result<SimpleUNet> 
 
 struct ProgressObserver {
     bar: ProgressBar,
+    stop: Arc<AtomicBool>,
 }
 
 impl TrainObserver for ProgressObserver {
@@ -556,13 +639,14 @@ impl TrainObserver for ProgressObserver {
     fn on_checkpoint(&mut self, path: &Path) {
         self.bar.println(format!("checkpoint: {}", path.display()));
     }
+    fn should_stop(&mut self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
 }
 
-fn run_training(
-    config: &TrainConfig,
-    data: &ImageSet,
-    out: &Path,
-    device: &Device,
+/// Runs `train` with a progress bar; Ctrl-C or SIGTERM asks it to save and stop.
+fn with_progress(
+    train: impl FnOnce(&mut dyn TrainObserver) -> flowmatch::Result<train::TrainOutcome>,
 ) -> Result<train::TrainOutcome> {
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template(
@@ -570,55 +654,76 @@ fn run_training(
         )
         .expect("valid template"),
     );
-    let mut observer = ProgressObserver { bar };
-    let outcome = train::train(config, data, out, device, &mut observer);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // Only the first handler can be installed; later runs in the same process share it.
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    let mut observer = ProgressObserver { bar, stop };
+    let outcome = train(&mut observer);
     observer.bar.finish_and_clear();
     Ok(outcome?)
 }
 
 fn sample(args: SampleArgs, device: &Device) -> Result<()> {
     let model = load_model(&args.checkpoint, device, args.no_ema)?;
-    if args.steps == 0 {
-        bail!("invalid --steps: must be positive");
-    }
+    check_counts(args.n, args.steps)?;
+    // Class labels per sample (conditional models) and the grid's columns.
+    let (labels, cols) = match (args.digit, &args.digits) {
+        (Some(d), _) => (Some(vec![d; args.n]), None),
+        (None, Some(rows)) => {
+            let labels = rows
+                .iter()
+                .flat_map(|&d| std::iter::repeat_n(d, args.n))
+                .collect();
+            (Some(labels), Some(args.n))
+        }
+        (None, None) => (None, None),
+    };
+    let count = labels.as_ref().map_or(args.n, Vec::len);
     let x1 = match &args.init_noise {
         Some(path) => {
             let file = TensorFile::read(path)?;
             let noise = file.get("x1", path)?;
             let shape = sampling::check_noise_shape(&model, &noise.shape)
                 .with_context(|| format!("{}: tensor 'x1'", path.display()))?;
+            if labels.is_some() && shape[0] != count {
+                bail!(
+                    "{}: tensor 'x1' holds {} samples, the labels ask for {count}",
+                    path.display(),
+                    shape[0]
+                );
+            }
             sampling::from_vec(noise.values.clone(), shape, device)
         }
-        None => {
-            check_counts(args.n, args.steps)?;
-            sampling::initial_noise(&model, args.n, args.seed, device)
-        }
+        None => sampling::initial_noise(&model, count, args.seed, device),
     };
     let started = Instant::now();
     let solver = args.solver.solver()?;
-    let solution = solve(
-        &model,
-        solver,
-        x1,
-        args.steps,
-        args.solver.grid()?,
-        |_, _, _| {},
-    );
+    let grid = args.solver.grid()?;
+    let solution = match &labels {
+        Some(labels) => {
+            let guided = Guided::new(&model, labels, args.guidance)?;
+            solve(&guided, solver, x1, args.steps, grid, |_, _, _| {})
+        }
+        None if args.guidance != 1.0 => bail!("invalid --guidance: it needs --digit or --digits"),
+        None => solve(&model, solver, x1, args.steps, grid, |_, _, _| {}),
+    };
     let dims = solution.x.dims();
     let values = sampling::to_vec(&solution.x);
     let seconds = started.elapsed().as_secs_f64();
-    image_out::save_grid(
-        Images {
-            pixels: &values,
-            height: dims[2],
-            width: dims[3],
-        },
-        &args.out,
-    )?;
+    let images = Images {
+        pixels: &values,
+        height: dims[2],
+        width: dims[3],
+    };
+    match cols {
+        Some(cols) => image_out::save_png(&image_out::grid(images, cols, 1, 2), &args.out)?,
+        None => image_out::save_grid(images, &args.out)?,
+    }
     println!(
-        "{} samples, {} Euler steps (NFE {}), {:.1} s: {}",
+        "{} samples, {solver}, {} steps, NFE {}, {:.1} s: {}",
         dims[0],
-        args.steps,
+        solution.steps,
         solution.nfe,
         seconds,
         args.out.display()
@@ -657,7 +762,10 @@ fn write_trajectory(
 fn demo(args: DemoArgs, device: &Device) -> Result<()> {
     let data = args.data.load()?;
     let config = TrainConfig {
-        model: UNetConfig::with_widths(DEMO_WIDTHS),
+        model: UNetConfig {
+            num_classes: (args.classes > 0).then_some(args.classes),
+            ..UNetConfig::with_widths(DEMO_WIDTHS)
+        },
         data: args.data.data.clone(),
         epochs: usize::MAX,
         max_steps: Some(args.steps),
@@ -667,13 +775,17 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
             warmup_steps: DEMO_WARMUP,
         },
         ema_decay: Some(DEMO_EMA),
+        time_sampling: TimeSampling::LogitNormal {
+            mean: 0.0,
+            std: 1.0,
+        },
         seed: args.seed,
         checkpoint_every: 0,
         ..TrainConfig::default()
     };
     println!(
         "demo: training a {:?}-wide SimpleUNet for {} steps (batch {}, lr {}) on {} images ({}); \
-         about 5 minutes on 2 CPU cores",
+         about 8 minutes on 2 CPU cores",
         DEMO_WIDTHS,
         args.steps,
         DEMO_BATCH,
@@ -682,7 +794,12 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
         args.data.data
     );
     let started = Instant::now();
-    let outcome = run_training(&config, &data, &args.out, device)?;
+    let outcome =
+        with_progress(|observer| train::train(&config, &data, &args.out, device, observer))?;
+    if outcome.interrupted {
+        println!("interrupted: saved {}", outcome.checkpoint.display());
+        return Ok(());
+    }
     println!(
         "trained {} steps in {:.0} s, final loss {:.4}",
         outcome.steps,
@@ -713,6 +830,28 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
         &args.out.join("trajectory.gif"),
     )?;
     println!("samples (64, 50 Euler steps): {}", grid.display());
+    if args.classes > 0 {
+        let per_row = 10;
+        let labels: Vec<usize> = (0..args.classes)
+            .flat_map(|d| std::iter::repeat_n(d, per_row))
+            .collect();
+        let x1 = sampling::initial_noise(&model, labels.len(), args.seed + 2, device);
+        let guided = Guided::new(&model, &labels, DEMO_GUIDANCE)?;
+        let solution = euler(&guided, x1, 50, |_, _, _| {});
+        let values = sampling::to_vec(&solution.x);
+        let images = Images {
+            pixels: &values,
+            height: IMAGE_SIZE,
+            width: IMAGE_SIZE,
+        };
+        let path = args.out.join("digits.png");
+        image_out::save_png(&image_out::grid(images, per_row, 1, 2), &path)?;
+        println!(
+            "one row per class (guidance {DEMO_GUIDANCE}, NFE {}): {}",
+            solution.nfe,
+            path.display()
+        );
+    }
     println!("loss curve:       {}", outcome.loss_curve.display());
     println!("checkpoint:       {}", outcome.checkpoint.display());
     Ok(())

@@ -4,13 +4,13 @@
 //! Linear `[out, in]`) and, through [`pytorch_name`], PyTorch's `state_dict` names, so weights
 //! trained by the reference code load unchanged.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::activation::silu;
 use burn::tensor::module::{conv_transpose2d, conv2d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Device, Tensor, TensorData};
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Uniform};
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +29,9 @@ pub struct UNetConfig {
     pub widths: [usize; 3],
     /// Size of the sinusoidal time embedding and its MLP (reference: 32).
     pub time_dim: usize,
+    /// Number of classes of a class-conditional model (none: unconditional, as the reference).
+    #[serde(default)]
+    pub num_classes: Option<usize>,
 }
 
 impl UNetConfig {
@@ -37,6 +40,7 @@ impl UNetConfig {
         in_channels: 1,
         widths: [64, 128, 256],
         time_dim: 32,
+        num_classes: None,
     };
 
     /// A one-channel network with the given widths and the reference time embedding.
@@ -68,6 +72,12 @@ impl UNetConfig {
                 format!("{}: must be even and at least 4", self.time_dim),
             ));
         }
+        if self.num_classes == Some(0) {
+            return Err(Error::invalid(
+                "classes",
+                "a conditional model needs at least one class",
+            ));
+        }
         if self.in_channels == 0 {
             return Err(Error::invalid("in_channels", "must be positive"));
         }
@@ -94,6 +104,8 @@ pub enum Init {
     FanIn(usize),
     /// Every element equal to the value (GroupNorm weight 1, bias 0).
     Constant(f32),
+    /// Normal with mean 0 and this standard deviation (PyTorch's embeddings: 1).
+    Normal(f32),
 }
 
 /// Fresh parameters drawn from a seeded generator, as PyTorch initialises these layers.
@@ -126,6 +138,9 @@ impl ParamSource for RandomInit {
                 (0..len).map(|_| dist.sample(&mut self.rng)).collect()
             }
             Init::Constant(v) => vec![v; len],
+            Init::Normal(std) => (0..len)
+                .map(|_| std * self.rng.sample::<f32, _>(rand_distr::StandardNormal))
+                .collect(),
         };
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
     }
@@ -368,6 +383,8 @@ pub struct SimpleUNet {
     pub up3: Block,
     /// 1x1 output convolution.
     pub out: ConvParams,
+    /// Class embedding of a conditional model: `num_classes + 1` rows, the last for "no label".
+    pub label_emb: Option<LabelEmbedding>,
     #[module(skip)]
     config: UNetConfig,
 }
@@ -398,6 +415,18 @@ impl SimpleUNet {
             fc1: Dense::build(source, "time_mlp.fc1", td, td, device)?,
             fc2: Dense::build(source, "time_mlp.fc2", td, td, device)?,
         };
+        let label_emb = match config.num_classes {
+            Some(classes) => Some(LabelEmbedding {
+                weight: param(
+                    source,
+                    "label_emb.weight",
+                    [classes + 1, td],
+                    Init::Normal(1.0),
+                    device,
+                )?,
+            }),
+            None => None,
+        };
         let out = ConvParams {
             weight: param(
                 source,
@@ -408,7 +437,7 @@ impl SimpleUNet {
             )?,
             bias: param(source, "out.bias", [cin], Init::FanIn(c1), device)?,
         };
-        Ok(SimpleUNet {
+        let model = SimpleUNet {
             time_mlp,
             down1,
             down2,
@@ -419,8 +448,12 @@ impl SimpleUNet {
             up2,
             up3,
             out,
+            label_emb,
             config,
-        })
+        };
+        // Parameter ids by position, so that optimiser state saved by one process applies to the
+        // same parameters when another process rebuilds the model (exact resume).
+        Ok(model.map(&mut SequentialIds(0)))
     }
 
     /// A freshly initialised network (PyTorch's default initialisation, seeded).
@@ -435,11 +468,32 @@ impl SimpleUNet {
 
     /// Predicted velocity for images `x` (`[batch, c, 28, 28]`) at times `t` (`[batch]`, in [0, 1]).
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
+        self.forward_labeled(x, t, None)
+    }
+
+    /// Like [`forward`](Self::forward), for a conditional model with one-hot `labels`
+    /// (`[batch, num_classes + 1]`, see [`one_hot_labels`]); `None` means "no label".
+    /// Labels are ignored by an unconditional model.
+    pub fn forward_labeled(
+        &self,
+        x: Tensor<4>,
+        t: Tensor<1>,
+        labels: Option<Tensor<2>>,
+    ) -> Tensor<4> {
+        let [b, ..] = x.dims();
         let t_emb = sinusoidal_embedding(t * 1000.0, self.config.time_dim);
         let t_emb = self
             .time_mlp
             .fc2
             .forward(silu(self.time_mlp.fc1.forward(t_emb)));
+        let t_emb = match (&self.label_emb, self.config.num_classes) {
+            (Some(embedding), Some(classes)) => {
+                let labels =
+                    labels.unwrap_or_else(|| one_hot_labels(&vec![None; b], classes, &x.device()));
+                t_emb + labels.matmul(embedding.weight.val())
+            }
+            _ => t_emb,
+        };
         let x1 = self.down1.forward(x, t_emb.clone());
         let x2 = self.down2.forward(x1.clone(), t_emb.clone());
         let x3 = self.down3.forward(x2.clone(), t_emb.clone());
@@ -459,6 +513,35 @@ impl SimpleUNet {
     /// Every parameter as (PyTorch name, shape, values), in module order.
     pub fn named_parameters(&self) -> Vec<NamedTensor> {
         named_parameters(self)
+    }
+}
+
+/// The learned class embedding (`label_emb.weight`, as PyTorch's `nn.Embedding`).
+#[derive(Module, Debug)]
+pub struct LabelEmbedding {
+    /// `[num_classes + 1, time_dim]`; the last row is the "no label" entry.
+    pub weight: Param<Tensor<2>>,
+}
+
+/// One-hot rows `[labels.len(), num_classes + 1]`; `None` selects the "no label" entry.
+pub fn one_hot_labels(labels: &[Option<usize>], num_classes: usize, device: &Device) -> Tensor<2> {
+    let width = num_classes + 1;
+    let mut values = vec![0.0f32; labels.len() * width];
+    for (i, label) in labels.iter().enumerate() {
+        let index = label.filter(|&l| l < num_classes).unwrap_or(num_classes);
+        values[i * width + index] = 1.0;
+    }
+    Tensor::from_data(TensorData::new(values, [labels.len(), width]), device)
+}
+
+/// Gives parameters the ids 0, 1, 2, ... in module order.
+struct SequentialIds(u64);
+
+impl ModuleMapper for SequentialIds {
+    fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.id = ParamId::from(self.0);
+        self.0 += 1;
+        param
     }
 }
 

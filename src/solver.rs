@@ -17,6 +17,11 @@ use crate::model::SimpleUNet;
 pub trait VelocityField {
     /// The velocity at states `x` (`[batch, c, h, w]`), all at time `t`.
     fn velocity(&self, x: Tensor<4>, t: f32) -> Tensor<4>;
+
+    /// Network evaluations one call costs (2 for guidance with both branches batched).
+    fn evaluations(&self) -> usize {
+        1
+    }
 }
 
 impl VelocityField for SimpleUNet {
@@ -138,7 +143,7 @@ struct Counted<'a, F: VelocityField> {
 
 impl<F: VelocityField> Counted<'_, F> {
     fn eval(&self, x: Tensor<4>, t: f32) -> Tensor<4> {
-        self.count.set(self.count.get() + 1);
+        self.count.set(self.count.get() + self.field.evaluations());
         self.field.velocity(x, t)
     }
 }

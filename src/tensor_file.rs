@@ -16,6 +16,8 @@ use crate::model::{Init, NamedTensor, ParamSource};
 pub struct TensorFile {
     /// Tensors by name.
     pub tensors: BTreeMap<String, NamedTensor>,
+    /// Opaque byte arrays (stored as one-dimensional `U8` tensors), e.g. optimiser state.
+    pub blobs: BTreeMap<String, Vec<u8>>,
     /// The file's `__metadata__` entries.
     pub metadata: HashMap<String, String>,
 }
@@ -29,7 +31,12 @@ impl TensorFile {
         let (_, header) = SafeTensors::read_metadata(&bytes)
             .map_err(|e| Error::bad_file(path, format!("not a valid safetensors file ({e})")))?;
         let mut tensors = BTreeMap::new();
+        let mut blobs = BTreeMap::new();
         for (name, view) in parsed.tensors() {
+            if view.dtype() == Dtype::U8 && view.shape().len() == 1 {
+                blobs.insert(name, view.data().to_vec());
+                continue;
+            }
             if view.dtype() != Dtype::F32 {
                 return Err(Error::bad_file(
                     path,
@@ -53,6 +60,7 @@ impl TensorFile {
         }
         Ok(TensorFile {
             tensors,
+            blobs,
             metadata: header.metadata().clone().unwrap_or_default(),
         })
     }
@@ -88,6 +96,12 @@ impl TensorFile {
                 Ok((t.name.clone(), view))
             })
             .collect::<Result<Vec<_>>>()?;
+        let mut views = views;
+        for (name, bytes) in &self.blobs {
+            let view = TensorView::new(Dtype::U8, vec![bytes.len()], bytes)
+                .map_err(|e| Error::bad_file(path, format!("blob '{name}': {e}")))?;
+            views.push((name.clone(), view));
+        }
         let metadata = (!self.metadata.is_empty()).then(|| self.metadata.clone());
         let serialized = safetensors::serialize(views, metadata)
             .map_err(|e| Error::bad_file(path, format!("cannot serialise tensors: {e}")))?;

@@ -2,34 +2,39 @@
 //! logged per step and per epoch (JSON lines), loss curve, atomic checkpoints.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor};
-use rand::SeedableRng;
+use burn::tensor::{Bytes, Device, Tensor};
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, META_PROGRESS, META_TRAIN_CONFIG, Progress};
+use crate::checkpoint::{
+    self, META_PROGRESS, META_TRAIN_CONFIG, OPTIMIZER_STATE, Progress, Weights,
+};
 use crate::data::{EpochOrder, ImageSet};
 use crate::ema::Ema;
 use crate::error::{Error, Result};
 use crate::flow::{self, TimeSampling};
 use crate::image_out;
 use crate::lr_schedule::LrSchedule;
-use crate::model::{SimpleUNet, UNetConfig};
+use crate::model::{SimpleUNet, UNetConfig, one_hot_labels};
+use crate::tensor_file::{TensorFile, write_atomic};
 
 /// Every training choice; stored in each checkpoint's metadata (as TOML).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     /// The network's shape.
     pub model: UNetConfig,
-    /// Data set (`embedded`, `mnist`, `fashion-mnist` or a folder), for the record.
+    /// Data set (`embedded`, `mnist`, `fashion-mnist` or a folder).
     pub data: String,
+    /// Only the first this many training images were used.
+    #[serde(default)]
+    pub data_limit: Option<usize>,
     /// Passes over the training set.
     pub epochs: usize,
     /// Stop after this many optimiser steps, even mid-epoch.
@@ -40,6 +45,9 @@ pub struct TrainConfig {
     pub lr: f64,
     /// How the learning rate changes over the run.
     pub lr_schedule: LrSchedule,
+    /// Probability of replacing a label by "no label" (conditional models; classifier-free guidance).
+    #[serde(default = "default_label_dropout")]
+    pub label_dropout: f32,
     /// How training times are drawn.
     pub time_sampling: TimeSampling,
     /// Decay of the exponential moving average of the weights (none: no average, as the reference).
@@ -64,6 +72,7 @@ impl Default for TrainConfig {
         TrainConfig {
             model: UNetConfig::REFERENCE,
             data: "embedded".into(),
+            data_limit: None,
             epochs: 100,
             max_steps: None,
             batch_size: 128,
@@ -71,6 +80,7 @@ impl Default for TrainConfig {
             lr_schedule: LrSchedule::Constant,
             ema_decay: None,
             time_sampling: TimeSampling::Uniform,
+            label_dropout: default_label_dropout(),
             betas: (0.9, 0.999),
             eps: 1e-8,
             weight_decay: 0.01,
@@ -97,6 +107,12 @@ impl TrainConfig {
         positive("learning rate", self.lr > 0.0 && self.lr.is_finite())?;
         positive("max steps", self.max_steps != Some(0))?;
         positive("gradient clip", self.grad_clip.is_none_or(|c| c > 0.0))?;
+        if !(0.0..=1.0).contains(&self.label_dropout) {
+            return Err(Error::invalid(
+                "label dropout",
+                format!("{}: must be in [0, 1]", self.label_dropout),
+            ));
+        }
         if self.ema_decay.is_some_and(|d| !(0.0..1.0).contains(&d)) {
             return Err(Error::invalid(
                 "EMA decay",
@@ -116,6 +132,25 @@ impl TrainConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("config serialises to TOML")
     }
+}
+
+fn default_label_dropout() -> f32 {
+    0.1
+}
+
+/// One-hot labels with each replaced by "no label" with probability `dropout`.
+fn dropped_labels(
+    labels: &[u8],
+    classes: usize,
+    dropout: f32,
+    rng: &mut StdRng,
+    device: &Device,
+) -> Tensor<2> {
+    let kept: Vec<Option<usize>> = labels
+        .iter()
+        .map(|&l| (rng.random::<f32>() >= dropout).then_some(l as usize))
+        .collect();
+    one_hot_labels(&kept, classes, device)
 }
 
 /// What one optimiser step did.
@@ -158,28 +193,49 @@ pub trait TrainObserver {
     fn on_epoch(&mut self, _report: &EpochReport) {}
     /// Called after a checkpoint is written.
     fn on_checkpoint(&mut self, _path: &Path) {}
+    /// Asked before every step: `true` saves a resumable checkpoint and stops (e.g. on Ctrl-C).
+    fn should_stop(&mut self) -> bool {
+        false
+    }
 }
 
 /// An observer that ignores everything.
 impl TrainObserver for () {}
 
-/// Files a finished run leaves in its output folder.
+/// Files a run leaves in its output folder.
 #[derive(Debug, Clone)]
 pub struct TrainOutcome {
-    /// The final checkpoint.
+    /// The final checkpoint (or, when interrupted, the resumable one).
     pub checkpoint: PathBuf,
     /// Per-step and per-epoch losses as JSON lines.
     pub metrics: PathBuf,
     /// The loss curve PNG.
     pub loss_curve: PathBuf,
-    /// Steps taken.
+    /// Steps taken in all (including those before a resume).
     pub steps: u64,
     /// Mean loss of the last epoch (or partial epoch).
     pub final_loss: f32,
+    /// Whether the run stopped early at the observer's request.
+    pub interrupted: bool,
 }
 
 /// Name of the final checkpoint in the output folder.
 pub const FINAL_CHECKPOINT: &str = "final.safetensors";
+/// Name of the resumable checkpoint (model, EMA, optimiser state, progress), rewritten at every
+/// checkpoint and on interruption.
+pub const RESUME_CHECKPOINT: &str = "last.safetensors";
+const METRICS: &str = "metrics.jsonl";
+const LOSS_CURVE: &str = "loss_curve.png";
+
+/// Everything that changes while training runs.
+struct RunState {
+    model: SimpleUNet,
+    optimizer: ModuleOptimizer,
+    ema: Option<Ema>,
+    progress: Progress,
+    step_losses: Vec<(u64, f32)>,
+    epoch_losses: Vec<(u64, f32)>,
+}
 
 /// Trains a fresh model on `data` and writes checkpoints, metrics and the loss curve to `out_dir`.
 pub fn train(
@@ -192,120 +248,232 @@ pub fn train(
     config.validate()?;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let device = device.clone().autodiff();
-    let mut model = SimpleUNet::init(config.model, config.seed, &device)?;
-    let mut optimizer = adamw(config);
-    let mut ema = config.ema_decay.map(|decay| Ema::new(&model, decay));
+    let model = SimpleUNet::init(config.model, config.seed, &device)?;
+    let state = RunState {
+        ema: config.ema_decay.map(|decay| Ema::new(&model, decay)),
+        model,
+        optimizer: adamw(config),
+        progress: Progress::default(),
+        step_losses: Vec::new(),
+        epoch_losses: Vec::new(),
+    };
+    let metrics = out_dir.join(METRICS);
+    std::fs::write(&metrics, b"").map_err(|e| Error::io(&metrics, e))?;
+    run(config, data, out_dir, &device, state, observer)
+}
 
-    let metrics_path = out_dir.join("metrics.jsonl");
-    let mut metrics =
-        BufWriter::new(File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?);
+/// The training configuration stored in a run's resumable checkpoint.
+pub fn resume_config(out_dir: &Path) -> Result<TrainConfig> {
+    let path = out_dir.join(RESUME_CHECKPOINT);
+    let file = TensorFile::read(&path)?;
+    let toml = file
+        .metadata
+        .get(META_TRAIN_CONFIG)
+        .ok_or_else(|| Error::bad_file(&path, "no training configuration in the metadata"))?;
+    toml::from_str(toml)
+        .map_err(|e| Error::bad_file(&path, format!("bad training configuration: {e}")))
+}
+
+/// Continues the run in `out_dir` from its resumable checkpoint, exactly where it stopped:
+/// same weights, EMA, optimiser state, data order and noise as an uninterrupted run.
+pub fn resume(
+    data: &ImageSet,
+    out_dir: &Path,
+    device: &Device,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainOutcome> {
+    let config = resume_config(out_dir)?;
+    let path = out_dir.join(RESUME_CHECKPOINT);
+    let device = device.clone().autodiff();
+    let raw = checkpoint::load_weights(&path, &device, Weights::Raw)?;
+    let progress = raw
+        .progress()
+        .ok_or_else(|| Error::bad_file(&path, "no training progress in the metadata"))?;
+    let state_bytes = TensorFile::read(&path)?
+        .blobs
+        .remove(OPTIMIZER_STATE)
+        .ok_or_else(|| Error::bad_file(&path, "no optimiser state: not a resumable checkpoint"))?;
+    let optimizer = adamw(&config)
+        .from_bytes(Bytes::from_bytes_vec(state_bytes))
+        .map_err(|e| Error::bad_file(&path, format!("bad optimiser state: {e:?}")))?;
+    let ema = match (config.ema_decay, raw.ema_info()) {
+        (Some(decay), Some(info)) => {
+            let averaged =
+                checkpoint::load_weights(&path, &device.clone().inner(), Weights::PreferEma)?;
+            Some(Ema::resume(averaged.model, decay, info.updates))
+        }
+        _ => None,
+    };
+    // Keep the log up to the checkpoint: later lines belong to steps that will be redone.
+    let metrics = out_dir.join(METRICS);
+    let text = std::fs::read_to_string(&metrics).map_err(|e| Error::io(&metrics, e))?;
+    let (mut step_losses, mut epoch_losses, mut kept) = (Vec::new(), Vec::new(), String::new());
+    for line in text.lines() {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::bad_file(&metrics, format!("bad line: {e}")))?;
+        let step = value["step"].as_u64().unwrap_or(u64::MAX);
+        if step > progress.step {
+            break;
+        }
+        match (value["loss"].as_f64(), value["mean_loss"].as_f64()) {
+            (Some(loss), _) => step_losses.push((step, loss as f32)),
+            (_, Some(mean)) => epoch_losses.push((step, mean as f32)),
+            _ => {}
+        }
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    write_atomic(&metrics, kept.as_bytes())?;
+    let state = RunState {
+        model: raw.model,
+        optimizer,
+        ema,
+        progress,
+        step_losses,
+        epoch_losses,
+    };
+    run(&config, data, out_dir, &device, state, observer)
+}
+
+/// The step-driven loop shared by fresh and resumed runs. Step `s` (0-based) is batch
+/// `s mod B` of epoch `s div B` (B batches per epoch), with noise and times seeded by `s`, so
+/// the position in the data and every random draw follow from the step count alone.
+fn run(
+    config: &TrainConfig,
+    data: &ImageSet,
+    out_dir: &Path,
+    device: &Device,
+    mut state: RunState,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainOutcome> {
+    let metrics_path = out_dir.join(METRICS);
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?;
+    let mut metrics = BufWriter::new(file);
     let mut log = |line: String| {
         writeln!(metrics, "{line}")
             .and_then(|_| metrics.flush())
             .map_err(|e| Error::io(&metrics_path, e))
     };
+    let loss_curve = out_dir.join(LOSS_CURVE);
+    let resume_path = out_dir.join(RESUME_CHECKPOINT);
 
     let batches_per_epoch = data.len().div_ceil(config.batch_size) as u64;
     let planned = config.epochs as u64 * batches_per_epoch;
     let total_steps = config.max_steps.map_or(planned, |m| m.min(planned));
     observer.on_start(total_steps);
 
-    let mut step = 0u64;
-    let mut step_losses: Vec<(u64, f32)> = Vec::new();
-    let mut epoch_losses: Vec<(u64, f32)> = Vec::new();
-    let mut last_epoch_loss = None;
-    let loss_curve = out_dir.join("loss_curve.png");
-    'epochs: for epoch in 0..config.epochs {
-        let started = Instant::now();
-        let order = EpochOrder::new(data.len(), config.batch_size, config.seed, epoch);
-        let mut epoch_sum = 0.0f64;
-        let mut epoch_steps = 0usize;
-        for b in 0..order.num_batches() {
-            if step >= total_steps {
-                break;
-            }
-            let step_started = Instant::now();
-            step += 1;
-            let indices = order.batch(b);
-            let (x0, _labels) = data.batch(indices, &device);
-            let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step));
-            let lr = config.lr_schedule.rate(config.lr, step, total_steps);
-            let (updated, loss_value, grad_norm) =
-                train_step(model, &mut optimizer, x0, &mut rng, lr, config)
-                    .map_err(|loss| Error::Diverged { step, loss })?;
-            model = updated;
-            if let Some(ema) = &mut ema {
-                ema.update(&model);
-            }
-
-            let report = StepReport {
-                step,
+    let mut order: Option<(usize, EpochOrder)> = None;
+    let mut epoch_started = Instant::now();
+    while state.progress.step < total_steps {
+        if observer.should_stop() {
+            save_checkpoint(&state, config, true, &resume_path)?;
+            observer.on_checkpoint(&resume_path);
+            image_out::loss_curve(&state.step_losses, &state.epoch_losses, &loss_curve)?;
+            return Ok(outcome(&state, resume_path, metrics_path, loss_curve, true));
+        }
+        let step_started = Instant::now();
+        let epoch = (state.progress.step / batches_per_epoch) as usize;
+        let batch = (state.progress.step % batches_per_epoch) as usize;
+        if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            order = Some((
                 epoch,
-                loss: loss_value,
-                grad_norm,
-                lr,
-                img_s: indices.len() as f64 / step_started.elapsed().as_secs_f64(),
-            };
-            log(serde_json::to_string(&report).expect("report serialises"))?;
-            observer.on_step(&report);
-            step_losses.push((step, loss_value));
-            epoch_sum += loss_value as f64;
-            epoch_steps += 1;
+                EpochOrder::new(data.len(), config.batch_size, config.seed, epoch),
+            ));
         }
-        if epoch_steps == 0 {
-            break 'epochs;
+        let indices = order.as_ref().expect("order of this epoch").1.batch(batch);
+        let step = state.progress.step + 1;
+        let (x0, labels) = data.batch(indices, device);
+        let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step));
+        let labels = config.model.num_classes.map(|classes| {
+            dropped_labels(&labels, classes, config.label_dropout, &mut rng, device)
+        });
+        let lr = config.lr_schedule.rate(config.lr, step, total_steps);
+        let (model, loss, grad_norm) = train_step(
+            state.model,
+            &mut state.optimizer,
+            x0,
+            labels,
+            &mut rng,
+            lr,
+            config,
+        )
+        .map_err(|loss| Error::Diverged { step, loss })?;
+        state.model = model;
+        if let Some(ema) = &mut state.ema {
+            ema.update(&state.model);
         }
-        let mean_loss = (epoch_sum / epoch_steps as f64) as f32;
-        let report = EpochReport {
-            epoch,
-            mean_loss,
+        state.progress.step = step;
+        state.progress.epoch_loss_sum += loss as f64;
+        state.progress.epoch_steps += 1;
+        state.step_losses.push((step, loss));
+        let report = StepReport {
             step,
-            seconds: started.elapsed().as_secs_f64(),
+            epoch,
+            loss,
+            grad_norm,
+            lr,
+            img_s: indices.len() as f64 / step_started.elapsed().as_secs_f64(),
         };
         log(serde_json::to_string(&report).expect("report serialises"))?;
-        observer.on_epoch(&report);
-        epoch_losses.push((step, mean_loss));
-        last_epoch_loss = Some(mean_loss);
-        let epochs_done = epoch + 1;
-        if config.checkpoint_every > 0 && epochs_done % config.checkpoint_every == 0 {
-            let path = out_dir.join(format!("epoch-{epochs_done:04}.safetensors"));
-            save_checkpoint(
-                &model,
-                ema.as_ref(),
-                config,
-                Progress {
-                    epoch: epochs_done,
-                    step,
-                    last_epoch_loss,
-                },
-                &path,
-            )?;
-            observer.on_checkpoint(&path);
-            image_out::loss_curve(&step_losses, &epoch_losses, &loss_curve)?;
+        observer.on_step(&report);
+
+        let epoch_done = step.is_multiple_of(batches_per_epoch);
+        if epoch_done || step == total_steps {
+            let mean_loss =
+                (state.progress.epoch_loss_sum / state.progress.epoch_steps as f64) as f32;
+            let report = EpochReport {
+                epoch,
+                mean_loss,
+                step,
+                seconds: epoch_started.elapsed().as_secs_f64(),
+            };
+            log(serde_json::to_string(&report).expect("report serialises"))?;
+            observer.on_epoch(&report);
+            epoch_started = Instant::now();
+            state.epoch_losses.push((step, mean_loss));
+            state.progress.last_epoch_loss = Some(mean_loss);
+            state.progress.epoch = epoch + 1;
+            state.progress.epoch_loss_sum = 0.0;
+            state.progress.epoch_steps = 0;
+            let epochs_done = epoch + 1;
+            if epoch_done
+                && config.checkpoint_every > 0
+                && epochs_done.is_multiple_of(config.checkpoint_every)
+            {
+                let path = out_dir.join(format!("epoch-{epochs_done:04}.safetensors"));
+                save_checkpoint(&state, config, false, &path)?;
+                observer.on_checkpoint(&path);
+                save_checkpoint(&state, config, true, &resume_path)?;
+                image_out::loss_curve(&state.step_losses, &state.epoch_losses, &loss_curve)?;
+            }
         }
     }
-    let epochs_done = epoch_losses.len();
     let checkpoint = out_dir.join(FINAL_CHECKPOINT);
-    save_checkpoint(
-        &model,
-        ema.as_ref(),
-        config,
-        Progress {
-            epoch: epochs_done,
-            step,
-            last_epoch_loss,
-        },
-        &checkpoint,
-    )?;
+    save_checkpoint(&state, config, false, &checkpoint)?;
+    save_checkpoint(&state, config, true, &resume_path)?;
     observer.on_checkpoint(&checkpoint);
-    image_out::loss_curve(&step_losses, &epoch_losses, &loss_curve)?;
-    Ok(TrainOutcome {
+    image_out::loss_curve(&state.step_losses, &state.epoch_losses, &loss_curve)?;
+    Ok(outcome(&state, checkpoint, metrics_path, loss_curve, false))
+}
+
+fn outcome(
+    state: &RunState,
+    checkpoint: PathBuf,
+    metrics: PathBuf,
+    loss_curve: PathBuf,
+    interrupted: bool,
+) -> TrainOutcome {
+    TrainOutcome {
         checkpoint,
-        metrics: metrics_path,
+        metrics,
         loss_curve,
-        steps: step,
-        final_loss: last_epoch_loss.unwrap_or(f32::NAN),
-    })
+        steps: state.progress.step,
+        final_loss: state.progress.last_epoch_loss.unwrap_or(f32::NAN),
+        interrupted,
+    }
 }
 
 /// The AdamW optimiser of `config` (gradient clipping is applied separately, globally).
@@ -326,6 +494,7 @@ pub fn train_step(
     model: SimpleUNet,
     optimizer: &mut ModuleOptimizer,
     x0: Tensor<4>,
+    labels: Option<Tensor<2>>,
     rng: &mut StdRng,
     lr: f64,
     config: &TrainConfig,
@@ -335,7 +504,8 @@ pub fn train_step(
     let x1 = flow::gaussian_noise(rng, x0.dims(), &device);
     let t = config.time_sampling.sample(rng, batch, &device);
     let tuple = flow::training_tuple(x0, x1, t);
-    let loss = flow::velocity_loss(model.forward(tuple.x_t, tuple.t), tuple.target);
+    let predicted = model.forward_labeled(tuple.x_t, tuple.t, labels);
+    let loss = flow::velocity_loss(predicted, tuple.target);
     let loss_value = loss.clone().into_scalar::<f32>();
     if !loss_value.is_finite() {
         return Err(loss_value);
@@ -354,21 +524,35 @@ fn step_seed(seed: u64, step: u64) -> u64 {
     seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// Writes the model, EMA, progress and configuration; with `resumable`, the optimiser state too.
 fn save_checkpoint(
-    model: &SimpleUNet,
-    ema: Option<&Ema>,
+    state: &RunState,
     config: &TrainConfig,
-    progress: Progress,
+    resumable: bool,
     path: &Path,
 ) -> Result<()> {
     let metadata = HashMap::from([
         (
             META_PROGRESS.to_string(),
-            serde_json::to_string(&progress).expect("progress serialises"),
+            serde_json::to_string(&state.progress).expect("progress serialises"),
         ),
         (META_TRAIN_CONFIG.to_string(), config.to_toml()),
     ]);
-    checkpoint::save(model, ema, metadata, path)
+    let optimizer_state = if resumable {
+        let bytes = state.optimizer.into_bytes().map_err(|e| {
+            Error::bad_file(path, format!("cannot serialise the optimiser state: {e:?}"))
+        })?;
+        Some(bytes.to_vec())
+    } else {
+        None
+    };
+    checkpoint::save(
+        &state.model,
+        state.ema.as_ref(),
+        optimizer_state,
+        metadata,
+        path,
+    )
 }
 
 /// PyTorch's `clip_grad_norm_` factor: `min(1, max_norm / (norm + 1e-6))`.

@@ -51,7 +51,7 @@ fn checkpoint_round_trip_keeps_pytorch_names_and_values() {
         "flowmatch-roundtrip-{}.safetensors",
         std::process::id()
     ));
-    checkpoint::save(&loaded.model, None, Default::default(), &out).unwrap();
+    checkpoint::save(&loaded.model, None, None, Default::default(), &out).unwrap();
     let saved = TensorFile::read(&out).unwrap();
     std::fs::remove_file(&out).unwrap();
     assert_eq!(saved.tensors.len(), 54);
