@@ -48,9 +48,15 @@ pub fn velocity_loss(predicted: Tensor<4>, target: Tensor<4>) -> Tensor<1> {
 
 /// Standard normal noise of the given shape, drawn from `rng` (reproducible from its seed).
 pub fn gaussian_noise<R: Rng>(rng: &mut R, shape: [usize; 4], device: &Device) -> Tensor<4> {
-    let len = shape.iter().product();
-    let values: Vec<f32> = (0..len).map(|_| rng.sample(StandardNormal)).collect();
-    Tensor::from_data(TensorData::new(values, shape), device)
+    Tensor::from_data(
+        TensorData::new(gaussian_values(rng, shape.iter().product()), shape),
+        device,
+    )
+}
+
+/// `len` standard normal values drawn from `rng`.
+pub fn gaussian_values<R: Rng>(rng: &mut R, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.sample(StandardNormal)).collect()
 }
 
 /// Training times drawn uniformly from [0, 1), as in the reference.

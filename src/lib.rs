@@ -1,6 +1,7 @@
 //! flowmatch: flow-matching generative models on images, built on burn.
 //!
-//! - [`flow`]: the linear probability path, the training tuple and the velocity loss.
+//! - [`flow`]: the linear probability path, the training tuple and the velocity loss;
+//!   [`coupling`]: independent or minibatch-OT pairing of data and noise.
 //! - [`model`]: the reference SimpleUNet with PyTorch-compatible parameter names.
 //! - [`solver`]: ODE solvers from noise (t = 1) to data (t = 0).
 //! - [`data`]: IDX reading, data sets (embedded, directories, downloads) and batching.
@@ -16,6 +17,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod classifier;
+pub mod coupling;
 pub mod data;
 pub mod device;
 pub mod ema;

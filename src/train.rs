@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Bytes, Device, Tensor};
+use burn::tensor::{Bytes, Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{
     self, META_PROGRESS, META_TRAIN_CONFIG, OPTIMIZER_STATE, Progress, Weights,
 };
+use crate::coupling::{Coupling, ot_assignment, reorder_rows};
 use crate::data::{EpochOrder, ImageSet};
 use crate::ema::Ema;
 use crate::error::{Error, Result};
@@ -50,6 +51,9 @@ pub struct TrainConfig {
     pub label_dropout: f32,
     /// How training times are drawn.
     pub time_sampling: TimeSampling,
+    /// How data and noise are paired within a batch.
+    #[serde(default)]
+    pub coupling: Coupling,
     /// Decay of the exponential moving average of the weights (none: no average, as the reference).
     pub ema_decay: Option<f64>,
     /// AdamW betas.
@@ -80,6 +84,7 @@ impl Default for TrainConfig {
             lr_schedule: LrSchedule::Constant,
             ema_decay: None,
             time_sampling: TimeSampling::Uniform,
+            coupling: Coupling::Independent,
             label_dropout: default_label_dropout(),
             betas: (0.9, 0.999),
             eps: 1e-8,
@@ -501,7 +506,20 @@ pub fn train_step(
 ) -> std::result::Result<(SimpleUNet, f32, f32), f32> {
     let device = x0.device();
     let [batch, ..] = x0.dims();
-    let x1 = flow::gaussian_noise(rng, x0.dims(), &device);
+    let x1 = match config.coupling {
+        Coupling::Independent => flow::gaussian_noise(rng, x0.dims(), &device),
+        Coupling::MinibatchOt => {
+            let dim = x0.dims()[1..].iter().product();
+            let noise = flow::gaussian_values(rng, batch * dim);
+            let data = x0
+                .to_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("f32 data");
+            let paired = reorder_rows(&noise, &ot_assignment(&data, &noise, dim), dim);
+            Tensor::from_data(TensorData::new(paired, x0.dims()), &device)
+        }
+    };
     let t = config.time_sampling.sample(rng, batch, &device);
     let tuple = flow::training_tuple(x0, x1, t);
     let predicted = model.forward_labeled(tuple.x_t, tuple.t, labels);

@@ -1,0 +1,122 @@
+//! Evaluation: the metrics rank sample sets as a person would, the classifier round-trips, and
+//! the trajectory view works with every solver.
+
+use burn::tensor::Device;
+use flowmatch::classifier::{Classifier, ClassifierInfo, embed, train_classifier};
+use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split};
+use flowmatch::metrics::quality;
+use flowmatch::model::{SimpleUNet, UNetConfig};
+use flowmatch::sampling::{initial_noise, trajectory};
+use flowmatch::solver::{Solver, TimeGrid};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn embedded(split: Split) -> ImageSet {
+    ImageSet::load(&DataSource::Embedded, split, &DownloadOptions::default()).unwrap()
+}
+
+/// 3x3 box blur of 28x28 images.
+fn blur(pixels: &[f32]) -> Vec<f32> {
+    let mut out = vec![0.0; pixels.len()];
+    for (img_in, img_out) in pixels.chunks(784).zip(out.chunks_mut(784)) {
+        for y in 0..28i32 {
+            for x in 0..28i32 {
+                let (mut sum, mut n) = (0.0, 0.0);
+                for dy in -2..=2 {
+                    for dx in -2..=2 {
+                        let (yy, xx) = (y + dy, x + dx);
+                        if (0..28).contains(&yy) && (0..28).contains(&xx) {
+                            sum += img_in[(yy * 28 + xx) as usize];
+                            n += 1.0;
+                        }
+                    }
+                }
+                img_out[(y * 28 + x) as usize] = sum / n;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn metrics_rank_real_below_blurred_below_noise() {
+    let device = Device::flex();
+    let train = embedded(Split::Train).take(3000);
+    let test = embedded(Split::Test);
+    let (classifier, accuracy) = train_classifier(&train, &test, 2, 0, &device, |_, _| {}).unwrap();
+    assert!(accuracy > 0.8, "classifier accuracy {accuracy}");
+
+    // Save and load keep the weights and the record.
+    let path = std::env::temp_dir().join(format!(
+        "flowmatch-classifier-{}.safetensors",
+        std::process::id()
+    ));
+    let info = ClassifierInfo {
+        data: "embedded".into(),
+        epochs: 1,
+        test_accuracy: accuracy,
+        test_images: test.len(),
+    };
+    classifier.save(&info, &path).unwrap();
+    let (loaded, loaded_info) = Classifier::load(&path, &device).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(loaded_info, info);
+
+    let n = 400;
+    let len = 784;
+    let reference = embed(&loaded, &test.pixels[..n * len], &device);
+    let real = test.pixels[n * len..2 * n * len].to_vec();
+    let blurred = blur(&real);
+    let mut rng = StdRng::seed_from_u64(0);
+    let noise: Vec<f32> = (0..n * len)
+        .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+        .collect();
+    let q = |pixels: &[f32]| quality(&embed(&loaded, pixels, &device), &reference);
+    let (q_real, q_blur, q_noise) = (q(&real), q(&blurred), q(&noise));
+    println!(
+        "cFID real {:.2} blurred {:.2} noise {:.2}",
+        q_real.fid, q_blur.fid, q_noise.fid
+    );
+    println!(
+        "KID real {:.3} blurred {:.3} noise {:.3}",
+        q_real.kid, q_blur.kid, q_noise.kid
+    );
+    assert!(q_real.fid < q_blur.fid && q_blur.fid < q_noise.fid);
+    assert!(q_real.kid < q_blur.kid && q_blur.kid < q_noise.kid);
+    assert!(q_real.confident > q_noise.confident);
+    assert!(
+        q_real.class_entropy_bits > 3.0,
+        "real digits cover the classes"
+    );
+    assert_eq!(q_real.histogram.iter().sum::<usize>(), n);
+}
+
+#[test]
+fn trajectories_work_with_every_solver() {
+    let device = Device::flex();
+    let model = SimpleUNet::init(UNetConfig::with_widths([8, 16, 32]), 0, &device).unwrap();
+    for solver in ["euler", "midpoint", "heun", "rk4", "dopri5"] {
+        let solver: Solver = solver.parse().unwrap();
+        let solver = match solver {
+            Solver::Dopri5 { .. } => Solver::Dopri5 {
+                rtol: 1e-2,
+                atol: 1e-2,
+            },
+            s => s,
+        };
+        let x1 = initial_noise(&model, 2, 0, &device);
+        let traj = trajectory(&model, x1, solver, 6, TimeGrid::Shifted(0.5));
+        assert_eq!(traj.frames.len(), traj.solution.steps + 1, "{solver}");
+        assert_eq!(traj.frames[0].t, 1.0);
+        assert_eq!(traj.frames.last().unwrap().t, 0.0);
+        assert!(
+            traj.frames.windows(2).all(|w| w[1].t < w[0].t),
+            "{solver}: times decrease"
+        );
+        let keys = traj.key_frames();
+        assert!(keys.len() >= 2 && keys.last().unwrap().t == 0.0);
+        if let Some(stages) = solver.stages() {
+            assert_eq!(traj.solution.nfe, 6 * stages);
+        }
+    }
+}
