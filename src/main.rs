@@ -128,8 +128,12 @@ struct TrainArgs {
     data: DataArgs,
     /// Continue the run in this folder exactly where it stopped (its stored settings are used;
     /// the other training flags are ignored).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "config")]
     resume: Option<PathBuf>,
+    /// Read every training choice from this TOML file (as written to each run's config.toml);
+    /// the other training flags are ignored.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Output folder (checkpoints, metrics.jsonl, loss_curve.png).
     #[arg(long, default_value = "runs/train")]
     out: PathBuf,
@@ -574,8 +578,16 @@ fn run(cli: Cli) -> Result<()> {
                     with_progress(|observer| train::resume(&data, dir, &device, observer))?
                 }
                 None => {
-                    let data = args.data.load()?;
-                    let config = args.config();
+                    let config = match &args.config {
+                        Some(path) => read_config(path)?,
+                        None => args.config(),
+                    };
+                    let data = DataArgs {
+                        data: config.data.clone(),
+                        limit: config.data_limit,
+                        ..args.data
+                    }
+                    .load()?;
                     with_progress(|observer| {
                         train::train(&config, &data, &args.out, &device, observer)
                     })?
@@ -612,6 +624,22 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => evaluate(args, &device),
         Command::Info { checkpoint } => info(&checkpoint),
     }
+}
+
+fn read_config(path: &Path) -> Result<TrainConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let config: TrainConfig = toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: bad training configuration: {}",
+            path.display(),
+            e.message()
+        )
+    })?;
+    config
+        .validate()
+        .with_context(|| path.display().to_string())?;
+    Ok(config)
 }
 
 fn check_counts(n: usize, steps: usize) -> Result<()> {

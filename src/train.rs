@@ -230,6 +230,8 @@ pub const FINAL_CHECKPOINT: &str = "final.safetensors";
 /// checkpoint and on interruption.
 pub const RESUME_CHECKPOINT: &str = "last.safetensors";
 const METRICS: &str = "metrics.jsonl";
+/// Name of the run's configuration file (TOML), readable by `train --config`.
+pub const CONFIG: &str = "config.toml";
 const LOSS_CURVE: &str = "loss_curve.png";
 
 /// Everything that changes while training runs.
@@ -264,6 +266,7 @@ pub fn train(
     };
     let metrics = out_dir.join(METRICS);
     std::fs::write(&metrics, b"").map_err(|e| Error::io(&metrics, e))?;
+    write_atomic(&out_dir.join(CONFIG), config.to_toml().as_bytes())?;
     run(config, data, out_dir, &device, state, observer)
 }
 

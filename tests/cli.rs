@@ -298,3 +298,52 @@ fn bad_checkpoints_and_noise_fail_without_overwriting_outputs() {
     assert_eq!(std::fs::read(&existing).unwrap(), b"previous result");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_runs_config_file_reproduces_the_run() {
+    let dir = temp_dir("config");
+    let (first, second) = (dir.join("first"), dir.join("second"));
+    let out = flowmatch(&[
+        "train",
+        "--widths",
+        "8,16,32",
+        "--limit",
+        "32",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "1",
+        "--time-sampling",
+        "logit-normal",
+        "--coupling",
+        "minibatch-ot",
+        "--out",
+        s(&first),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = first.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("coupling = \"minibatch-ot\"") && text.contains("logit-normal"),
+        "{text}"
+    );
+    let out = flowmatch(&["train", "--config", s(&config), "--out", s(&second)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = TensorFile::read(&first.join("final.safetensors")).unwrap();
+    let b = TensorFile::read(&second.join("final.safetensors")).unwrap();
+    for (name, t) in &a.tensors {
+        assert_eq!(t.values, b.tensors[name].values, "{name}");
+    }
+    std::fs::write(&config, "epochs = \"many\"").unwrap();
+    let out = flowmatch(&["train", "--config", s(&config), "--out", s(&second)]);
+    assert_clean_error(&out, &["config.toml", "bad training configuration"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
