@@ -272,6 +272,11 @@ pub fn quality_plot(
     let nfe_min = all().map(|p| p.0).fold(f64::MAX, f64::min).max(1.0) / 1.3;
     let nfe_max = all().map(|p| p.0).fold(1.0, f64::max) * 1.3;
     let fid_max = all().map(|p| p.1).fold(floor_fid, f64::max) * 1.1;
+    // Ticks at powers of two within the range.
+    let ticks: Vec<f64> = (0..12)
+        .map(|k| 2f64.powi(k))
+        .filter(|t| (nfe_min..=nfe_max).contains(t))
+        .collect();
     let palette = [
         RED,
         BLUE,
@@ -308,7 +313,12 @@ pub fn quality_plot(
                 .margin(12)
                 .x_label_area_size(40)
                 .y_label_area_size(60)
-                .build_cartesian_2d((nfe_min..nfe_max).log_scale(), 0.0..y_max)
+                .build_cartesian_2d(
+                    (nfe_min..nfe_max)
+                        .log_scale()
+                        .with_key_points(ticks.clone()),
+                    0.0..y_max,
+                )
                 .map_err(|e| err(&e))?;
             chart
                 .configure_mesh()
