@@ -667,8 +667,10 @@ struct ProgressObserver {
 }
 
 impl TrainObserver for ProgressObserver {
-    fn on_start(&mut self, total_steps: u64) {
+    fn on_start(&mut self, total_steps: u64, done_steps: u64) {
         self.bar.set_length(total_steps);
+        self.bar.set_position(done_steps);
+        self.bar.reset_eta();
     }
     fn on_step(&mut self, r: &StepReport) {
         self.bar.set_message(format!(

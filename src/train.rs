@@ -190,8 +190,8 @@ pub struct EpochReport {
 
 /// Receives progress while training runs (a progress bar, a logger, a test).
 pub trait TrainObserver {
-    /// Called before the first step with the number of steps planned.
-    fn on_start(&mut self, _total_steps: u64) {}
+    /// Called before the first step with the steps planned and those already done (on resume).
+    fn on_start(&mut self, _total_steps: u64, _done_steps: u64) {}
     /// Called after every step.
     fn on_step(&mut self, _report: &StepReport) {}
     /// Called after every epoch.
@@ -371,7 +371,7 @@ fn run(
     let batches_per_epoch = data.len().div_ceil(config.batch_size) as u64;
     let planned = config.epochs as u64 * batches_per_epoch;
     let total_steps = config.max_steps.map_or(planned, |m| m.min(planned));
-    observer.on_start(total_steps);
+    observer.on_start(total_steps, state.progress.step);
 
     let mut order: Option<(usize, EpochOrder)> = None;
     let mut epoch_started = Instant::now();
