@@ -79,13 +79,7 @@ fn folder_of_raw_idx_files_loads_and_errors_name_the_file() {
     let images = dir.join("train-images-idx3-ubyte");
     let bytes = std::fs::read(&images).unwrap();
     std::fs::write(&images, &bytes[..bytes.len() - 100]).unwrap();
-    let err = ImageSet::load(
-        &DataSource::Dir(dir.clone()),
-        Split::Train,
-        &DownloadOptions::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = load_error(&dir);
     assert!(
         err.contains("train-images-idx3-ubyte") && err.contains("truncated"),
         "{err}"
@@ -98,29 +92,25 @@ fn folder_of_raw_idx_files_loads_and_errors_name_the_file() {
         idx_bytes(&[4], &[0; 4]),
     )
     .unwrap();
-    let err = ImageSet::load(
-        &DataSource::Dir(dir.clone()),
-        Split::Train,
-        &DownloadOptions::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = load_error(&dir);
     assert!(err.contains("labels"), "{err}");
 
     // A missing file.
     std::fs::remove_file(dir.join("train-labels-idx1-ubyte")).unwrap();
-    let err = ImageSet::load(
-        &DataSource::Dir(dir.clone()),
-        Split::Train,
-        &DownloadOptions::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = load_error(&dir);
     assert!(
         err.contains("missing IDX file") && err.contains("train-labels-idx1-ubyte"),
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The error of loading the training split from `dir`.
+fn load_error(dir: &Path) -> String {
+    let source = DataSource::Dir(dir.to_path_buf());
+    ImageSet::load(&source, Split::Train, &DownloadOptions::default())
+        .unwrap_err()
+        .to_string()
 }
 
 /// Serves `routes` (path -> status, body) on 127.0.0.1 and counts requests; stops after
