@@ -446,13 +446,21 @@ struct SampleArgs {
     digit: Option<usize>,
     /// Conditional models: one row per class, e.g. 0-9 or 1,3,7 (--n samples per row).
     #[arg(long, value_parser = parse_digits)]
-    digits: Option<Vec<usize>>,
+    digits: Option<Digits>,
     /// Classifier-free guidance scale w: v = v_uncond + w (v_cond - v_uncond); 1 is plain conditional.
     #[arg(long, default_value_t = 1.0)]
     guidance: f32,
 }
 
-fn parse_digits(s: &str) -> std::result::Result<Vec<usize>, String> {
+/// Classes given as a range (`0-9`) or a list (`1,3,7`).
+#[derive(Debug, Clone)]
+struct Digits(Vec<usize>);
+
+fn parse_digits(s: &str) -> std::result::Result<Digits, String> {
+    parse_digit_list(s).map(Digits)
+}
+
+fn parse_digit_list(s: &str) -> std::result::Result<Vec<usize>, String> {
     let bad = || format!("'{s}': expected a range like 0-9 or a list like 1,3,7");
     if let Some((a, b)) = s.split_once('-') {
         let (a, b) = (
@@ -725,7 +733,7 @@ fn sample(args: SampleArgs, device: &Device) -> Result<()> {
     // Class labels per sample (conditional models) and the grid's columns.
     let (labels, cols) = match (args.digit, &args.digits) {
         (Some(d), _) => (Some(vec![d; args.n]), None),
-        (None, Some(rows)) => {
+        (None, Some(Digits(rows))) => {
             let labels = rows
                 .iter()
                 .flat_map(|&d| std::iter::repeat_n(d, args.n))
@@ -822,7 +830,9 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
             ..UNetConfig::with_widths(DEMO_WIDTHS)
         },
         data: args.data.data.clone(),
-        epochs: usize::MAX,
+        epochs: (args.steps as usize * DEMO_BATCH)
+            .div_ceil(data.len())
+            .max(1),
         max_steps: Some(args.steps),
         batch_size: DEMO_BATCH,
         lr: DEMO_LR,

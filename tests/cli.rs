@@ -161,6 +161,30 @@ fn train_sample_trajectory_and_info_on_a_tiny_model() {
     .unwrap();
     assert_eq!(frames, 11);
 
+    // Class options need a conditional model: a clean one-line error here.
+    let out = flowmatch(&[
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--digits",
+        "0-2",
+        "--n",
+        "2",
+        "--out",
+        s(&grid),
+    ]);
+    assert_clean_error(&out, &["unconditional"]);
+    let out = flowmatch(&[
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--digits",
+        "9-2",
+        "--out",
+        s(&grid),
+    ]);
+    assert_clean_error(&out, &["--digits"]);
+
     let out = flowmatch(&["info", s(&ckpt)]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
