@@ -137,12 +137,21 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
 
 /// Loads the chosen weights of a SimpleUNet checkpoint onto `device`.
 pub fn load_weights(path: &Path, device: &Device, weights: Weights) -> Result<LoadedModel> {
-    let file = TensorFile::read(path)?;
-    let config = infer_config(&file, path)?;
+    model_from_file(&TensorFile::read(path)?, path, device, weights)
+}
+
+/// Builds the chosen weights of an already read checkpoint `file` (read from `path`) on `device`.
+pub fn model_from_file(
+    file: &TensorFile,
+    path: &Path,
+    device: &Device,
+    weights: Weights,
+) -> Result<LoadedModel> {
+    let config = infer_config(file, path)?;
     let has_ema = file.tensors.keys().any(|k| k.starts_with(EMA_PREFIX));
     let is_ema = has_ema && weights == Weights::PreferEma;
     let mut source = FileParams {
-        file: &file,
+        file,
         path,
         prefix: if is_ema { EMA_PREFIX } else { "" },
         kind: "SimpleUNet checkpoint",
@@ -180,7 +189,7 @@ pub fn load_weights(path: &Path, device: &Device, weights: Weights) -> Result<Lo
     }
     Ok(LoadedModel {
         model,
-        metadata: file.metadata,
+        metadata: file.metadata.clone(),
         is_ema,
     })
 }

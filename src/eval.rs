@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::classifier::{Classifier, Embedding, argmax, embed};
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
-use crate::guidance::Guided;
+use crate::guidance::{Guided, class_rows};
 use crate::likelihood::{Divergence, bits_per_dim, dequantize, log_density, to_bytes};
 use crate::metrics::{Quality, quality};
 use crate::model::SimpleUNet;
@@ -236,9 +236,7 @@ pub fn guided_accuracy(
         .config()
         .num_classes
         .ok_or_else(|| Error::invalid("guidance", "the model is unconditional"))?;
-    let labels: Vec<usize> = (0..classes)
-        .flat_map(|c| std::iter::repeat_n(c, per_class))
-        .collect();
+    let labels = class_rows(0..classes, per_class);
     let guided = Guided::new(model, &labels, scale)?;
     let x1 = initial_noise(model, labels.len(), seed, device);
     let solution = solve(

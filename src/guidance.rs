@@ -7,6 +7,14 @@ use crate::error::{Error, Result};
 use crate::model::{SimpleUNet, one_hot_labels};
 use crate::solver::VelocityField;
 
+/// Labels for a grid with one row per class: each of `classes` repeated `per_class` times.
+pub fn class_rows(classes: impl IntoIterator<Item = usize>, per_class: usize) -> Vec<usize> {
+    classes
+        .into_iter()
+        .flat_map(|c| std::iter::repeat_n(c, per_class))
+        .collect()
+}
+
 /// A conditional model guided towards fixed labels with scale `w`.
 ///
 /// `w = 0` is the unconditional model and `w = 1` the plain conditional one (one evaluation per

@@ -19,7 +19,7 @@ use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split, default_cach
 use flowmatch::device::device_from_name;
 use flowmatch::eval::{self, EvalPlan};
 use flowmatch::flow::TimeSampling;
-use flowmatch::guidance::Guided;
+use flowmatch::guidance::{Guided, class_rows};
 use flowmatch::image_out::QualityCurve;
 use flowmatch::image_out::{self, Images};
 use flowmatch::likelihood::Divergence;
@@ -734,11 +734,7 @@ fn sample(args: SampleArgs, device: &Device) -> Result<()> {
     let (labels, cols) = match (args.digit, &args.digits) {
         (Some(d), _) => (Some(vec![d; args.n]), None),
         (None, Some(Digits(rows))) => {
-            let labels = rows
-                .iter()
-                .flat_map(|&d| std::iter::repeat_n(d, args.n))
-                .collect();
-            (Some(labels), Some(args.n))
+            (Some(class_rows(rows.iter().copied(), args.n)), Some(args.n))
         }
         (None, None) => (None, None),
     };
@@ -902,9 +898,7 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
     println!("samples (64, 50 Euler steps): {}", grid.display());
     if args.classes > 0 {
         let per_row = 10;
-        let labels: Vec<usize> = (0..args.classes)
-            .flat_map(|d| std::iter::repeat_n(d, per_row))
-            .collect();
+        let labels = class_rows(0..args.classes, per_row);
         let x1 = sampling::initial_noise(&model, labels.len(), args.seed + 2, device);
         let guided = Guided::new(&model, &labels, DEMO_GUIDANCE)?;
         let solution = euler(&guided, x1, 50, |_, _, _| {});

@@ -273,13 +273,17 @@ pub fn train(
 /// The training configuration stored in a run's resumable checkpoint.
 pub fn resume_config(out_dir: &Path) -> Result<TrainConfig> {
     let path = out_dir.join(RESUME_CHECKPOINT);
-    let file = TensorFile::read(&path)?;
+    stored_config(&TensorFile::read(&path)?, &path)
+}
+
+/// The training configuration in the metadata of checkpoint `file` (read from `path`).
+fn stored_config(file: &TensorFile, path: &Path) -> Result<TrainConfig> {
     let toml = file
         .metadata
         .get(META_TRAIN_CONFIG)
-        .ok_or_else(|| Error::bad_file(&path, "no training configuration in the metadata"))?;
+        .ok_or_else(|| Error::bad_file(path, "no training configuration in the metadata"))?;
     toml::from_str(toml)
-        .map_err(|e| Error::bad_file(&path, format!("bad training configuration: {e}")))
+        .map_err(|e| Error::bad_file(path, format!("bad training configuration: {e}")))
 }
 
 /// Continues the run in `out_dir` from its resumable checkpoint, exactly where it stopped:
@@ -290,14 +294,15 @@ pub fn resume(
     device: &Device,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainOutcome> {
-    let config = resume_config(out_dir)?;
     let path = out_dir.join(RESUME_CHECKPOINT);
+    let mut file = TensorFile::read(&path)?;
+    let config = stored_config(&file, &path)?;
     let device = device.clone().autodiff();
-    let raw = checkpoint::load_weights(&path, &device, Weights::Raw)?;
+    let raw = checkpoint::model_from_file(&file, &path, &device, Weights::Raw)?;
     let progress = raw
         .progress()
         .ok_or_else(|| Error::bad_file(&path, "no training progress in the metadata"))?;
-    let state_bytes = TensorFile::read(&path)?
+    let state_bytes = file
         .blobs
         .remove(OPTIMIZER_STATE)
         .ok_or_else(|| Error::bad_file(&path, "no optimiser state: not a resumable checkpoint"))?;
@@ -306,8 +311,12 @@ pub fn resume(
         .map_err(|e| Error::bad_file(&path, format!("bad optimiser state: {e:?}")))?;
     let ema = match (config.ema_decay, raw.ema_info()) {
         (Some(decay), Some(info)) => {
-            let averaged =
-                checkpoint::load_weights(&path, &device.clone().inner(), Weights::PreferEma)?;
+            let averaged = checkpoint::model_from_file(
+                &file,
+                &path,
+                &device.clone().inner(),
+                Weights::PreferEma,
+            )?;
             Some(Ema::resume(averaged.model, decay, info.updates))
         }
         _ => None,
