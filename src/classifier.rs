@@ -9,13 +9,13 @@ use std::path::Path;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::activation::{log_softmax, relu, softmax};
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{EpochOrder, ImageSet};
 use crate::error::{Error, Result};
+use crate::kernels::conv2d;
 use crate::model::{ConvParams, Dense, Init, ParamSource, RandomInit, named_parameters, param};
 use crate::tensor_file::{FileParams, TensorFile};
 
@@ -97,14 +97,8 @@ impl Classifier {
 
     /// The 128 features of images `x` (`[batch, 1, 28, 28]`, values in [-1, 1]).
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        let layer = |x, c: &ConvParams, stride| {
-            relu(conv2d(
-                x,
-                c.weight.val(),
-                Some(c.bias.val()),
-                ConvOptions::new([stride; 2], [1, 1], [1, 1], 1),
-            ))
-        };
+        let layer =
+            |x, c: &ConvParams, stride| relu(conv2d(x, c.weight.val(), c.bias.val(), stride, 1));
         let h = layer(x, &self.conv1, 1);
         let h = layer(h, &self.conv2, 2);
         let h = layer(h, &self.conv3, 1);

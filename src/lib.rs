@@ -26,6 +26,7 @@ pub mod eval;
 pub mod flow;
 pub mod guidance;
 pub mod image_out;
+pub mod kernels;
 pub mod likelihood;
 pub mod lr_schedule;
 pub mod metrics;

@@ -6,8 +6,6 @@
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::activation::silu;
-use burn::tensor::module::{conv_transpose2d, conv2d};
-use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -15,6 +13,7 @@ use rand_distr::{Distribution, Uniform};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::kernels::{conv_transpose2d, conv2d};
 
 /// Number of GroupNorm groups in every block (as in the reference).
 pub const NORM_GROUPS: usize = 8;
@@ -338,16 +337,11 @@ impl Block {
     /// Applies the block to `x` with time embedding `t_emb` (`[batch, time_dim]`).
     pub fn forward(&self, x: Tensor<4>, t_emb: Tensor<2>) -> Tensor<4> {
         let weight = self.conv.weight.val();
-        let bias = Some(self.conv.bias.val());
+        let bias = self.conv.bias.val();
         let h = match self.resample {
-            Resample::Same => conv2d(x, weight, bias, ConvOptions::new([1, 1], [1, 1], [1, 1], 1)),
-            Resample::Down => conv2d(x, weight, bias, ConvOptions::new([2, 2], [1, 1], [1, 1], 1)),
-            Resample::Up => conv_transpose2d(
-                x,
-                weight,
-                bias,
-                ConvTransposeOptions::new([2, 2], [1, 1], [0, 0], [1, 1], 1),
-            ),
+            Resample::Same => conv2d(x, weight, bias, 1, 1),
+            Resample::Down => conv2d(x, weight, bias, 2, 1),
+            Resample::Up => conv_transpose2d(x, weight, bias, 2, 1),
         };
         let [b, c, _, _] = h.dims();
         let h = h + self.time_mlp.forward(t_emb).reshape([b, c, 1, 1]);
@@ -502,12 +496,7 @@ impl SimpleUNet {
         let h = self.up1.forward(Tensor::cat(vec![h, x3], 1), t_emb.clone());
         let h = self.up2.forward(Tensor::cat(vec![h, x2], 1), t_emb.clone());
         let h = self.up3.forward(Tensor::cat(vec![h, x1], 1), t_emb);
-        conv2d(
-            h,
-            self.out.weight.val(),
-            Some(self.out.bias.val()),
-            ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
-        )
+        conv2d(h, self.out.weight.val(), self.out.bias.val(), 1, 0)
     }
 
     /// Every parameter as (PyTorch name, shape, values), in module order.

@@ -1,0 +1,405 @@
+//! Convolution as matrix multiplication on contiguous NCHW `f32` buffers, in all three
+//! directions (output, input gradient, weight gradient).
+//!
+//! The batch is cut into chunks of whole images. For a chunk, `im2col` lays the receptive fields
+//! out as a `[c_in·k·k, images·h_out·w_out]` matrix, so each direction is one large GEMM per
+//! chunk (the `gemm` crate, the same one burn's `flex` backend uses):
+//!
+//! - output:          `y = W · cols`                 (`[c_out, c_in·k·k] · [c_in·k·k, n]`)
+//! - input gradient:  `cols' = Wᵀ · dy`, then `col2im` adds each column back to its pixels
+//! - weight gradient: `dW += dy · colsᵀ`, summed over chunks
+//!
+//! Chunks run in parallel on rayon's pool, each GEMM single-threaded. A transposed convolution
+//! is the adjoint of a convolution, so the same three kernels serve it (see `super`).
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Shape of a 2-D convolution with a square kernel and equal stride/padding on both axes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Images in the batch.
+    pub batch: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Input height and width.
+    pub in_hw: [usize; 2],
+    /// Kernel size.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub padding: usize,
+}
+
+/// Columns of one chunk's GEMM that keep its buffers in cache while filling the microkernels.
+const TARGET_COLUMNS: usize = 1024;
+
+impl ConvGeometry {
+    /// Output height and width (PyTorch's formula).
+    pub fn out_hw(&self) -> [usize; 2] {
+        self.in_hw
+            .map(|n| (n + 2 * self.padding - self.kernel) / self.stride + 1)
+    }
+
+    fn in_plane(&self) -> usize {
+        self.in_hw[0] * self.in_hw[1]
+    }
+
+    fn out_plane(&self) -> usize {
+        let [h, w] = self.out_hw();
+        h * w
+    }
+
+    /// Rows of the `im2col` matrix: one per (input channel, kernel row, kernel column).
+    fn patch_len(&self) -> usize {
+        self.c_in * self.kernel * self.kernel
+    }
+
+    /// Images per chunk: about [`TARGET_COLUMNS`] GEMM columns, and at least two chunks per
+    /// worker thread when the batch allows it.
+    fn images_per_chunk(&self) -> usize {
+        let by_size = TARGET_COLUMNS.div_ceil(self.out_plane()).max(1);
+        let by_threads = self.batch.div_ceil(2 * rayon::current_num_threads()).max(1);
+        by_size.min(by_threads)
+    }
+
+    /// Output positions `o` with `0 <= o·stride + offset - padding < n_in`, as a range.
+    fn valid_outputs(&self, offset: usize, n_in: usize, n_out: usize) -> std::ops::Range<usize> {
+        let (s, p) = (self.stride, self.padding);
+        let first = p.saturating_sub(offset).div_ceil(s);
+        let last = (n_in + p).saturating_sub(offset).div_ceil(s).min(n_out);
+        first..last.max(first)
+    }
+}
+
+/// Working buffers of one worker, reused from chunk to chunk.
+#[derive(Default)]
+struct Scratch {
+    cols: Vec<f32>,
+    product: Vec<f32>,
+}
+
+/// `buf` resized to `len` (contents unspecified: every user overwrites it).
+fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buf.resize(len, 0.0);
+    &mut buf[..len]
+}
+
+/// A read-only matrix view: element `(i, j)` is `data[i·row_stride + j·col_stride]`.
+#[derive(Clone, Copy)]
+struct MatRef<'a> {
+    data: &'a [f32],
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    fn row_major(data: &'a [f32], cols: usize) -> Self {
+        MatRef {
+            data,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    fn transposed(self) -> Self {
+        MatRef {
+            data: self.data,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
+    fn check(&self, rows: usize, cols: usize) {
+        if rows > 0 && cols > 0 {
+            let last = (rows - 1) * self.row_stride + (cols - 1) * self.col_stride;
+            assert!(last < self.data.len(), "matrix view out of bounds");
+        }
+    }
+}
+
+/// `dst[m×n] (row-major) = a[m×k] · b[k×n]`, or `+=` when `accumulate`.
+fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: MatRef, b: MatRef) {
+    assert!(dst.len() >= m * n, "destination too small");
+    a.check(m, k);
+    b.check(k, n);
+    // SAFETY: every index the GEMM touches is within the slices (checked above); `dst` does not
+    // alias `a` or `b` (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+/// Fills `cols` (`[patch_len, images·out_plane]`) from `images` consecutive input images.
+fn im2col(g: &ConvGeometry, x: &[f32], images: usize, cols: &mut [f32]) {
+    let [in_h, in_w] = g.in_hw;
+    let [out_h, out_w] = g.out_hw();
+    let (k, s) = (g.kernel, g.stride);
+    let n = images * g.out_plane();
+    for (row, dst) in cols.chunks_exact_mut(n).enumerate().take(g.patch_len()) {
+        let (ci, kh, kw) = (row / (k * k), (row / k) % k, row % k);
+        let rows = g.valid_outputs(kh, in_h, out_h);
+        let cols_ok = g.valid_outputs(kw, in_w, out_w);
+        for (b, image_dst) in dst.chunks_exact_mut(g.out_plane()).enumerate() {
+            let src = &x[(b * g.c_in + ci) * g.in_plane()..][..g.in_plane()];
+            image_dst.fill(0.0);
+            for oh in rows.clone() {
+                let ih = oh * s + kh - g.padding;
+                let src_row = &src[ih * in_w..][..in_w];
+                let dst_row = &mut image_dst[oh * out_w..][cols_ok.clone()];
+                let first = cols_ok.start * s + kw - g.padding;
+                if s == 1 {
+                    dst_row.copy_from_slice(&src_row[first..first + dst_row.len()]);
+                } else {
+                    for (d, v) in dst_row.iter_mut().zip(src_row[first..].iter().step_by(s)) {
+                        *d = *v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds every column of `cols` (`[patch_len, images·out_plane]`) back to the pixels it was read
+/// from: the adjoint of [`im2col`]. `dx` (`images` input images) must start zeroed.
+fn col2im(g: &ConvGeometry, cols: &[f32], images: usize, dx: &mut [f32]) {
+    let [in_h, in_w] = g.in_hw;
+    let [out_h, out_w] = g.out_hw();
+    let (k, s) = (g.kernel, g.stride);
+    let n = images * g.out_plane();
+    for (row, src) in cols.chunks_exact(n).enumerate().take(g.patch_len()) {
+        let (ci, kh, kw) = (row / (k * k), (row / k) % k, row % k);
+        let rows = g.valid_outputs(kh, in_h, out_h);
+        let cols_ok = g.valid_outputs(kw, in_w, out_w);
+        for (b, image_src) in src.chunks_exact(g.out_plane()).enumerate() {
+            let dst = &mut dx[(b * g.c_in + ci) * g.in_plane()..][..g.in_plane()];
+            for oh in rows.clone() {
+                let ih = oh * s + kh - g.padding;
+                let first = cols_ok.start * s + kw - g.padding;
+                let dst_row = &mut dst[ih * in_w + first..(ih + 1) * in_w];
+                let src_row = &image_src[oh * out_w..][cols_ok.clone()];
+                if s == 1 {
+                    for (d, v) in dst_row.iter_mut().zip(src_row) {
+                        *d += *v;
+                    }
+                } else {
+                    for (d, v) in dst_row.iter_mut().step_by(s).zip(src_row) {
+                        *d += *v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copies `images` NCHW images of `[channels, plane]` into a `[channels, images·plane]` matrix.
+fn images_to_channel_major(src: &[f32], channels: usize, plane: usize, dst: &mut [f32]) {
+    let images = src.len() / (channels * plane);
+    for b in 0..images {
+        for c in 0..channels {
+            dst[(c * images + b) * plane..][..plane]
+                .copy_from_slice(&src[(b * channels + c) * plane..][..plane]);
+        }
+    }
+}
+
+/// The convolution's output `[batch, c_out, h_out, w_out]` for input `x` `[batch, c_in, h, w]`,
+/// weight `[c_out, c_in, k, k]` and optional bias `[c_out]`.
+pub fn conv_forward(g: &ConvGeometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    assert_eq!(x.len(), g.batch * g.c_in * g.in_plane(), "input size");
+    assert_eq!(weight.len(), g.c_out * g.patch_len(), "weight size");
+    let (plane, patch) = (g.out_plane(), g.patch_len());
+    let per_chunk = g.images_per_chunk();
+    let mut y = vec![0.0f32; g.batch * g.c_out * plane];
+    y.par_chunks_mut(per_chunk * g.c_out * plane)
+        .zip(x.par_chunks(per_chunk * g.c_in * g.in_plane()))
+        .for_each_init(Scratch::default, |scratch, (y_chunk, x_chunk)| {
+            let images = x_chunk.len() / (g.c_in * g.in_plane());
+            let n = images * plane;
+            let cols = resized(&mut scratch.cols, patch * n);
+            im2col(g, x_chunk, images, cols);
+            let out = resized(&mut scratch.product, g.c_out * n);
+            let w = MatRef::row_major(weight, patch);
+            matmul(g.c_out, n, patch, out, false, w, MatRef::row_major(cols, n));
+            for b in 0..images {
+                for co in 0..g.c_out {
+                    let shift = bias.map_or(0.0, |bias| bias[co]);
+                    let dst = &mut y_chunk[(b * g.c_out + co) * plane..][..plane];
+                    let src = &out[co * n + b * plane..][..plane];
+                    for (d, s) in dst.iter_mut().zip(src) {
+                        *d = s + shift;
+                    }
+                }
+            }
+        });
+    y
+}
+
+/// The gradient with respect to the input `[batch, c_in, h, w]`, given the output gradient
+/// `dy` `[batch, c_out, h_out, w_out]` and weight `[c_out, c_in, k, k]`.
+pub fn conv_input_grad(g: &ConvGeometry, dy: &[f32], weight: &[f32]) -> Vec<f32> {
+    let (plane, patch) = (g.out_plane(), g.patch_len());
+    assert_eq!(dy.len(), g.batch * g.c_out * plane, "output gradient size");
+    assert_eq!(weight.len(), g.c_out * patch, "weight size");
+    let per_chunk = g.images_per_chunk();
+    let mut dx = vec![0.0f32; g.batch * g.c_in * g.in_plane()];
+    dx.par_chunks_mut(per_chunk * g.c_in * g.in_plane())
+        .zip(dy.par_chunks(per_chunk * g.c_out * plane))
+        .for_each_init(Scratch::default, |scratch, (dx_chunk, dy_chunk)| {
+            let images = dy_chunk.len() / (g.c_out * plane);
+            let n = images * plane;
+            let dy_mat = resized(&mut scratch.product, g.c_out * n);
+            images_to_channel_major(dy_chunk, g.c_out, plane, dy_mat);
+            let cols = resized(&mut scratch.cols, patch * n);
+            let w_t = MatRef::row_major(weight, patch).transposed();
+            let dy_ref = MatRef::row_major(dy_mat, n);
+            matmul(patch, n, g.c_out, cols, false, w_t, dy_ref);
+            col2im(g, cols, images, dx_chunk);
+        });
+    dx
+}
+
+/// The gradient with respect to the weight `[c_out, c_in, k, k]`, given the input `x` and the
+/// output gradient `dy`.
+pub fn conv_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (plane, patch) = (g.out_plane(), g.patch_len());
+    assert_eq!(x.len(), g.batch * g.c_in * g.in_plane(), "input size");
+    assert_eq!(dy.len(), g.batch * g.c_out * plane, "output gradient size");
+    let per_chunk = g.images_per_chunk();
+    x.par_chunks(per_chunk * g.c_in * g.in_plane())
+        .zip(dy.par_chunks(per_chunk * g.c_out * plane))
+        .fold(
+            || (vec![0.0f32; g.c_out * patch], Scratch::default()),
+            |(mut dw, mut scratch), (x_chunk, dy_chunk)| {
+                let images = x_chunk.len() / (g.c_in * g.in_plane());
+                let n = images * plane;
+                let cols = resized(&mut scratch.cols, patch * n);
+                im2col(g, x_chunk, images, cols);
+                let dy_mat = resized(&mut scratch.product, g.c_out * n);
+                images_to_channel_major(dy_chunk, g.c_out, plane, dy_mat);
+                let cols_t = MatRef::row_major(cols, n).transposed();
+                let dy_ref = MatRef::row_major(dy_mat, n);
+                matmul(g.c_out, patch, n, &mut dw, true, dy_ref, cols_t);
+                (dw, scratch)
+            },
+        )
+        .map(|(dw, _)| dw)
+        .reduce(
+            || vec![0.0f32; g.c_out * patch],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct definition: y[b,o,i,j] = Σ x[b,c,i·s+u-p, j·s+v-p] w[o,c,u,v].
+    fn naive_conv(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+        let [h, wd] = g.in_hw;
+        let [oh, ow] = g.out_hw();
+        let k = g.kernel;
+        let mut y = vec![0.0; g.batch * g.c_out * oh * ow];
+        for b in 0..g.batch {
+            for o in 0..g.c_out {
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let mut acc = 0.0;
+                        for c in 0..g.c_in {
+                            for u in 0..k {
+                                for v in 0..k {
+                                    let r = (i * g.stride + u) as isize - g.padding as isize;
+                                    let q = (j * g.stride + v) as isize - g.padding as isize;
+                                    if r >= 0 && q >= 0 && (r as usize) < h && (q as usize) < wd {
+                                        acc += x
+                                            [((b * g.c_in + c) * h + r as usize) * wd + q as usize]
+                                            * w[((o * g.c_in + c) * k + u) * k + v];
+                                    }
+                                }
+                            }
+                        }
+                        y[((b * g.c_out + o) * oh + i) * ow + j] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn dot(a: &[f32], b: &[f32]) -> f64 {
+        a.iter().zip(b).map(|(a, b)| *a as f64 * *b as f64).sum()
+    }
+
+    #[test]
+    fn all_directions_match_the_definition() {
+        for (kernel, stride, padding, hw) in [
+            (3, 1, 1, [7, 6]),
+            (3, 2, 1, [9, 8]),
+            (4, 2, 1, [6, 6]),
+            (1, 1, 0, [5, 4]),
+        ] {
+            let g = ConvGeometry {
+                batch: 5,
+                c_in: 3,
+                c_out: 4,
+                in_hw: hw,
+                kernel,
+                stride,
+                padding,
+            };
+            let x = values(g.batch * g.c_in * g.in_plane(), 1);
+            let w = values(g.c_out * g.patch_len(), 2);
+            let bias = values(g.c_out, 3);
+            let y = conv_forward(&g, &x, &w, Some(&bias));
+            let expected = naive_conv(&g, &x, &w);
+            for (i, (a, e)) in y.iter().zip(&expected).enumerate() {
+                let e = e + bias[(i / g.out_plane()) % g.c_out];
+                assert!(
+                    (a - e).abs() < 1e-4,
+                    "forward {kernel}/{stride}: {a} vs {e}"
+                );
+            }
+            // Adjoint identities: <dy, conv(x)> = <conv_input_grad(dy), x> = <conv_weight_grad, w>.
+            let dy = values(y.len(), 4);
+            let dx = conv_input_grad(&g, &dy, &w);
+            let dw = conv_weight_grad(&g, &x, &dy);
+            let reference = dot(&dy, &expected);
+            assert!((dot(&dx, &x) - reference).abs() < 1e-3 * reference.abs().max(1.0));
+            assert!((dot(&dw, &w) - reference).abs() < 1e-3 * reference.abs().max(1.0));
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Hand-written CPU kernels, registered with burn through its backend-extension mechanism.
+//!
+//! [`conv2d`] and [`conv_transpose2d`] look like burn's functions of the same names. On the
+//! `flex` CPU backend they run the GEMM kernels of [`conv_gemm`], with their own backward pass
+//! under autodiff (input, weight and bias gradients); on any other device they are burn's plain
+//! operations. Tests compare both paths, forward and gradients.
+
+pub mod conv_gemm;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+use conv_gemm::{ConvGeometry, conv_forward, conv_input_grad, conv_weight_grad};
+
+/// Convolution with a square `kernel`, the same `stride` and zero `padding` on both axes, as
+/// PyTorch's `Conv2d`: `x` `[batch, in, h, w]`, `weight` `[out, in, k, k]`, `bias` `[out]`.
+pub fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    stride: usize,
+    padding: usize,
+) -> Tensor<4> {
+    if on_flex(&x) {
+        Tensor::from_dispatch(<Dispatch as ConvGemmOps>::conv2d_gemm(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            stride,
+            padding,
+        ))
+    } else {
+        plain_conv2d(x, weight, bias, stride, padding)
+    }
+}
+
+/// Transposed convolution as PyTorch's `ConvTranspose2d` (no output padding): `x`
+/// `[batch, in, h, w]`, `weight` `[in, out, k, k]`, `bias` `[out]`; output size
+/// `(h - 1)·stride - 2·padding + k`.
+pub fn conv_transpose2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    stride: usize,
+    padding: usize,
+) -> Tensor<4> {
+    if on_flex(&x) {
+        Tensor::from_dispatch(<Dispatch as ConvGemmOps>::conv_transpose2d_gemm(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            stride,
+            padding,
+        ))
+    } else {
+        plain_conv_transpose2d(x, weight, bias, stride, padding)
+    }
+}
+
+/// [`conv2d`] as burn's own composition (what the kernels are tested against).
+pub fn plain_conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    stride: usize,
+    padding: usize,
+) -> Tensor<4> {
+    let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
+    burn::tensor::module::conv2d(x, weight, Some(bias), options)
+}
+
+/// [`conv_transpose2d`] as burn's own composition (what the kernels are tested against).
+pub fn plain_conv_transpose2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    stride: usize,
+    padding: usize,
+) -> Tensor<4> {
+    let options = ConvTransposeOptions::new([stride; 2], [padding; 2], [0, 0], [1, 1], 1);
+    burn::tensor::module::conv_transpose2d(x, weight, Some(bias), options)
+}
+
+fn on_flex(x: &Tensor<4>) -> bool {
+    x.device().without_autodiff() == Device::flex()
+}
+
+/// The GEMM convolutions as a backend extension: implemented for `flex` and for autodiff over
+/// `flex` (with a hand-written backward pass).
+#[backend_extension(Flex, Autodiff)]
+pub trait ConvGemmOps: Backend {
+    /// See [`conv2d`].
+    fn conv2d_gemm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self>;
+
+    /// See [`conv_transpose2d`].
+    fn conv_transpose2d_gemm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self>;
+}
+
+/// The geometry of a convolution of `x` by `weight` (`[out, in, k, k]`).
+fn conv_geometry(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    stride: usize,
+    padding: usize,
+) -> ConvGeometry {
+    let xs = x.layout().shape();
+    let ws = weight.layout().shape();
+    ConvGeometry {
+        batch: xs[0],
+        c_in: xs[1],
+        c_out: ws[0],
+        in_hw: [xs[2], xs[3]],
+        kernel: ws[2],
+        stride,
+        padding,
+    }
+}
+
+/// The convolution that a transposed convolution of `x` by `weight` (`[in, out, k, k]`) is the
+/// adjoint of: it maps the transposed convolution's output back to its input.
+fn transposed_geometry(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    stride: usize,
+    padding: usize,
+) -> ConvGeometry {
+    let xs = x.layout().shape();
+    let ws = weight.layout().shape();
+    let k = ws[2];
+    let size = |n: usize| (n - 1) * stride + k - 2 * padding;
+    ConvGeometry {
+        batch: xs[0],
+        c_in: ws[1],
+        c_out: ws[0],
+        in_hw: [size(xs[2]), size(xs[3])],
+        kernel: k,
+        stride,
+        padding,
+    }
+}
+
+fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(slice) => std::borrow::Cow::Borrowed(slice),
+        None => std::borrow::Cow::Owned(t.to_contiguous().as_slice::<f32>().unwrap().to_vec()),
+    }
+}
+
+fn flex_tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+fn is_f32(tensors: [&FlexTensor; 3]) -> bool {
+    tensors.iter().all(|t| t.dtype() == DType::F32)
+}
+
+/// Per-channel sums of `dy` `[batch, channels, plane]`: the bias gradient.
+fn bias_grad(dy: &[f32], channels: usize, plane: usize) -> FlexTensor {
+    let mut sums = vec![0.0f32; channels];
+    for (i, image_channel) in dy.chunks_exact(plane).enumerate() {
+        sums[i % channels] += image_channel.iter().sum::<f32>();
+    }
+    FlexTensor::from_data(TensorData::new(sums, [channels]))
+}
+
+impl ConvGemmOps for Flex {
+    fn conv2d_gemm(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        stride: usize,
+        padding: usize,
+    ) -> FlexTensor {
+        if !is_f32([&x, &weight, &bias]) {
+            let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
+            return <Flex as burn::backend::ops::ModuleOps<Flex>>::conv2d(
+                x,
+                weight,
+                Some(bias),
+                options,
+            );
+        }
+        let g = conv_geometry(&x, &weight, stride, padding);
+        let y = conv_forward(&g, &values(&x), &values(&weight), Some(&values(&bias)));
+        let [h, w] = g.out_hw();
+        flex_tensor(y, [g.batch, g.c_out, h, w])
+    }
+
+    fn conv_transpose2d_gemm(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        stride: usize,
+        padding: usize,
+    ) -> FlexTensor {
+        if !is_f32([&x, &weight, &bias]) {
+            let options = ConvTransposeOptions::new([stride; 2], [padding; 2], [0, 0], [1, 1], 1);
+            return <Flex as burn::backend::ops::ModuleOps<Flex>>::conv_transpose2d(
+                x,
+                weight,
+                Some(bias),
+                options,
+            );
+        }
+        let g = transposed_geometry(&x, &weight, stride, padding);
+        let mut y = conv_input_grad(&g, &values(&x), &values(&weight));
+        let plane = g.in_hw[0] * g.in_hw[1];
+        let bias = values(&bias);
+        for (i, image_channel) in y.chunks_exact_mut(plane).enumerate() {
+            let shift = bias[i % g.c_in];
+            image_channel.iter_mut().for_each(|v| *v += shift);
+        }
+        flex_tensor(y, [g.batch, g.c_in, g.in_hw[0], g.in_hw[1]])
+    }
+}
+
+/// What the backward pass of a GEMM convolution keeps: its input, weight and geometry.
+type ConvState = (FlexTensor, FlexTensor, ConvGeometry);
+
+#[derive(Debug)]
+struct Conv2dGemmBackward;
+
+impl Backward<Flex, 3> for Conv2dGemmBackward {
+    type State = ConvState;
+
+    fn backward(self, ops: Ops<ConvState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_weight, node_bias] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x, weight, g) = ops.state;
+        let dy = values(&grad);
+        let [h, w] = g.out_hw();
+        if let Some(node) = node_x {
+            let dx = conv_input_grad(&g, &dy, &values(&weight));
+            let shape = [g.batch, g.c_in, g.in_hw[0], g.in_hw[1]];
+            grads.register::<Flex>(node.id, flex_tensor(dx, shape));
+        }
+        if let Some(node) = node_weight {
+            let dw = conv_weight_grad(&g, &values(&x), &dy);
+            let shape = [g.c_out, g.c_in, g.kernel, g.kernel];
+            grads.register::<Flex>(node.id, flex_tensor(dw, shape));
+        }
+        if let Some(node) = node_bias {
+            grads.register::<Flex>(node.id, bias_grad(&dy, g.c_out, h * w));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ConvTranspose2dGemmBackward;
+
+impl Backward<Flex, 3> for ConvTranspose2dGemmBackward {
+    type State = ConvState;
+
+    fn backward(self, ops: Ops<ConvState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_weight, node_bias] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        // `g` is the convolution this op is the adjoint of: its input is our output.
+        let (x, weight, g) = ops.state;
+        let dy = values(&grad);
+        let [h, w] = g.out_hw();
+        if let Some(node) = node_x {
+            let dx = conv_forward(&g, &dy, &values(&weight), None);
+            grads.register::<Flex>(node.id, flex_tensor(dx, [g.batch, g.c_out, h, w]));
+        }
+        if let Some(node) = node_weight {
+            let dw = conv_weight_grad(&g, &dy, &values(&x));
+            let shape = [g.c_out, g.c_in, g.kernel, g.kernel];
+            grads.register::<Flex>(node.id, flex_tensor(dw, shape));
+        }
+        if let Some(node) = node_bias {
+            grads.register::<Flex>(node.id, bias_grad(&dy, g.c_in, g.in_hw[0] * g.in_hw[1]));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> ConvGemmOps for Autodiff<Flex, C> {
+    fn conv2d_gemm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        if !is_f32([x.primitive(), weight.primitive(), bias.primitive()]) {
+            let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
+            return <Self as burn::backend::ops::ModuleOps<Self>>::conv2d(
+                x,
+                weight,
+                Some(bias),
+                options,
+            );
+        }
+        let nodes = [x.node(), weight.node(), bias.node()];
+        let (x, weight, bias) = (
+            x.into_primitive(),
+            weight.into_primitive(),
+            bias.into_primitive(),
+        );
+        match Conv2dGemmBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let g = conv_geometry(&x, &weight, stride, padding);
+                let state = (x.clone(), weight.clone(), g);
+                prep.finish(state, Flex::conv2d_gemm(x, weight, bias, stride, padding))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(Flex::conv2d_gemm(x, weight, bias, stride, padding))
+            }
+        }
+    }
+
+    fn conv_transpose2d_gemm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        if !is_f32([x.primitive(), weight.primitive(), bias.primitive()]) {
+            let options = ConvTransposeOptions::new([stride; 2], [padding; 2], [0, 0], [1, 1], 1);
+            return <Self as burn::backend::ops::ModuleOps<Self>>::conv_transpose2d(
+                x,
+                weight,
+                Some(bias),
+                options,
+            );
+        }
+        let nodes = [x.node(), weight.node(), bias.node()];
+        let (x, weight, bias) = (
+            x.into_primitive(),
+            weight.into_primitive(),
+            bias.into_primitive(),
+        );
+        match ConvTranspose2dGemmBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let g = transposed_geometry(&x, &weight, stride, padding);
+                let state = (x.clone(), weight.clone(), g);
+                prep.finish(
+                    state,
+                    Flex::conv_transpose2d_gemm(x, weight, bias, stride, padding),
+                )
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::conv_transpose2d_gemm(
+                x, weight, bias, stride, padding,
+            )),
+        }
+    }
+}
