@@ -13,11 +13,11 @@ use rand_distr::{Distribution, Uniform};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kernels::{conv_transpose2d, conv2d};
+use crate::kernels::{conv_transpose2d, conv2d, group_norm_silu};
 
 /// Number of GroupNorm groups in every block (as in the reference).
 pub const NORM_GROUPS: usize = 8;
-const NORM_EPS: f64 = 1e-5;
+const NORM_EPS: f32 = 1e-5;
 
 /// The shape of a SimpleUNet: channel widths of the three levels and the time-embedding size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,16 +257,6 @@ pub struct GroupNormParams {
     pub bias: Param<Tensor<1>>,
 }
 
-/// GroupNorm over `groups` channel groups of `[batch, channels, h, w]`, then the affine map.
-pub fn group_norm(x: Tensor<4>, groups: usize, weight: Tensor<1>, bias: Tensor<1>) -> Tensor<4> {
-    let [b, c, h, w] = x.dims();
-    let grouped = x.reshape([b, groups, (c / groups) * h * w]);
-    let (var, mean) = grouped.clone().var_mean_bias(2);
-    let normed = (grouped - mean) / (var + NORM_EPS).sqrt();
-    let normed = normed.reshape([b, c, h, w]);
-    normed * weight.reshape([1, c, 1, 1]) + bias.reshape([1, c, 1, 1])
-}
-
 /// conv -> + time projection -> GroupNorm(8) -> SiLU.
 #[derive(Module, Debug)]
 pub struct Block {
@@ -343,14 +333,14 @@ impl Block {
             Resample::Down => conv2d(x, weight, bias, 2, 1),
             Resample::Up => conv_transpose2d(x, weight, bias, 2, 1),
         };
-        let [b, c, _, _] = h.dims();
-        let h = h + self.time_mlp.forward(t_emb).reshape([b, c, 1, 1]);
-        silu(group_norm(
+        group_norm_silu(
             h,
-            NORM_GROUPS,
+            self.time_mlp.forward(t_emb),
             self.norm.weight.val(),
             self.norm.bias.val(),
-        ))
+            NORM_GROUPS,
+            NORM_EPS,
+        )
     }
 }
 

@@ -117,3 +117,55 @@ fn conv_transpose2d_matches_burn() {
         1,
     );
 }
+
+#[test]
+fn group_norm_silu_matches_burn() {
+    let device = Device::flex().autodiff();
+    let (b, c, h, w, groups) = (3, 16, 5, 7, 4);
+    let x = random([b, c, h, w], &device) * 2.0 + 0.5;
+    let shift = random([b, c], &device);
+    let gamma = random([c], &device) + 1.0;
+    let beta = random([c], &device);
+    let r = random([b, c, h, w], &device);
+    type NormOp = fn(Tensor<4>, Tensor<2>, Tensor<1>, Tensor<1>, usize, f32) -> Tensor<4>;
+    let run = |op: NormOp| {
+        let inputs = (
+            x.clone().require_grad(),
+            shift.clone().require_grad(),
+            gamma.clone().require_grad(),
+            beta.clone().require_grad(),
+        );
+        let (x, s, g, bt) = inputs;
+        let y = op(x.clone(), s.clone(), g.clone(), bt.clone(), groups, 1e-5);
+        let grads = (y.clone() * r.clone()).sum().backward();
+        let grad = |t: &Tensor<1>| t.grad(&grads).unwrap();
+        (
+            y,
+            x.grad(&grads).unwrap(),
+            s.grad(&grads).unwrap(),
+            grad(&g),
+            grad(&bt),
+        )
+    };
+    let (y1, dx1, ds1, dg1, db1) = run(kernels::group_norm_silu);
+    let (y2, dx2, ds2, dg2, db2) = run(kernels::plain_group_norm_silu);
+    assert!(max_diff(y1, y2) < 1e-5, "forward differs");
+    assert!(max_diff(dx1, dx2) < 1e-4, "input gradient differs");
+    assert!(max_diff(ds1, ds2) < 1e-4, "shift gradient differs");
+    assert!(max_diff(dg1, dg2) < 1e-3, "gamma gradient differs");
+    assert!(max_diff(db1, db2) < 1e-3, "beta gradient differs");
+
+    let flex = Device::flex();
+    let (x, shift) = (x.to_device(&flex), shift.to_device(&flex));
+    let (gamma, beta) = (gamma.to_device(&flex), beta.to_device(&flex));
+    let y1 = kernels::group_norm_silu(
+        x.clone(),
+        shift.clone(),
+        gamma.clone(),
+        beta.clone(),
+        groups,
+        1e-5,
+    );
+    let y2 = kernels::plain_group_norm_silu(x, shift, gamma, beta, groups, 1e-5);
+    assert!(max_diff(y1, y2) < 1e-5, "forward without autodiff differs");
+}

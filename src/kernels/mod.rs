@@ -1,11 +1,13 @@
 //! Hand-written CPU kernels, registered with burn through its backend-extension mechanism.
 //!
-//! [`conv2d`] and [`conv_transpose2d`] look like burn's functions of the same names. On the
-//! `flex` CPU backend they run the GEMM kernels of [`conv_gemm`], with their own backward pass
-//! under autodiff (input, weight and bias gradients); on any other device they are burn's plain
-//! operations. Tests compare both paths, forward and gradients.
+//! [`conv2d`] and [`conv_transpose2d`] look like burn's functions of the same names;
+//! [`group_norm_silu`] is a U-Net block's tail (time shift, GroupNorm, SiLU) in one pass. On the
+//! `flex` CPU backend they run the kernels of [`conv_gemm`] and [`norm_silu`], with their own
+//! backward pass under autodiff; on any other device they are burn's plain composition
+//! (`plain_*`). Tests compare both paths, forward and gradients.
 
 pub mod conv_gemm;
+pub mod norm_silu;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -14,10 +16,12 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
+use burn::tensor::activation::silu;
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use conv_gemm::{ConvGeometry, conv_forward, conv_input_grad, conv_weight_grad};
+use norm_silu::{NormParams, NormShape};
 
 /// Convolution with a square `kernel`, the same `stride` and zero `padding` on both axes, as
 /// PyTorch's `Conv2d`: `x` `[batch, in, h, w]`, `weight` `[out, in, k, k]`, `bias` `[out]`.
@@ -29,7 +33,7 @@ pub fn conv2d(
     padding: usize,
 ) -> Tensor<4> {
     if on_flex(&x) {
-        Tensor::from_dispatch(<Dispatch as ConvGemmOps>::conv2d_gemm(
+        Tensor::from_dispatch(<Dispatch as CpuKernelOps>::conv2d_gemm(
             x.into_dispatch(),
             weight.into_dispatch(),
             bias.into_dispatch(),
@@ -52,7 +56,7 @@ pub fn conv_transpose2d(
     padding: usize,
 ) -> Tensor<4> {
     if on_flex(&x) {
-        Tensor::from_dispatch(<Dispatch as ConvGemmOps>::conv_transpose2d_gemm(
+        Tensor::from_dispatch(<Dispatch as CpuKernelOps>::conv_transpose2d_gemm(
             x.into_dispatch(),
             weight.into_dispatch(),
             bias.into_dispatch(),
@@ -88,14 +92,67 @@ pub fn plain_conv_transpose2d(
     burn::tensor::module::conv_transpose2d(x, weight, Some(bias), options)
 }
 
-fn on_flex(x: &Tensor<4>) -> bool {
-    x.device().without_autodiff() == Device::flex()
+/// `silu(group_norm(h + shift))`: `h` `[batch, channels, height, width]` plus a per-(image,
+/// channel) `shift` `[batch, channels]`, GroupNorm over `groups` groups with scale `gamma` and
+/// offset `beta` (`[channels]`) and variance epsilon `eps`, then SiLU.
+pub fn group_norm_silu(
+    h: Tensor<4>,
+    shift: Tensor<2>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    groups: usize,
+    eps: f32,
+) -> Tensor<4> {
+    if on_flex(&h) {
+        Tensor::from_dispatch(<Dispatch as CpuKernelOps>::group_norm_silu_fused(
+            h.into_dispatch(),
+            shift.into_dispatch(),
+            gamma.into_dispatch(),
+            beta.into_dispatch(),
+            groups,
+            eps,
+        ))
+    } else {
+        plain_group_norm_silu(h, shift, gamma, beta, groups, eps)
+    }
 }
 
-/// The GEMM convolutions as a backend extension: implemented for `flex` and for autodiff over
-/// `flex` (with a hand-written backward pass).
+/// [`group_norm_silu`] as burn's own composition (what the kernel is tested against).
+pub fn plain_group_norm_silu(
+    h: Tensor<4>,
+    shift: Tensor<2>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    groups: usize,
+    eps: f32,
+) -> Tensor<4> {
+    let [b, c, height, width] = h.dims();
+    let grouped =
+        (h + shift.reshape([b, c, 1, 1])).reshape([b, groups, (c / groups) * height * width]);
+    let (var, mean) = grouped.clone().var_mean_bias(2);
+    let normed = ((grouped - mean) / (var + eps as f64).sqrt()).reshape([b, c, height, width]);
+    silu(normed * gamma.reshape([1, c, 1, 1]) + beta.reshape([1, c, 1, 1]))
+}
+
+/// Whether the kernels serve `x`: `f32` values on the `flex` backend.
+fn on_flex(x: &Tensor<4>) -> bool {
+    x.dtype() == DType::F32 && x.device().without_autodiff() == Device::flex()
+}
+
+/// The kernels as a backend extension: implemented for `flex` and for autodiff over `flex`
+/// (with hand-written backward passes).
 #[backend_extension(Flex, Autodiff)]
-pub trait ConvGemmOps: Backend {
+pub trait CpuKernelOps: Backend {
+    /// See [`group_norm_silu`].
+    fn group_norm_silu_fused(
+        h: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        eps: f32,
+    ) -> FloatTensor<Self>;
+
     /// See [`conv2d`].
     fn conv2d_gemm(
         x: FloatTensor<Self>,
@@ -169,10 +226,6 @@ fn flex_tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-fn is_f32(tensors: [&FlexTensor; 3]) -> bool {
-    tensors.iter().all(|t| t.dtype() == DType::F32)
-}
-
 /// Per-channel sums of `dy` `[batch, channels, plane]`: the bias gradient.
 fn bias_grad(dy: &[f32], channels: usize, plane: usize) -> FlexTensor {
     let mut sums = vec![0.0f32; channels];
@@ -182,7 +235,38 @@ fn bias_grad(dy: &[f32], channels: usize, plane: usize) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(sums, [channels]))
 }
 
-impl ConvGemmOps for Flex {
+fn norm_shape(h: &FlexTensor, groups: usize) -> NormShape {
+    let hs = h.layout().shape();
+    NormShape {
+        batch: hs[0],
+        channels: hs[1],
+        plane: hs[2] * hs[3],
+        groups,
+    }
+}
+
+impl CpuKernelOps for Flex {
+    fn group_norm_silu_fused(
+        h: FlexTensor,
+        shift: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        groups: usize,
+        eps: f32,
+    ) -> FlexTensor {
+        let shape = norm_shape(&h, groups);
+        let dims = h.layout().shape().to_vec();
+        let (shift, gamma, beta) = (values(&shift), values(&gamma), values(&beta));
+        let params = NormParams {
+            shift: &shift,
+            gamma: &gamma,
+            beta: &beta,
+            eps,
+        };
+        let y = norm_silu::forward(&shape, &values(&h), &params);
+        flex_tensor(y, [dims[0], dims[1], dims[2], dims[3]])
+    }
+
     fn conv2d_gemm(
         x: FlexTensor,
         weight: FlexTensor,
@@ -190,15 +274,6 @@ impl ConvGemmOps for Flex {
         stride: usize,
         padding: usize,
     ) -> FlexTensor {
-        if !is_f32([&x, &weight, &bias]) {
-            let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
-            return <Flex as burn::backend::ops::ModuleOps<Flex>>::conv2d(
-                x,
-                weight,
-                Some(bias),
-                options,
-            );
-        }
         let g = conv_geometry(&x, &weight, stride, padding);
         let y = conv_forward(&g, &values(&x), &values(&weight), Some(&values(&bias)));
         let [h, w] = g.out_hw();
@@ -212,15 +287,6 @@ impl ConvGemmOps for Flex {
         stride: usize,
         padding: usize,
     ) -> FlexTensor {
-        if !is_f32([&x, &weight, &bias]) {
-            let options = ConvTransposeOptions::new([stride; 2], [padding; 2], [0, 0], [1, 1], 1);
-            return <Flex as burn::backend::ops::ModuleOps<Flex>>::conv_transpose2d(
-                x,
-                weight,
-                Some(bias),
-                options,
-            );
-        }
         let g = transposed_geometry(&x, &weight, stride, padding);
         let mut y = conv_input_grad(&g, &values(&x), &values(&weight));
         let plane = g.in_hw[0] * g.in_hw[1];
@@ -292,7 +358,72 @@ impl Backward<Flex, 3> for ConvTranspose2dGemmBackward {
     }
 }
 
-impl<C: CheckpointStrategy> ConvGemmOps for Autodiff<Flex, C> {
+/// What the backward pass of the fused GroupNorm keeps: its four inputs, groups and epsilon.
+type NormState = ([FlexTensor; 4], usize, f32);
+
+#[derive(Debug)]
+struct GroupNormSiluBackward;
+
+impl Backward<Flex, 4> for GroupNormSiluBackward {
+    type State = NormState;
+
+    fn backward(self, ops: Ops<NormState, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let ([h, shift, gamma, beta], groups, eps) = ops.state;
+        let shape = norm_shape(&h, groups);
+        let dims = h.layout().shape().to_vec();
+        let (shift_v, gamma_v, beta_v) = (values(&shift), values(&gamma), values(&beta));
+        let params = NormParams {
+            shift: &shift_v,
+            gamma: &gamma_v,
+            beta: &beta_v,
+            eps,
+        };
+        let g = norm_silu::backward(&shape, &values(&h), &params, &values(&grad));
+        let outputs = [
+            TensorData::new(g.input, dims),
+            TensorData::new(g.shift, [shape.batch, shape.channels]),
+            TensorData::new(g.gamma, [shape.channels]),
+            TensorData::new(g.beta, [shape.channels]),
+        ];
+        for (node, data) in ops.parents.into_iter().zip(outputs) {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, FlexTensor::from_data(data));
+            }
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> CpuKernelOps for Autodiff<Flex, C> {
+    fn group_norm_silu_fused(
+        h: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        let nodes = [h.node(), shift.node(), gamma.node(), beta.node()];
+        let inputs = [h, shift, gamma, beta].map(|t| t.into_primitive());
+        match GroupNormSiluBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let [h, shift, gamma, beta] = inputs.clone();
+                let output = Flex::group_norm_silu_fused(h, shift, gamma, beta, groups, eps);
+                prep.finish((inputs, groups, eps), output)
+            }
+            OpsKind::UnTracked(prep) => {
+                let [h, shift, gamma, beta] = inputs;
+                prep.finish(Flex::group_norm_silu_fused(
+                    h, shift, gamma, beta, groups, eps,
+                ))
+            }
+        }
+    }
+
     fn conv2d_gemm(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -300,15 +431,6 @@ impl<C: CheckpointStrategy> ConvGemmOps for Autodiff<Flex, C> {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self> {
-        if !is_f32([x.primitive(), weight.primitive(), bias.primitive()]) {
-            let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
-            return <Self as burn::backend::ops::ModuleOps<Self>>::conv2d(
-                x,
-                weight,
-                Some(bias),
-                options,
-            );
-        }
         let nodes = [x.node(), weight.node(), bias.node()];
         let (x, weight, bias) = (
             x.into_primitive(),
@@ -338,15 +460,6 @@ impl<C: CheckpointStrategy> ConvGemmOps for Autodiff<Flex, C> {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self> {
-        if !is_f32([x.primitive(), weight.primitive(), bias.primitive()]) {
-            let options = ConvTransposeOptions::new([stride; 2], [padding; 2], [0, 0], [1, 1], 1);
-            return <Self as burn::backend::ops::ModuleOps<Self>>::conv_transpose2d(
-                x,
-                weight,
-                Some(bias),
-                options,
-            );
-        }
         let nodes = [x.node(), weight.node(), bias.node()];
         let (x, weight, bias) = (
             x.into_primitive(),
