@@ -29,3 +29,16 @@ pub fn device_from_name(name: &str) -> Result<Device> {
         )),
     }
 }
+
+/// Asks glibc's allocator to serve tensor-sized buffers (up to 32 MiB) from its heap and to keep
+/// freed memory for reuse, instead of mapping fresh zeroed pages for every large tensor and
+/// unmapping them again (page faults and TLB flushes that cost about a tenth of a training step).
+/// Call once at start-up; does nothing on other platforms.
+pub fn reuse_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}

@@ -532,6 +532,7 @@ fn parse_widths(s: &str) -> std::result::Result<[usize; 3], String> {
 }
 
 fn main() -> ExitCode {
+    flowmatch::device::reuse_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

@@ -35,7 +35,7 @@ pub struct ConvGeometry {
 }
 
 /// Columns of one chunk's GEMM that keep its buffers in cache while filling the microkernels.
-const TARGET_COLUMNS: usize = 1024;
+const TARGET_COLUMNS: usize = 4096;
 
 impl ConvGeometry {
     /// Output height and width (PyTorch's formula).
@@ -75,17 +75,37 @@ impl ConvGeometry {
     }
 }
 
-/// Working buffers of one worker, reused from chunk to chunk.
+/// Working buffers of one worker thread, kept between calls so that no step allocates (and
+/// zeroes) them again.
 #[derive(Default)]
 struct Scratch {
     cols: Vec<f32>,
     product: Vec<f32>,
 }
 
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// Runs `f` with this thread's scratch buffers (`f` must not start parallel work itself).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|scratch| f(&mut scratch.borrow_mut()))
+}
+
 /// `buf` resized to `len` (contents unspecified: every user overwrites it).
 fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    buf.resize(len, 0.0);
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
     &mut buf[..len]
+}
+
+/// `len` zeros, written explicitly: the pages are then touched by writes first, which avoids the
+/// copy-on-write faults (and cross-core TLB flushes) of accumulating into fresh zero pages.
+fn zeros(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    v.resize(len, 0.0);
+    v
 }
 
 /// A read-only matrix view: element `(i, j)` is `data[i·row_stride + j·col_stride]`.
@@ -165,11 +185,17 @@ fn im2col(g: &ConvGeometry, x: &[f32], images: usize, cols: &mut [f32]) {
         let cols_ok = g.valid_outputs(kw, in_w, out_w);
         for (b, image_dst) in dst.chunks_exact_mut(g.out_plane()).enumerate() {
             let src = &x[(b * g.c_in + ci) * g.in_plane()..][..g.in_plane()];
-            image_dst.fill(0.0);
-            for oh in rows.clone() {
+            for (oh, dst_row) in image_dst.chunks_exact_mut(out_w).enumerate() {
+                if !rows.contains(&oh) {
+                    dst_row.fill(0.0);
+                    continue;
+                }
+                // Zero only the padding, copy the rest.
+                dst_row[..cols_ok.start].fill(0.0);
+                dst_row[cols_ok.end..].fill(0.0);
                 let ih = oh * s + kh - g.padding;
                 let src_row = &src[ih * in_w..][..in_w];
-                let dst_row = &mut image_dst[oh * out_w..][cols_ok.clone()];
+                let dst_row = &mut dst_row[cols_ok.clone()];
                 let first = cols_ok.start * s + kw - g.padding;
                 if s == 1 {
                     dst_row.copy_from_slice(&src_row[first..first + dst_row.len()]);
@@ -236,24 +262,26 @@ pub fn conv_forward(g: &ConvGeometry, x: &[f32], weight: &[f32], bias: Option<&[
     let mut y = vec![0.0f32; g.batch * g.c_out * plane];
     y.par_chunks_mut(per_chunk * g.c_out * plane)
         .zip(x.par_chunks(per_chunk * g.c_in * g.in_plane()))
-        .for_each_init(Scratch::default, |scratch, (y_chunk, x_chunk)| {
-            let images = x_chunk.len() / (g.c_in * g.in_plane());
-            let n = images * plane;
-            let cols = resized(&mut scratch.cols, patch * n);
-            im2col(g, x_chunk, images, cols);
-            let out = resized(&mut scratch.product, g.c_out * n);
-            let w = MatRef::row_major(weight, patch);
-            matmul(g.c_out, n, patch, out, false, w, MatRef::row_major(cols, n));
-            for b in 0..images {
-                for co in 0..g.c_out {
-                    let shift = bias.map_or(0.0, |bias| bias[co]);
-                    let dst = &mut y_chunk[(b * g.c_out + co) * plane..][..plane];
-                    let src = &out[co * n + b * plane..][..plane];
-                    for (d, s) in dst.iter_mut().zip(src) {
-                        *d = s + shift;
+        .for_each(|(y_chunk, x_chunk)| {
+            with_scratch(|scratch| {
+                let images = x_chunk.len() / (g.c_in * g.in_plane());
+                let n = images * plane;
+                let cols = resized(&mut scratch.cols, patch * n);
+                im2col(g, x_chunk, images, cols);
+                let out = resized(&mut scratch.product, g.c_out * n);
+                let w = MatRef::row_major(weight, patch);
+                matmul(g.c_out, n, patch, out, false, w, MatRef::row_major(cols, n));
+                for b in 0..images {
+                    for co in 0..g.c_out {
+                        let shift = bias.map_or(0.0, |bias| bias[co]);
+                        let dst = &mut y_chunk[(b * g.c_out + co) * plane..][..plane];
+                        let src = &out[co * n + b * plane..][..plane];
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            *d = s + shift;
+                        }
                     }
                 }
-            }
+            })
         });
     y
 }
@@ -265,19 +293,21 @@ pub fn conv_input_grad(g: &ConvGeometry, dy: &[f32], weight: &[f32]) -> Vec<f32>
     assert_eq!(dy.len(), g.batch * g.c_out * plane, "output gradient size");
     assert_eq!(weight.len(), g.c_out * patch, "weight size");
     let per_chunk = g.images_per_chunk();
-    let mut dx = vec![0.0f32; g.batch * g.c_in * g.in_plane()];
+    let mut dx = zeros(g.batch * g.c_in * g.in_plane());
     dx.par_chunks_mut(per_chunk * g.c_in * g.in_plane())
         .zip(dy.par_chunks(per_chunk * g.c_out * plane))
-        .for_each_init(Scratch::default, |scratch, (dx_chunk, dy_chunk)| {
-            let images = dy_chunk.len() / (g.c_out * plane);
-            let n = images * plane;
-            let dy_mat = resized(&mut scratch.product, g.c_out * n);
-            images_to_channel_major(dy_chunk, g.c_out, plane, dy_mat);
-            let cols = resized(&mut scratch.cols, patch * n);
-            let w_t = MatRef::row_major(weight, patch).transposed();
-            let dy_ref = MatRef::row_major(dy_mat, n);
-            matmul(patch, n, g.c_out, cols, false, w_t, dy_ref);
-            col2im(g, cols, images, dx_chunk);
+        .for_each(|(dx_chunk, dy_chunk)| {
+            with_scratch(|scratch| {
+                let images = dy_chunk.len() / (g.c_out * plane);
+                let n = images * plane;
+                let dy_mat = resized(&mut scratch.product, g.c_out * n);
+                images_to_channel_major(dy_chunk, g.c_out, plane, dy_mat);
+                let cols = resized(&mut scratch.cols, patch * n);
+                let w_t = MatRef::row_major(weight, patch).transposed();
+                let dy_ref = MatRef::row_major(dy_mat, n);
+                matmul(patch, n, g.c_out, cols, false, w_t, dy_ref);
+                col2im(g, cols, images, dx_chunk);
+            })
         });
     dx
 }
@@ -289,31 +319,39 @@ pub fn conv_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.c_in * g.in_plane(), "input size");
     assert_eq!(dy.len(), g.batch * g.c_out * plane, "output gradient size");
     let per_chunk = g.images_per_chunk();
-    x.par_chunks(per_chunk * g.c_in * g.in_plane())
-        .zip(dy.par_chunks(per_chunk * g.c_out * plane))
-        .fold(
-            || (vec![0.0f32; g.c_out * patch], Scratch::default()),
-            |(mut dw, mut scratch), (x_chunk, dy_chunk)| {
-                let images = x_chunk.len() / (g.c_in * g.in_plane());
-                let n = images * plane;
-                let cols = resized(&mut scratch.cols, patch * n);
-                im2col(g, x_chunk, images, cols);
-                let dy_mat = resized(&mut scratch.product, g.c_out * n);
-                images_to_channel_major(dy_chunk, g.c_out, plane, dy_mat);
-                let cols_t = MatRef::row_major(cols, n).transposed();
-                let dy_ref = MatRef::row_major(dy_mat, n);
-                matmul(g.c_out, patch, n, &mut dw, true, dy_ref, cols_t);
-                (dw, scratch)
-            },
-        )
-        .map(|(dw, _)| dw)
-        .reduce(
-            || vec![0.0f32; g.c_out * patch],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            },
-        )
+    let x_chunks: Vec<&[f32]> = x.chunks(per_chunk * g.c_in * g.in_plane()).collect();
+    let dy_chunks: Vec<&[f32]> = dy.chunks(per_chunk * g.c_out * plane).collect();
+    // A fixed split of the chunks into one run per worker (two per thread), each summing into its
+    // own gradient, then added in order: the result does not depend on scheduling.
+    let runs = x_chunks.len().min(2 * rayon::current_num_threads()).max(1);
+    let per_run = x_chunks.len().div_ceil(runs);
+    let partials: Vec<Vec<f32>> = x_chunks
+        .par_chunks(per_run)
+        .zip(dy_chunks.par_chunks(per_run))
+        .map(|(x_run, dy_run)| {
+            let mut dw = zeros(g.c_out * patch);
+            with_scratch(|scratch| {
+                for (x_chunk, dy_chunk) in x_run.iter().zip(dy_run) {
+                    let images = x_chunk.len() / (g.c_in * g.in_plane());
+                    let n = images * plane;
+                    let cols = resized(&mut scratch.cols, patch * n);
+                    im2col(g, x_chunk, images, cols);
+                    let dy_mat = resized(&mut scratch.product, g.c_out * n);
+                    images_to_channel_major(dy_chunk, g.c_out, plane, dy_mat);
+                    let cols_t = MatRef::row_major(cols, n).transposed();
+                    let dy_ref = MatRef::row_major(dy_mat, n);
+                    matmul(g.c_out, patch, n, &mut dw, true, dy_ref, cols_t);
+                }
+            });
+            dw
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut total = partials.next().unwrap_or_else(|| zeros(g.c_out * patch));
+    for partial in partials {
+        total.iter_mut().zip(&partial).for_each(|(t, p)| *t += p);
+    }
+    total
 }
 
 #[cfg(test)]
