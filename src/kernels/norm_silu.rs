@@ -68,13 +68,18 @@ pub struct NormGrads {
 fn exp(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    // The integer n sits in the low mantissa bits of `shifted`: 2^n without a float-to-int cast
+    // (whose saturating semantics would not vectorise).
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let two_to_n = f32::from_bits(n_bits.wrapping_add(127) << 23);
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    f32::from_bits(((n as i32 + 127) << 23) as u32) * p
+    two_to_n * p
 }
 
 #[inline(always)]
