@@ -275,7 +275,7 @@ struct DemoArgs {
 }
 
 /// The demo's model and schedule, sized for a 2-core CPU.
-const DEMO_STEPS: u64 = 2000;
+const DEMO_STEPS: u64 = 6000;
 const DEMO_WIDTHS: [usize; 3] = [16, 32, 64];
 const DEMO_BATCH: usize = 32;
 const DEMO_LR: f64 = 2e-3;

@@ -13,6 +13,8 @@
 //! is the adjoint of a convolution, so the same three kernels serve it (see `super`).
 
 use gemm::Parallelism;
+
+use super::par_zeroed;
 use rayon::prelude::*;
 
 /// Shape of a 2-D convolution with a square kernel and equal stride/padding on both axes.
@@ -259,10 +261,12 @@ pub fn conv_forward(g: &ConvGeometry, x: &[f32], weight: &[f32], bias: Option<&[
     assert_eq!(weight.len(), g.c_out * g.patch_len(), "weight size");
     let (plane, patch) = (g.out_plane(), g.patch_len());
     let per_chunk = g.images_per_chunk();
-    let mut y = vec![0.0f32; g.batch * g.c_out * plane];
-    y.par_chunks_mut(per_chunk * g.c_out * plane)
-        .zip(x.par_chunks(per_chunk * g.c_in * g.in_plane()))
-        .for_each(|(y_chunk, x_chunk)| {
+    let x_len = per_chunk * g.c_in * g.in_plane();
+    par_zeroed(
+        g.batch * g.c_out * plane,
+        per_chunk * g.c_out * plane,
+        |i, y_chunk| {
+            let x_chunk = &x[i * x_len..x.len().min((i + 1) * x_len)];
             with_scratch(|scratch| {
                 let images = x_chunk.len() / (g.c_in * g.in_plane());
                 let n = images * plane;
@@ -282,8 +286,8 @@ pub fn conv_forward(g: &ConvGeometry, x: &[f32], weight: &[f32], bias: Option<&[
                     }
                 }
             })
-        });
-    y
+        },
+    )
 }
 
 /// The gradient with respect to the input `[batch, c_in, h, w]`, given the output gradient
@@ -293,10 +297,12 @@ pub fn conv_input_grad(g: &ConvGeometry, dy: &[f32], weight: &[f32]) -> Vec<f32>
     assert_eq!(dy.len(), g.batch * g.c_out * plane, "output gradient size");
     assert_eq!(weight.len(), g.c_out * patch, "weight size");
     let per_chunk = g.images_per_chunk();
-    let mut dx = zeros(g.batch * g.c_in * g.in_plane());
-    dx.par_chunks_mut(per_chunk * g.c_in * g.in_plane())
-        .zip(dy.par_chunks(per_chunk * g.c_out * plane))
-        .for_each(|(dx_chunk, dy_chunk)| {
+    let dy_len = per_chunk * g.c_out * plane;
+    par_zeroed(
+        g.batch * g.c_in * g.in_plane(),
+        per_chunk * g.c_in * g.in_plane(),
+        |i, dx_chunk| {
+            let dy_chunk = &dy[i * dy_len..dy.len().min((i + 1) * dy_len)];
             with_scratch(|scratch| {
                 let images = dy_chunk.len() / (g.c_out * plane);
                 let n = images * plane;
@@ -308,8 +314,8 @@ pub fn conv_input_grad(g: &ConvGeometry, dy: &[f32], weight: &[f32]) -> Vec<f32>
                 matmul(patch, n, g.c_out, cols, false, w_t, dy_ref);
                 col2im(g, cols, images, dx_chunk);
             })
-        });
-    dx
+        },
+    )
 }
 
 /// The gradient with respect to the weight `[c_out, c_in, k, k]`, given the input `x` and the

@@ -19,6 +19,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::activation::silu;
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use rayon::prelude::*;
 
 use conv_gemm::{ConvGeometry, conv_forward, conv_input_grad, conv_weight_grad};
 use norm_silu::{NormParams, NormShape};
@@ -172,6 +173,33 @@ pub trait CpuKernelOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
+/// A vector of `len` values computed in parallel: `fill(i, chunk)` receives the `i`-th run of
+/// `chunk_len` values (the last may be shorter), zeroed on the worker thread, not serially
+/// before the parallel work starts.
+pub(crate) fn par_zeroed(
+    len: usize,
+    chunk_len: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk_len.max(1))
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            chunk.iter_mut().for_each(|v| {
+                v.write(0.0);
+            });
+            // SAFETY: every element of `chunk` was initialised just above.
+            let chunk = unsafe {
+                std::slice::from_raw_parts_mut(chunk.as_mut_ptr().cast::<f32>(), chunk.len())
+            };
+            fill(i, chunk);
+        });
+    // SAFETY: the chunks cover `0..len` and each was initialised.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// The geometry of a convolution of `x` by `weight` (`[out, in, k, k]`).
 fn conv_geometry(
     x: &FlexTensor,
@@ -228,9 +256,13 @@ fn flex_tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
 
 /// Per-channel sums of `dy` `[batch, channels, plane]`: the bias gradient.
 fn bias_grad(dy: &[f32], channels: usize, plane: usize) -> FlexTensor {
+    let per_image_channel: Vec<f32> = dy
+        .par_chunks(plane)
+        .map(|image_channel| image_channel.iter().sum::<f32>())
+        .collect();
     let mut sums = vec![0.0f32; channels];
-    for (i, image_channel) in dy.chunks_exact(plane).enumerate() {
-        sums[i % channels] += image_channel.iter().sum::<f32>();
+    for (i, s) in per_image_channel.iter().enumerate() {
+        sums[i % channels] += s;
     }
     FlexTensor::from_data(TensorData::new(sums, [channels]))
 }
@@ -291,10 +323,12 @@ impl CpuKernelOps for Flex {
         let mut y = conv_input_grad(&g, &values(&x), &values(&weight));
         let plane = g.in_hw[0] * g.in_hw[1];
         let bias = values(&bias);
-        for (i, image_channel) in y.chunks_exact_mut(plane).enumerate() {
-            let shift = bias[i % g.c_in];
-            image_channel.iter_mut().for_each(|v| *v += shift);
-        }
+        y.par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(i, image_channel)| {
+                let shift = bias[i % g.c_in];
+                image_channel.iter_mut().for_each(|v| *v += shift);
+            });
         flex_tensor(y, [g.batch, g.c_in, g.in_hw[0], g.in_hw[1]])
     }
 }

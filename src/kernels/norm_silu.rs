@@ -14,6 +14,8 @@
 
 use rayon::prelude::*;
 
+use super::par_zeroed;
+
 /// Layout of a GroupNorm input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NormShape {
@@ -268,17 +270,13 @@ macro_rules! with_best_simd {
 pub fn forward(s: &NormShape, h: &[f32], p: &NormParams) -> Vec<f32> {
     assert_eq!(h.len(), s.batch * s.channels * s.plane, "input size");
     let cg = s.group_channels();
-    let mut y = vec![0.0f32; h.len()];
-    y.par_chunks_mut(s.group_len())
-        .zip(h.par_chunks(s.group_len()))
-        .enumerate()
-        .for_each(|(i, (y, h))| {
-            let (b, c0) = (i / s.groups, (i % s.groups) * cg);
-            let shift = &p.shift[b * s.channels + c0..][..cg];
-            let (gamma, beta) = (&p.gamma[c0..c0 + cg], &p.beta[c0..c0 + cg]);
-            with_best_simd!(group_forward(h, y, shift, gamma, beta, p.eps))
-        });
-    y
+    par_zeroed(h.len(), s.group_len(), |i, y| {
+        let h = &h[i * s.group_len()..][..s.group_len()];
+        let (b, c0) = (i / s.groups, (i % s.groups) * cg);
+        let shift = &p.shift[b * s.channels + c0..][..cg];
+        let (gamma, beta) = (&p.gamma[c0..c0 + cg], &p.beta[c0..c0 + cg]);
+        with_best_simd!(group_forward(h, y, shift, gamma, beta, p.eps))
+    })
 }
 
 /// The fused backward pass, given the output gradient `dy`.
