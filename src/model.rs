@@ -13,7 +13,9 @@ use rand_distr::{Distribution, Uniform};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kernels::{conv_transpose2d, conv2d, group_norm_silu};
+use crate::kernels::{
+    conv_transpose2d, conv_transpose2d_skip, conv2d, conv2d_skip, group_norm_silu,
+};
 
 /// Number of GroupNorm groups in every block (as in the reference).
 pub const NORM_GROUPS: usize = 8;
@@ -326,12 +328,28 @@ impl Block {
 
     /// Applies the block to `x` with time embedding `t_emb` (`[batch, time_dim]`).
     pub fn forward(&self, x: Tensor<4>, t_emb: Tensor<2>) -> Tensor<4> {
+        self.apply(x, None, t_emb)
+    }
+
+    /// Applies the block to the channel concatenation `[x, skip]` (a U-Net skip connection).
+    pub fn forward_skip(&self, x: Tensor<4>, skip: Tensor<4>, t_emb: Tensor<2>) -> Tensor<4> {
+        self.apply(x, Some(skip), t_emb)
+    }
+
+    fn apply(&self, x: Tensor<4>, skip: Option<Tensor<4>>, t_emb: Tensor<2>) -> Tensor<4> {
         let weight = self.conv.weight.val();
         let bias = self.conv.bias.val();
-        let h = match self.resample {
-            Resample::Same => conv2d(x, weight, bias, 1, 1),
-            Resample::Down => conv2d(x, weight, bias, 2, 1),
-            Resample::Up => conv_transpose2d(x, weight, bias, 2, 1),
+        let (stride, padding) = match self.resample {
+            Resample::Same => (1, 1),
+            Resample::Down | Resample::Up => (2, 1),
+        };
+        let h = match (self.resample, skip) {
+            (Resample::Up, None) => conv_transpose2d(x, weight, bias, stride, padding),
+            (Resample::Up, Some(skip)) => {
+                conv_transpose2d_skip(x, skip, weight, bias, stride, padding)
+            }
+            (_, None) => conv2d(x, weight, bias, stride, padding),
+            (_, Some(skip)) => conv2d_skip(x, skip, weight, bias, stride, padding),
         };
         group_norm_silu(
             h,
@@ -483,9 +501,9 @@ impl SimpleUNet {
         let x3 = self.down3.forward(x2.clone(), t_emb.clone());
         let h = self.mid1.forward(x3.clone(), t_emb.clone());
         let h = self.mid2.forward(h, t_emb.clone());
-        let h = self.up1.forward(Tensor::cat(vec![h, x3], 1), t_emb.clone());
-        let h = self.up2.forward(Tensor::cat(vec![h, x2], 1), t_emb.clone());
-        let h = self.up3.forward(Tensor::cat(vec![h, x1], 1), t_emb);
+        let h = self.up1.forward_skip(h, x3, t_emb.clone());
+        let h = self.up2.forward_skip(h, x2, t_emb.clone());
+        let h = self.up3.forward_skip(h, x1, t_emb);
         conv2d(h, self.out.weight.val(), self.out.bias.val(), 1, 0)
     }
 

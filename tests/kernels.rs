@@ -118,6 +118,77 @@ fn conv_transpose2d_matches_burn() {
     );
 }
 
+/// A convolution of `[x, skip]` as two inputs, against the same convolution of the
+/// concatenation: outputs and the gradients of both inputs, weight and bias.
+fn compare_skip(transposed: bool) {
+    let device = Device::flex().autodiff();
+    let (x, skip) = (random([5, 6, 7, 7], &device), random([5, 2, 7, 7], &device));
+    let w_shape = if transposed {
+        [8, 3, 4, 4]
+    } else {
+        [3, 8, 3, 3]
+    };
+    let (w, b) = (random(w_shape, &device) * 0.2, random([3], &device));
+    let (stride, padding) = if transposed { (2, 1) } else { (1, 1) };
+    let reference_shape = if transposed {
+        [5, 3, 14, 14]
+    } else {
+        [5, 3, 7, 7]
+    };
+    let r = random(reference_shape, &device);
+    let run = |two_inputs: bool| {
+        let (x, skip, w, b) = (
+            x.clone().require_grad(),
+            skip.clone().require_grad(),
+            w.clone().require_grad(),
+            b.clone().require_grad(),
+        );
+        let (w2, b2) = (w.clone(), b.clone());
+        let y = match (transposed, two_inputs) {
+            (false, true) => kernels::conv2d_skip(x.clone(), skip.clone(), w2, b2, stride, padding),
+            (true, true) => {
+                kernels::conv_transpose2d_skip(x.clone(), skip.clone(), w2, b2, stride, padding)
+            }
+            (false, false) => kernels::plain_conv2d(
+                Tensor::cat(vec![x.clone(), skip.clone()], 1),
+                w2,
+                b2,
+                stride,
+                padding,
+            ),
+            (true, false) => kernels::plain_conv_transpose2d(
+                Tensor::cat(vec![x.clone(), skip.clone()], 1),
+                w2,
+                b2,
+                stride,
+                padding,
+            ),
+        };
+        let grads = (y.clone() * r.clone()).sum().backward();
+        let grad4 = |t: &Tensor<4>| t.grad(&grads).unwrap();
+        (
+            y,
+            grad4(&x),
+            grad4(&skip),
+            grad4(&w),
+            b.grad(&grads).unwrap(),
+        )
+    };
+    let (y1, dx1, ds1, dw1, db1) = run(true);
+    let (y2, dx2, ds2, dw2, db2) = run(false);
+    assert!(max_diff(y1, y2) < 1e-4, "forward differs");
+    assert!(max_diff(dx1, dx2) < 1e-3, "input gradient differs");
+    assert!(max_diff(ds1, ds2) < 1e-3, "skip gradient differs");
+    assert!(max_diff(dw1, dw2) < 1e-2, "weight gradient differs");
+    assert!(max_diff(db1, db2) < 1e-2, "bias gradient differs");
+}
+
+#[test]
+fn skip_inputs_match_the_concatenation() {
+    compare_skip(false);
+    compare_skip(true);
+}
+
 #[test]
 fn group_norm_silu_matches_burn() {
     let device = Device::flex().autodiff();

@@ -175,8 +175,81 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: Ma
     }
 }
 
-/// Fills `cols` (`[patch_len, images·out_plane]`) from `images` consecutive input images.
-fn im2col(g: &ConvGeometry, x: &[f32], images: usize, cols: &mut [f32]) {
+/// Activations of the same images given as one or two channel blocks (`[images, c_i, plane]`
+/// each), seen as their concatenation along channels: a U-Net skip connection without copying
+/// it together.
+#[derive(Debug, Clone, Copy)]
+pub struct Stacked<'a> {
+    blocks: [&'a [f32]; 2],
+    images: usize,
+    plane: usize,
+}
+
+impl<'a> Stacked<'a> {
+    /// `blocks` (the second may be empty) of `images` images of `plane` pixels each.
+    pub fn new(blocks: [&'a [f32]; 2], images: usize, plane: usize) -> Self {
+        for block in blocks {
+            assert!(
+                images > 0 && block.len() % (images * plane) == 0,
+                "block size is not images x channels x plane"
+            );
+        }
+        Stacked {
+            blocks,
+            images,
+            plane,
+        }
+    }
+
+    /// One block.
+    pub fn single(x: &'a [f32], images: usize, plane: usize) -> Self {
+        Self::new([x, &[]], images, plane)
+    }
+
+    /// Channels of each block.
+    pub fn block_channels(&self) -> [usize; 2] {
+        self.blocks.map(|b| b.len() / (self.images * self.plane))
+    }
+
+    /// Channels of all blocks together.
+    pub fn channels(&self) -> usize {
+        self.block_channels().iter().sum()
+    }
+
+    /// Channel `c` (of the concatenation) of image `b`.
+    fn plane_of(&self, b: usize, c: usize) -> &'a [f32] {
+        let [first, second] = self.block_channels();
+        let (block, channels, c) = if c < first {
+            (self.blocks[0], first, c)
+        } else {
+            (self.blocks[1], second, c - first)
+        };
+        &block[(b * channels + c) * self.plane..][..self.plane]
+    }
+
+    /// Runs of at most `per_chunk` images.
+    fn chunks(&self, per_chunk: usize) -> Vec<Self> {
+        (0..self.images)
+            .step_by(per_chunk)
+            .map(|first| {
+                let count = per_chunk.min(self.images - first);
+                let blocks = self.blocks.map(|block| {
+                    let per_image = block.len() / self.images;
+                    &block[first * per_image..(first + count) * per_image]
+                });
+                Stacked {
+                    blocks,
+                    images: count,
+                    plane: self.plane,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Fills `cols` (`[patch_len, images·out_plane]`) from the images of `x`.
+fn im2col(g: &ConvGeometry, x: &Stacked, cols: &mut [f32]) {
+    let images = x.images;
     let [in_h, in_w] = g.in_hw;
     let [out_h, out_w] = g.out_hw();
     let (k, s) = (g.kernel, g.stride);
@@ -186,7 +259,7 @@ fn im2col(g: &ConvGeometry, x: &[f32], images: usize, cols: &mut [f32]) {
         let rows = g.valid_outputs(kh, in_h, out_h);
         let cols_ok = g.valid_outputs(kw, in_w, out_w);
         for (b, image_dst) in dst.chunks_exact_mut(g.out_plane()).enumerate() {
-            let src = &x[(b * g.c_in + ci) * g.in_plane()..][..g.in_plane()];
+            let src = x.plane_of(b, ci);
             for (oh, dst_row) in image_dst.chunks_exact_mut(out_w).enumerate() {
                 if !rows.contains(&oh) {
                     dst_row.fill(0.0);
@@ -243,39 +316,46 @@ fn col2im(g: &ConvGeometry, cols: &[f32], images: usize, dx: &mut [f32]) {
     }
 }
 
-/// Copies `images` NCHW images of `[channels, plane]` into a `[channels, images·plane]` matrix.
-fn images_to_channel_major(src: &[f32], channels: usize, plane: usize, dst: &mut [f32]) {
-    let images = src.len() / (channels * plane);
-    for b in 0..images {
-        for c in 0..channels {
-            dst[(c * images + b) * plane..][..plane]
-                .copy_from_slice(&src[(b * channels + c) * plane..][..plane]);
+/// Copies the images of `src` into a `[channels, images·plane]` matrix.
+fn images_to_channel_major(src: &Stacked, dst: &mut [f32]) {
+    let (images, plane) = (src.images, src.plane);
+    for c in 0..src.channels() {
+        for b in 0..images {
+            dst[(c * images + b) * plane..][..plane].copy_from_slice(src.plane_of(b, c));
         }
     }
 }
 
-/// The convolution's output `[batch, c_out, h_out, w_out]` for input `x` `[batch, c_in, h, w]`,
-/// weight `[c_out, c_in, k, k]` and optional bias `[c_out]`.
-pub fn conv_forward(g: &ConvGeometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    assert_eq!(x.len(), g.batch * g.c_in * g.in_plane(), "input size");
+/// The convolution's output `[batch, c_out, h_out, w_out]` for input `x` (`[batch, c_in, h, w]`,
+/// possibly as channel blocks), weight `[c_out, c_in, k, k]` and optional bias `[c_out]`.
+pub fn conv_forward(
+    g: &ConvGeometry,
+    x: &Stacked,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    assert_eq!(
+        (x.images, x.plane, x.channels()),
+        (g.batch, g.in_plane(), g.c_in),
+        "input size"
+    );
     assert_eq!(weight.len(), g.c_out * g.patch_len(), "weight size");
     let (plane, patch) = (g.out_plane(), g.patch_len());
     let per_chunk = g.images_per_chunk();
-    let x_len = per_chunk * g.c_in * g.in_plane();
+    let chunks = x.chunks(per_chunk);
     par_zeroed(
         g.batch * g.c_out * plane,
         per_chunk * g.c_out * plane,
         |i, y_chunk| {
-            let x_chunk = &x[i * x_len..x.len().min((i + 1) * x_len)];
+            let x_chunk = &chunks[i];
             with_scratch(|scratch| {
-                let images = x_chunk.len() / (g.c_in * g.in_plane());
-                let n = images * plane;
+                let n = x_chunk.images * plane;
                 let cols = resized(&mut scratch.cols, patch * n);
-                im2col(g, x_chunk, images, cols);
+                im2col(g, x_chunk, cols);
                 let out = resized(&mut scratch.product, g.c_out * n);
                 let w = MatRef::row_major(weight, patch);
                 matmul(g.c_out, n, patch, out, false, w, MatRef::row_major(cols, n));
-                for b in 0..images {
+                for b in 0..x_chunk.images {
                     for co in 0..g.c_out {
                         let shift = bias.map_or(0.0, |bias| bias[co]);
                         let dst = &mut y_chunk[(b * g.c_out + co) * plane..][..plane];
@@ -291,42 +371,54 @@ pub fn conv_forward(g: &ConvGeometry, x: &[f32], weight: &[f32], bias: Option<&[
 }
 
 /// The gradient with respect to the input `[batch, c_in, h, w]`, given the output gradient
-/// `dy` `[batch, c_out, h_out, w_out]` and weight `[c_out, c_in, k, k]`.
-pub fn conv_input_grad(g: &ConvGeometry, dy: &[f32], weight: &[f32]) -> Vec<f32> {
+/// `dy` (`[batch, c_out, h_out, w_out]`, possibly as channel blocks) and weight
+/// `[c_out, c_in, k, k]`.
+pub fn conv_input_grad(g: &ConvGeometry, dy: &Stacked, weight: &[f32]) -> Vec<f32> {
     let (plane, patch) = (g.out_plane(), g.patch_len());
-    assert_eq!(dy.len(), g.batch * g.c_out * plane, "output gradient size");
+    assert_eq!(
+        (dy.images, dy.plane, dy.channels()),
+        (g.batch, plane, g.c_out),
+        "output gradient size"
+    );
     assert_eq!(weight.len(), g.c_out * patch, "weight size");
     let per_chunk = g.images_per_chunk();
-    let dy_len = per_chunk * g.c_out * plane;
+    let chunks = dy.chunks(per_chunk);
     par_zeroed(
         g.batch * g.c_in * g.in_plane(),
         per_chunk * g.c_in * g.in_plane(),
         |i, dx_chunk| {
-            let dy_chunk = &dy[i * dy_len..dy.len().min((i + 1) * dy_len)];
+            let dy_chunk = &chunks[i];
             with_scratch(|scratch| {
-                let images = dy_chunk.len() / (g.c_out * plane);
-                let n = images * plane;
+                let n = dy_chunk.images * plane;
                 let dy_mat = resized(&mut scratch.product, g.c_out * n);
-                images_to_channel_major(dy_chunk, g.c_out, plane, dy_mat);
+                images_to_channel_major(dy_chunk, dy_mat);
                 let cols = resized(&mut scratch.cols, patch * n);
                 let w_t = MatRef::row_major(weight, patch).transposed();
                 let dy_ref = MatRef::row_major(dy_mat, n);
                 matmul(patch, n, g.c_out, cols, false, w_t, dy_ref);
-                col2im(g, cols, images, dx_chunk);
+                col2im(g, cols, dy_chunk.images, dx_chunk);
             })
         },
     )
 }
 
 /// The gradient with respect to the weight `[c_out, c_in, k, k]`, given the input `x` and the
-/// output gradient `dy`.
-pub fn conv_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+/// output gradient `dy` (each possibly as channel blocks).
+pub fn conv_weight_grad(g: &ConvGeometry, x: &Stacked, dy: &Stacked) -> Vec<f32> {
     let (plane, patch) = (g.out_plane(), g.patch_len());
-    assert_eq!(x.len(), g.batch * g.c_in * g.in_plane(), "input size");
-    assert_eq!(dy.len(), g.batch * g.c_out * plane, "output gradient size");
+    assert_eq!(
+        (x.images, x.plane, x.channels()),
+        (g.batch, g.in_plane(), g.c_in),
+        "input size"
+    );
+    assert_eq!(
+        (dy.images, dy.plane, dy.channels()),
+        (g.batch, plane, g.c_out),
+        "output gradient size"
+    );
     let per_chunk = g.images_per_chunk();
-    let x_chunks: Vec<&[f32]> = x.chunks(per_chunk * g.c_in * g.in_plane()).collect();
-    let dy_chunks: Vec<&[f32]> = dy.chunks(per_chunk * g.c_out * plane).collect();
+    let x_chunks = x.chunks(per_chunk);
+    let dy_chunks = dy.chunks(per_chunk);
     // A fixed split of the chunks into one run per worker (two per thread), each summing into its
     // own gradient, then added in order: the result does not depend on scheduling.
     let runs = x_chunks.len().min(2 * rayon::current_num_threads()).max(1);
@@ -338,12 +430,11 @@ pub fn conv_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             let mut dw = zeros(g.c_out * patch);
             with_scratch(|scratch| {
                 for (x_chunk, dy_chunk) in x_run.iter().zip(dy_run) {
-                    let images = x_chunk.len() / (g.c_in * g.in_plane());
-                    let n = images * plane;
+                    let n = x_chunk.images * plane;
                     let cols = resized(&mut scratch.cols, patch * n);
-                    im2col(g, x_chunk, images, cols);
+                    im2col(g, x_chunk, cols);
                     let dy_mat = resized(&mut scratch.product, g.c_out * n);
-                    images_to_channel_major(dy_chunk, g.c_out, plane, dy_mat);
+                    images_to_channel_major(dy_chunk, dy_mat);
                     let cols_t = MatRef::row_major(cols, n).transposed();
                     let dy_ref = MatRef::row_major(dy_mat, n);
                     matmul(g.c_out, patch, n, &mut dw, true, dy_ref, cols_t);
@@ -428,7 +519,8 @@ mod tests {
             let x = values(g.batch * g.c_in * g.in_plane(), 1);
             let w = values(g.c_out * g.patch_len(), 2);
             let bias = values(g.c_out, 3);
-            let y = conv_forward(&g, &x, &w, Some(&bias));
+            let x_in = Stacked::single(&x, g.batch, g.in_plane());
+            let y = conv_forward(&g, &x_in, &w, Some(&bias));
             let expected = naive_conv(&g, &x, &w);
             for (i, (a, e)) in y.iter().zip(&expected).enumerate() {
                 let e = e + bias[(i / g.out_plane()) % g.c_out];
@@ -439,8 +531,22 @@ mod tests {
             }
             // Adjoint identities: <dy, conv(x)> = <conv_input_grad(dy), x> = <conv_weight_grad, w>.
             let dy = values(y.len(), 4);
-            let dx = conv_input_grad(&g, &dy, &w);
-            let dw = conv_weight_grad(&g, &x, &dy);
+            let dy_in = Stacked::single(&dy, g.batch, g.out_plane());
+            let dx = conv_input_grad(&g, &dy_in, &w);
+            let dw = conv_weight_grad(&g, &x_in, &dy_in);
+            // The same input split into two channel blocks.
+            let split = g.in_plane() * 2;
+            let (a, b): (Vec<f32>, Vec<f32>) = {
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                for image in x.chunks(g.c_in * g.in_plane()) {
+                    a.extend_from_slice(&image[..split]);
+                    b.extend_from_slice(&image[split..]);
+                }
+                (a, b)
+            };
+            let x_split = Stacked::new([&a[..], &b[..]], g.batch, g.in_plane());
+            assert_eq!(conv_forward(&g, &x_split, &w, Some(&bias)), y);
+            assert_eq!(conv_weight_grad(&g, &x_split, &dy_in), dw);
             let reference = dot(&dy, &expected);
             assert!((dot(&dx, &x) - reference).abs() < 1e-3 * reference.abs().max(1.0));
             assert!((dot(&dw, &w) - reference).abs() < 1e-3 * reference.abs().max(1.0));

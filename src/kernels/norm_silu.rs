@@ -233,38 +233,55 @@ fn group_backward(
     }
 }
 
-/// Runs `$body` compiled for the best instruction set this CPU has (AVX-512, AVX2+FMA or the
-/// baseline): the loops above are written for the compiler to vectorise.
-macro_rules! with_best_simd {
-    ($body:expr) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-            unsafe fn v4<R>(f: impl FnOnce() -> R) -> R {
-                f()
-            }
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn v3<R>(f: impl FnOnce() -> R) -> R {
-                f()
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports the enabled features (checked above).
-                unsafe { v4(|| $body) }
-            } else if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
+/// Defines `$name`, which runs `$inner` (an `#[inline(always)]` function whose loops are written
+/// for the compiler to vectorise) compiled for the best instruction set this CPU has: AVX-512,
+/// AVX2+FMA, or the baseline.
+macro_rules! simd_dispatch {
+    ($name:ident => $inner:ident ($($arg:ident : $ty:ty),* $(,)?)) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
             {
-                // SAFETY: as above.
-                unsafe { v3(|| $body) }
-            } else {
-                $body
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn v4($($arg: $ty),*) {
+                    $inner($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn v3($($arg: $ty),*) {
+                    $inner($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports the enabled features (checked just above).
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above.
+                    return unsafe { v3($($arg),*) };
+                }
             }
+            $inner($($arg),*)
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            $body
-        }
-    }};
+    };
 }
+
+simd_dispatch!(group_forward_simd => group_forward(
+    h: &[f32], y: &mut [f32], shift: &[f32], gamma: &[f32], beta: &[f32], eps: f32,
+));
+
+simd_dispatch!(group_backward_simd => group_backward(
+    h: &[f32],
+    dy: &[f32],
+    dh: &mut [f32],
+    shift: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    sums: (&mut [f32], &mut [f32], &mut [f32]),
+));
 
 /// The fused forward pass: `silu(group_norm(h + shift))`.
 pub fn forward(s: &NormShape, h: &[f32], p: &NormParams) -> Vec<f32> {
@@ -275,7 +292,7 @@ pub fn forward(s: &NormShape, h: &[f32], p: &NormParams) -> Vec<f32> {
         let (b, c0) = (i / s.groups, (i % s.groups) * cg);
         let shift = &p.shift[b * s.channels + c0..][..cg];
         let (gamma, beta) = (&p.gamma[c0..c0 + cg], &p.beta[c0..c0 + cg]);
-        with_best_simd!(group_forward(h, y, shift, gamma, beta, p.eps))
+        group_forward_simd(h, y, shift, gamma, beta, p.eps)
     })
 }
 
@@ -303,7 +320,7 @@ pub fn backward(s: &NormShape, h: &[f32], p: &NormParams, dy: &[f32]) -> NormGra
             let t = &p.shift[b * s.channels + c0..][..cg];
             let (gamma, beta) = (&p.gamma[c0..c0 + cg], &p.beta[c0..c0 + cg]);
             let sums = (dshift, dgamma, dbeta);
-            with_best_simd!(group_backward(h, dy, dh, t, gamma, beta, p.eps, sums))
+            group_backward_simd(h, dy, dh, t, gamma, beta, p.eps, sums)
         });
     let per_channel = |parts: &[f32]| {
         let mut total = vec![0.0f32; s.channels];
