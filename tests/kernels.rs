@@ -85,6 +85,16 @@ fn conv2d_matches_burn() {
         2,
         1,
     );
+    // 3x3 stride 1 with 8+ channels each way: the Winograd path (forward and input gradient).
+    compare(
+        kernels::conv2d,
+        kernels::plain_conv2d,
+        [4, 9, 7, 8],
+        [10, 9, 3, 3],
+        10,
+        1,
+        1,
+    );
     compare(
         kernels::conv2d,
         kernels::plain_conv2d,

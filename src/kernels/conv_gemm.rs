@@ -14,7 +14,7 @@
 
 use gemm::Parallelism;
 
-use super::par_zeroed;
+use super::{par_zeroed, winograd};
 use rayon::prelude::*;
 
 /// Shape of a 2-D convolution with a square kernel and equal stride/padding on both axes.
@@ -85,9 +85,11 @@ impl ConvGeometry {
 /// Working buffers of one worker thread, kept between calls so that no step allocates (and
 /// zeroes) them again.
 #[derive(Default)]
-struct Scratch {
-    cols: Vec<f32>,
-    product: Vec<f32>,
+pub(super) struct Scratch {
+    /// The right-hand matrix of a GEMM (`im2col` columns, transformed tiles).
+    pub(super) cols: Vec<f32>,
+    /// A GEMM's product or a reordered left-hand matrix.
+    pub(super) product: Vec<f32>,
 }
 
 thread_local! {
@@ -95,12 +97,12 @@ thread_local! {
 }
 
 /// Runs `f` with this thread's scratch buffers (`f` must not start parallel work itself).
-fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     SCRATCH.with(|scratch| f(&mut scratch.borrow_mut()))
 }
 
 /// `buf` resized to `len` (contents unspecified: every user overwrites it).
-fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(super) fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buf.len() < len {
         buf.resize(len, 0.0);
     }
@@ -117,14 +119,14 @@ fn zeros(len: usize) -> Vec<f32> {
 
 /// A read-only matrix view: element `(i, j)` is `data[i·row_stride + j·col_stride]`.
 #[derive(Clone, Copy)]
-struct MatRef<'a> {
+pub(super) struct MatRef<'a> {
     data: &'a [f32],
     row_stride: usize,
     col_stride: usize,
 }
 
 impl<'a> MatRef<'a> {
-    fn row_major(data: &'a [f32], cols: usize) -> Self {
+    pub(super) fn row_major(data: &'a [f32], cols: usize) -> Self {
         MatRef {
             data,
             row_stride: cols,
@@ -149,7 +151,15 @@ impl<'a> MatRef<'a> {
 }
 
 /// `dst[m×n] (row-major) = a[m×k] · b[k×n]`, or `+=` when `accumulate`.
-fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: MatRef, b: MatRef) {
+pub(super) fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: MatRef,
+    b: MatRef,
+) {
     assert!(dst.len() >= m * n, "destination too small");
     a.check(m, k);
     b.check(k, n);
@@ -222,7 +232,7 @@ impl<'a> Stacked<'a> {
     }
 
     /// Channel `c` (of the concatenation) of image `b`.
-    fn plane_of(&self, b: usize, c: usize) -> &'a [f32] {
+    pub(super) fn plane_of(&self, b: usize, c: usize) -> &'a [f32] {
         let [first, second] = self.block_channels();
         let (block, channels, c) = if c < first {
             (self.blocks[0], first, c)
@@ -233,7 +243,7 @@ impl<'a> Stacked<'a> {
     }
 
     /// Runs of at most `per_chunk` images.
-    fn chunks(&self, per_chunk: usize) -> Vec<Self> {
+    pub(super) fn chunks(&self, per_chunk: usize) -> Vec<Self> {
         (0..self.images)
             .step_by(per_chunk)
             .map(|first| {
@@ -345,6 +355,9 @@ pub fn conv_forward(
         "input size"
     );
     assert_eq!(weight.len(), g.c_out * g.patch_len(), "weight size");
+    if winograd::applies(g) {
+        return winograd::conv3x3(g, x, weight, bias);
+    }
     let (plane, patch) = (g.out_plane(), g.patch_len());
     let per_chunk = g.images_per_chunk(COLUMNS_PER_CHUNK);
     let chunks = x.chunks(per_chunk);
@@ -386,6 +399,16 @@ pub fn conv_input_grad(g: &ConvGeometry, dy: &Stacked, weight: &[f32]) -> Vec<f3
         "output gradient size"
     );
     assert_eq!(weight.len(), g.c_out * patch, "weight size");
+    let adjoint = ConvGeometry {
+        c_in: g.c_out,
+        c_out: g.c_in,
+        ..*g
+    };
+    if winograd::applies(g) && winograd::applies(&adjoint) {
+        // The input gradient of a 3x3 stride-1 convolution is a 3x3 stride-1 convolution.
+        let weight = winograd::adjoint_weight(weight, g.c_out, g.c_in);
+        return winograd::conv3x3(&adjoint, dy, &weight, None);
+    }
     let per_chunk = g.images_per_chunk(COLUMNS_PER_CHUNK);
     let chunks = dy.chunks(per_chunk);
     par_zeroed(
@@ -506,16 +529,20 @@ mod tests {
 
     #[test]
     fn all_directions_match_the_definition() {
-        for (kernel, stride, padding, hw) in [
-            (3, 1, 1, [7, 6]),
-            (3, 2, 1, [9, 8]),
-            (4, 2, 1, [6, 6]),
-            (1, 1, 0, [5, 4]),
+        // (kernel, stride, padding, size, channels in, channels out); 3x3 stride 1 with 8+
+        // channels each way runs (and is checked) through the Winograd path, odd sizes included.
+        for (kernel, stride, padding, hw, c_in, c_out) in [
+            (3, 1, 1, [7, 6], 3, 4),
+            (3, 1, 1, [7, 6], 9, 10),
+            (3, 1, 1, [4, 5], 8, 8),
+            (3, 2, 1, [9, 8], 3, 4),
+            (4, 2, 1, [6, 6], 3, 4),
+            (1, 1, 0, [5, 4], 3, 4),
         ] {
             let g = ConvGeometry {
                 batch: 5,
-                c_in: 3,
-                c_out: 4,
+                c_in,
+                c_out,
                 in_hw: hw,
                 kernel,
                 stride,

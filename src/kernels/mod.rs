@@ -12,6 +12,7 @@ pub mod conv_gemm;
 mod conv_ops;
 mod norm_ops;
 pub mod norm_silu;
+mod winograd;
 
 use std::borrow::Cow;
 

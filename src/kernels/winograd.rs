@@ -1,0 +1,207 @@
+//! 3×3 convolutions with stride 1 and padding 1 by Winograd's minimal filtering F(2×2, 3×3):
+//! 16 multiplications per 2×2 output tile and channel pair instead of 36.
+//!
+//! With `d` a 4×4 input tile and `g` a 3×3 filter, the 2×2 output is `Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A`.
+//! Summed over input channels, the element-wise products become 16 GEMMs
+//! `M[e] = U[e] · V[e]` (`U[e]`: `[c_out, c_in]` transformed filters, `V[e]`: `[c_in, tiles]`
+//! transformed input tiles), one per position `e` of the 4×4 transform domain.
+
+use super::conv_gemm::{ConvGeometry, MatRef, Stacked, matmul, resized, with_scratch};
+use super::par_zeroed;
+
+/// Whether the geometry suits F(2×2, 3×3): a 3×3 kernel, stride 1, padding 1 (and enough input
+/// channels for the transforms to pay off).
+pub fn applies(g: &ConvGeometry) -> bool {
+    g.kernel == 3 && g.stride == 1 && g.padding == 1 && g.c_in >= 8
+}
+
+/// Transformed filters `G g Gᵀ`, laid out `[16, c_out, c_in]`, for a weight `[c_out, c_in, 3, 3]`.
+fn transform_filters(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let mut u = vec![0.0f32; 16 * c_out * c_in];
+    for (pair, g) in weight.chunks_exact(9).enumerate() {
+        // G g (4x3), then (G g) Gᵀ (4x4); G = [[1,0,0],[½,½,½],[½,-½,½],[0,0,1]].
+        let mut gg = [[0.0f32; 3]; 4];
+        for col in 0..3 {
+            let (a, b, c) = (g[col], g[3 + col], g[6 + col]);
+            gg[0][col] = a;
+            gg[1][col] = 0.5 * (a + b + c);
+            gg[2][col] = 0.5 * (a - b + c);
+            gg[3][col] = c;
+        }
+        for (row, r) in gg.iter().enumerate() {
+            let t = [
+                r[0],
+                0.5 * (r[0] + r[1] + r[2]),
+                0.5 * (r[0] - r[1] + r[2]),
+                r[2],
+            ];
+            for (col, v) in t.iter().enumerate() {
+                u[(row * 4 + col) * c_out * c_in + pair] = *v;
+            }
+        }
+    }
+    u
+}
+
+/// Output tiles per chunk (each 2×2 pixels): about 1024 output pixels, as the GEMM path.
+const TILES_PER_CHUNK: usize = 256;
+
+/// The convolution's output `[batch, c_out, h, w]` (see [`super::conv_gemm::conv_forward`]).
+pub fn conv3x3(g: &ConvGeometry, x: &Stacked, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let [h, w] = g.in_hw;
+    let (tiles_h, tiles_w) = (h.div_ceil(2), w.div_ceil(2));
+    let tiles_per_image = tiles_h * tiles_w;
+    let plane = h * w;
+    let u = transform_filters(weight, g.c_out, g.c_in);
+    let per_chunk = TILES_PER_CHUNK
+        .div_ceil(tiles_per_image)
+        .min(g.batch.div_ceil(2 * rayon::current_num_threads()))
+        .max(1);
+    let chunks = x.chunks(per_chunk);
+    par_zeroed(
+        g.batch * g.c_out * plane,
+        per_chunk * g.c_out * plane,
+        |i, y_chunk| {
+            let x_chunk = &chunks[i];
+            let images = y_chunk.len() / (g.c_out * plane);
+            let tiles = images * tiles_per_image;
+            with_scratch(|scratch| {
+                let v = resized(&mut scratch.cols, 16 * g.c_in * tiles);
+                transform_inputs(g, x_chunk, tiles_w, tiles_h, v);
+                // M[e] = U[e] · V[e]
+                let m = resized(&mut scratch.product, 16 * g.c_out * tiles);
+                for e in 0..16 {
+                    let u_e =
+                        MatRef::row_major(&u[e * g.c_out * g.c_in..][..g.c_out * g.c_in], g.c_in);
+                    let v_e = MatRef::row_major(&v[e * g.c_in * tiles..][..g.c_in * tiles], tiles);
+                    let m_e = &mut m[e * g.c_out * tiles..][..g.c_out * tiles];
+                    matmul(g.c_out, tiles, g.c_in, m_e, false, u_e, v_e);
+                }
+                transform_outputs(g, m, images, [tiles_h, tiles_w], bias, y_chunk);
+            })
+        },
+    )
+}
+
+/// Fills `v` (`[16, c_in, tiles]`) with `Bᵀ d B` of every input tile `d` of `x`, one row of
+/// tiles at a time: the vertical half of the transform on whole zero-padded rows, then the
+/// horizontal half per (row, column) of the 4x4 domain, as loops over the tiles of the row
+/// (contiguous in `v`). Bᵀ = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]].
+fn transform_inputs(g: &ConvGeometry, x: &Stacked, tiles_w: usize, tiles_h: usize, v: &mut [f32]) {
+    let [h, w] = g.in_hw;
+    let tiles_per_image = tiles_h * tiles_w;
+    let tiles = v.len() / (16 * g.c_in);
+    let images = tiles / tiles_per_image;
+    let padded_w = 2 * tiles_w + 2;
+    let mut rows = vec![0.0f32; 4 * padded_w];
+    let mut vertical = vec![0.0f32; 4 * padded_w];
+    for ci in 0..g.c_in {
+        for b in 0..images {
+            let src = x.plane_of(b, ci);
+            for ty in 0..tiles_h {
+                // Input rows 2ty-1 .. 2ty+2, zero-padded to padded_w columns.
+                for (r, row) in rows.chunks_exact_mut(padded_w).enumerate() {
+                    row.fill(0.0);
+                    let y = (2 * ty + r) as isize - 1;
+                    if y >= 0 && (y as usize) < h {
+                        row[1..=w].copy_from_slice(&src[y as usize * w..][..w]);
+                    }
+                }
+                let (r0, rest) = rows.split_at(padded_w);
+                let (r1, rest) = rest.split_at(padded_w);
+                let (r2, r3) = rest.split_at(padded_w);
+                let (v0, rest) = vertical.split_at_mut(padded_w);
+                let (v1, rest) = rest.split_at_mut(padded_w);
+                let (v2, v3) = rest.split_at_mut(padded_w);
+                for c in 0..padded_w {
+                    v0[c] = r0[c] - r2[c];
+                    v1[c] = r1[c] + r2[c];
+                    v2[c] = r2[c] - r1[c];
+                    v3[c] = r1[c] - r3[c];
+                }
+                let t0 = b * tiles_per_image + ty * tiles_w;
+                for (k, vk) in vertical.chunks_exact(padded_w).enumerate() {
+                    let at = |e: usize| (e * g.c_in + ci) * tiles + t0;
+                    let (out0, out1) = (at(4 * k), at(4 * k + 1));
+                    let (out2, out3) = (at(4 * k + 2), at(4 * k + 3));
+                    for tx in 0..tiles_w {
+                        let a = &vk[2 * tx..2 * tx + 4];
+                        v[out0 + tx] = a[0] - a[2];
+                        v[out1 + tx] = a[1] + a[2];
+                        v[out2 + tx] = a[2] - a[1];
+                        v[out3 + tx] = a[1] - a[3];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes `Aᵀ m A` (plus the bias) of every tile of `m` (`[16, c_out, tiles]`) into `y`
+/// (`[images, c_out, h, w]`), per row of tiles: the vertical half over the row's tiles, then the
+/// horizontal half into the two output rows. Aᵀ = [[1,1,1,0],[0,1,-1,-1]].
+fn transform_outputs(
+    g: &ConvGeometry,
+    m: &[f32],
+    images: usize,
+    [tiles_h, tiles_w]: [usize; 2],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let [h, w] = g.in_hw;
+    let (plane, tiles_per_image) = (h * w, tiles_h * tiles_w);
+    let tiles = images * tiles_per_image;
+    // sums[(i * 4 + j) * tiles_w + tx] = (Aᵀ m)[i][j] of tile tx of the current row.
+    let mut sums = vec![0.0f32; 8 * tiles_w];
+    for co in 0..g.c_out {
+        let shift = bias.map_or(0.0, |bias| bias[co]);
+        for b in 0..images {
+            let dst = &mut y[(b * g.c_out + co) * plane..][..plane];
+            for ty in 0..tiles_h {
+                let t0 = b * tiles_per_image + ty * tiles_w;
+                let row_of = |e: usize| &m[(e * g.c_out + co) * tiles + t0..][..tiles_w];
+                for j in 0..4 {
+                    let (m0, m1) = (row_of(j), row_of(4 + j));
+                    let (m2, m3) = (row_of(8 + j), row_of(12 + j));
+                    let (top, bottom) = sums.split_at_mut(4 * tiles_w);
+                    let top = &mut top[j * tiles_w..][..tiles_w];
+                    let bottom = &mut bottom[j * tiles_w..][..tiles_w];
+                    for tx in 0..tiles_w {
+                        top[tx] = m0[tx] + m1[tx] + m2[tx];
+                        bottom[tx] = m1[tx] - m2[tx] - m3[tx];
+                    }
+                }
+                for i in 0..2 {
+                    let row = 2 * ty + i;
+                    if row >= h {
+                        continue;
+                    }
+                    let s = &sums[i * 4 * tiles_w..][..4 * tiles_w];
+                    let out = &mut dst[row * w..][..w];
+                    for tx in 0..tiles_w {
+                        let (a0, a1) = (s[tx], s[tiles_w + tx]);
+                        let (a2, a3) = (s[2 * tiles_w + tx], s[3 * tiles_w + tx]);
+                        out[2 * tx] = a0 + a1 + a2 + shift;
+                        if 2 * tx + 1 < w {
+                            out[2 * tx + 1] = a1 - a2 - a3 + shift;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The weight of the convolution that computes a 3×3 stride-1 convolution's input gradient:
+/// channels exchanged and the kernel rotated by 180°, `[c_in, c_out, 3, 3]`.
+pub fn adjoint_weight(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; weight.len()];
+    for co in 0..c_out {
+        for ci in 0..c_in {
+            for k in 0..9 {
+                out[(ci * c_out + co) * 9 + (8 - k)] = weight[(co * c_in + ci) * 9 + k];
+            }
+        }
+    }
+    out
+}
