@@ -84,52 +84,66 @@ pub fn conv3x3(g: &ConvGeometry, x: &Stacked, weight: &[f32], bias: Option<&[f32
 }
 
 /// Fills `v` (`[16, c_in, tiles]`) with `Bᵀ d B` of every input tile `d` of `x`, one row of
-/// tiles at a time: the vertical half of the transform on whole zero-padded rows, then the
-/// horizontal half per (row, column) of the 4x4 domain, as loops over the tiles of the row
-/// (contiguous in `v`). Bᵀ = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]].
+/// tiles at a time. The four input rows of the tile row are zero-padded and split into even and
+/// odd columns, so that the vertical half of the transform and the horizontal half (per row and
+/// column of the 4x4 domain, over the tiles of the row, contiguous in `v`) are plain vector
+/// loops. Bᵀ = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]].
 fn transform_inputs(g: &ConvGeometry, x: &Stacked, tiles_w: usize, tiles_h: usize, v: &mut [f32]) {
     let [h, w] = g.in_hw;
     let tiles_per_image = tiles_h * tiles_w;
     let tiles = v.len() / (16 * g.c_in);
     let images = tiles / tiles_per_image;
-    let padded_w = 2 * tiles_w + 2;
-    let mut rows = vec![0.0f32; 4 * padded_w];
-    let mut vertical = vec![0.0f32; 4 * padded_w];
+    // Padded column p (input column p - 1) lives at half[p % 2][p / 2].
+    let half = tiles_w + 1;
+    let mut rows = vec![0.0f32; 4 * 2 * half];
+    let mut vertical = vec![0.0f32; 4 * 2 * half];
     for ci in 0..g.c_in {
         for b in 0..images {
             let src = x.plane_of(b, ci);
             for ty in 0..tiles_h {
-                // Input rows 2ty-1 .. 2ty+2, zero-padded to padded_w columns.
-                for (r, row) in rows.chunks_exact_mut(padded_w).enumerate() {
+                for (r, row) in rows.chunks_exact_mut(2 * half).enumerate() {
                     row.fill(0.0);
                     let y = (2 * ty + r) as isize - 1;
                     if y >= 0 && (y as usize) < h {
-                        row[1..=w].copy_from_slice(&src[y as usize * w..][..w]);
+                        let (even, odd) = row.split_at_mut(half);
+                        for (col, value) in src[y as usize * w..][..w].iter().enumerate() {
+                            let p = col + 1;
+                            if p % 2 == 0 {
+                                even[p / 2] = *value;
+                            } else {
+                                odd[p / 2] = *value;
+                            }
+                        }
                     }
                 }
-                let (r0, rest) = rows.split_at(padded_w);
-                let (r1, rest) = rest.split_at(padded_w);
-                let (r2, r3) = rest.split_at(padded_w);
-                let (v0, rest) = vertical.split_at_mut(padded_w);
-                let (v1, rest) = rest.split_at_mut(padded_w);
-                let (v2, v3) = rest.split_at_mut(padded_w);
-                for c in 0..padded_w {
+                let (r0, rest) = rows.split_at(2 * half);
+                let (r1, rest) = rest.split_at(2 * half);
+                let (r2, r3) = rest.split_at(2 * half);
+                let (v0, rest) = vertical.split_at_mut(2 * half);
+                let (v1, rest) = rest.split_at_mut(2 * half);
+                let (v2, v3) = rest.split_at_mut(2 * half);
+                for c in 0..2 * half {
                     v0[c] = r0[c] - r2[c];
                     v1[c] = r1[c] + r2[c];
                     v2[c] = r2[c] - r1[c];
                     v3[c] = r1[c] - r3[c];
                 }
                 let t0 = b * tiles_per_image + ty * tiles_w;
-                for (k, vk) in vertical.chunks_exact(padded_w).enumerate() {
+                for (k, vk) in vertical.chunks_exact(2 * half).enumerate() {
+                    let (even, odd) = vk.split_at(half);
                     let at = |e: usize| (e * g.c_in + ci) * tiles + t0;
-                    let (out0, out1) = (at(4 * k), at(4 * k + 1));
-                    let (out2, out3) = (at(4 * k + 2), at(4 * k + 3));
+                    let (lo, hi) = v.split_at_mut(at(4 * k + 2));
+                    let (out0, out1) = lo[at(4 * k)..].split_at_mut(g.c_in * tiles);
+                    let (out2, out3) = hi.split_at_mut(g.c_in * tiles);
+                    let (out0, out1) = (&mut out0[..tiles_w], &mut out1[..tiles_w]);
+                    let (out2, out3) = (&mut out2[..tiles_w], &mut out3[..tiles_w]);
+                    let (e0, e1) = (&even[..tiles_w], &even[1..=tiles_w]);
+                    let (o0, o1) = (&odd[..tiles_w], &odd[1..=tiles_w]);
                     for tx in 0..tiles_w {
-                        let a = &vk[2 * tx..2 * tx + 4];
-                        v[out0 + tx] = a[0] - a[2];
-                        v[out1 + tx] = a[1] + a[2];
-                        v[out2 + tx] = a[2] - a[1];
-                        v[out3 + tx] = a[1] - a[3];
+                        out0[tx] = e0[tx] - e1[tx];
+                        out1[tx] = o0[tx] + e1[tx];
+                        out2[tx] = e1[tx] - o0[tx];
+                        out3[tx] = o0[tx] - o1[tx];
                     }
                 }
             }
