@@ -111,7 +111,7 @@ pub(super) fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 
 /// `len` zeros, written explicitly: the pages are then touched by writes first, which avoids the
 /// copy-on-write faults (and cross-core TLB flushes) of accumulating into fresh zero pages.
-fn zeros(len: usize) -> Vec<f32> {
+pub(super) fn zeros(len: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);
     v.resize(len, 0.0);
     v
@@ -134,7 +134,7 @@ impl<'a> MatRef<'a> {
         }
     }
 
-    fn transposed(self) -> Self {
+    pub(super) fn transposed(self) -> Self {
         MatRef {
             data: self.data,
             row_stride: self.col_stride,
@@ -224,6 +224,11 @@ impl<'a> Stacked<'a> {
     /// Channels of each block.
     pub fn block_channels(&self) -> [usize; 2] {
         self.blocks.map(|b| b.len() / (self.images * self.plane))
+    }
+
+    /// Number of images.
+    pub fn images(&self) -> usize {
+        self.images
     }
 
     /// Channels of all blocks together.
@@ -444,6 +449,9 @@ pub fn conv_weight_grad(g: &ConvGeometry, x: &Stacked, dy: &Stacked) -> Vec<f32>
         (g.batch, plane, g.c_out),
         "output gradient size"
     );
+    if winograd::applies(g) {
+        return winograd::weight_grad(g, x, dy);
+    }
     let per_chunk = g.images_per_chunk(WEIGHT_GRAD_COLUMNS_PER_CHUNK);
     let x_chunks = x.chunks(per_chunk);
     let dy_chunks = dy.chunks(per_chunk);

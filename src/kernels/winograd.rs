@@ -4,9 +4,13 @@
 //! With `d` a 4×4 input tile and `g` a 3×3 filter, the 2×2 output is `Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A`.
 //! Summed over input channels, the element-wise products become 16 GEMMs
 //! `M[e] = U[e] · V[e]` (`U[e]`: `[c_out, c_in]` transformed filters, `V[e]`: `[c_in, tiles]`
-//! transformed input tiles), one per position `e` of the 4×4 transform domain.
+//! transformed input tiles), one per position `e` of the 4×4 transform domain. The weight
+//! gradient runs the same algebra backwards: `dU[e] = dM[e] · V[e]ᵀ` with `dM = A dy Aᵀ` per
+//! output tile, then `dg = Gᵀ dU G`.
 
-use super::conv_gemm::{ConvGeometry, MatRef, Stacked, matmul, resized, with_scratch};
+use rayon::prelude::*;
+
+use super::conv_gemm::{ConvGeometry, MatRef, Stacked, matmul, resized, with_scratch, zeros};
 use super::par_zeroed;
 
 /// Whether the geometry suits F(2×2, 3×3): a 3×3 kernel, stride 1, padding 1 (and enough input
@@ -204,6 +208,122 @@ fn transform_outputs(
             }
         }
     }
+}
+
+/// The weight gradient `[c_out, c_in, 3, 3]` given the input `x` and the output gradient `dy`
+/// (see [`super::conv_gemm::conv_weight_grad`]): the adjoint of [`conv3x3`] with respect to the
+/// filters. Chunks are summed over a fixed split, in order (independent of scheduling).
+pub fn weight_grad(g: &ConvGeometry, x: &Stacked, dy: &Stacked) -> Vec<f32> {
+    let [h, w] = g.in_hw;
+    let (tiles_h, tiles_w) = (h.div_ceil(2), w.div_ceil(2));
+    let tiles_per_image = tiles_h * tiles_w;
+    let per_chunk = TILES_PER_CHUNK
+        .div_ceil(tiles_per_image)
+        .min(g.batch.div_ceil(2 * rayon::current_num_threads()))
+        .max(1);
+    let x_chunks = x.chunks(per_chunk);
+    let dy_chunks = dy.chunks(per_chunk);
+    let runs = x_chunks.len().min(2 * rayon::current_num_threads()).max(1);
+    let per_run = x_chunks.len().div_ceil(runs);
+    let filters = 16 * g.c_out * g.c_in;
+    let partials: Vec<Vec<f32>> = x_chunks
+        .par_chunks(per_run)
+        .zip(dy_chunks.par_chunks(per_run))
+        .map(|(x_run, dy_run)| {
+            let mut du = zeros(filters);
+            with_scratch(|scratch| {
+                for (x_chunk, dy_chunk) in x_run.iter().zip(dy_run) {
+                    let tiles = x_chunk.images() * tiles_per_image;
+                    let v = resized(&mut scratch.cols, 16 * g.c_in * tiles);
+                    transform_inputs(g, x_chunk, tiles_w, tiles_h, v);
+                    let dm = resized(&mut scratch.product, 16 * g.c_out * tiles);
+                    transform_output_grads(g, dy_chunk, [tiles_h, tiles_w], dm);
+                    for e in 0..16 {
+                        let dm_e =
+                            MatRef::row_major(&dm[e * g.c_out * tiles..][..g.c_out * tiles], tiles);
+                        let v_e =
+                            MatRef::row_major(&v[e * g.c_in * tiles..][..g.c_in * tiles], tiles);
+                        let du_e = &mut du[e * g.c_out * g.c_in..][..g.c_out * g.c_in];
+                        matmul(g.c_out, g.c_in, tiles, du_e, true, dm_e, v_e.transposed());
+                    }
+                }
+            });
+            du
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut du = partials.next().unwrap_or_else(|| zeros(filters));
+    for partial in partials {
+        du.iter_mut().zip(&partial).for_each(|(t, p)| *t += p);
+    }
+    untransform_filters(&du, g.c_out, g.c_in)
+}
+
+/// Fills `dm` (`[16, c_out, tiles]`) with `A ȳ Aᵀ` of every 2×2 output-gradient tile `ȳ` of `dy`
+/// (zero beyond the image): the adjoint of the output transform. A = [[1,0],[1,1],[1,-1],[0,-1]].
+fn transform_output_grads(
+    g: &ConvGeometry,
+    dy: &Stacked,
+    [tiles_h, tiles_w]: [usize; 2],
+    dm: &mut [f32],
+) {
+    let [h, w] = g.in_hw;
+    let tiles_per_image = tiles_h * tiles_w;
+    let tiles = dy.images() * tiles_per_image;
+    let at = |row: &[f32], col: usize| if col < w { row[col] } else { 0.0 };
+    for co in 0..g.c_out {
+        for b in 0..dy.images() {
+            let src = dy.plane_of(b, co);
+            for ty in 0..tiles_h {
+                let top = &src[2 * ty * w..][..w];
+                let bottom = if 2 * ty + 1 < h {
+                    &src[(2 * ty + 1) * w..][..w]
+                } else {
+                    &[][..]
+                };
+                for tx in 0..tiles_w {
+                    let (a, bb) = (at(top, 2 * tx), at(top, 2 * tx + 1));
+                    let (c, d) = if bottom.is_empty() {
+                        (0.0, 0.0)
+                    } else {
+                        (at(bottom, 2 * tx), at(bottom, 2 * tx + 1))
+                    };
+                    // Rows of A ȳ, then each row [p, q] times Aᵀ: [p, p + q, p - q, -q].
+                    let rows = [[a, bb], [a + c, bb + d], [a - c, bb - d], [-c, -d]];
+                    let t = b * tiles_per_image + ty * tiles_w + tx;
+                    for (r, [p, q]) in rows.iter().enumerate() {
+                        for (col, value) in [*p, p + q, p - q, -q].iter().enumerate() {
+                            dm[((r * 4 + col) * g.c_out + co) * tiles + t] = *value;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Gᵀ X G` (3×3) of every 4×4 filter gradient `X` in `du` (`[16, c_out, c_in]`), laid out as a
+/// weight `[c_out, c_in, 3, 3]`: the adjoint of [`transform_filters`].
+fn untransform_filters(du: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let pairs = c_out * c_in;
+    let mut weight = vec![0.0f32; 9 * pairs];
+    // Gᵀ applied to four values: [x0 + ½x1 + ½x2, ½x1 - ½x2, ½x1 + ½x2 + x3].
+    let gt = |x: [f32; 4]| {
+        [
+            x[0] + 0.5 * (x[1] + x[2]),
+            0.5 * (x[1] - x[2]),
+            0.5 * (x[1] + x[2]) + x[3],
+        ]
+    };
+    for (pair, out) in weight.chunks_exact_mut(9).enumerate() {
+        let x = |r: usize, c: usize| du[(r * 4 + c) * pairs + pair];
+        let cols: [[f32; 3]; 4] = std::array::from_fn(|c| gt([x(0, c), x(1, c), x(2, c), x(3, c)]));
+        for r in 0..3 {
+            let row = gt([cols[0][r], cols[1][r], cols[2][r], cols[3][r]]);
+            out[r * 3..r * 3 + 3].copy_from_slice(&row);
+        }
+    }
+    weight
 }
 
 /// The weight of the convolution that computes a 3×3 stride-1 convolution's input gradient:
