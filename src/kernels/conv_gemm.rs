@@ -36,10 +36,11 @@ pub struct ConvGeometry {
     pub padding: usize,
 }
 
-/// GEMM columns (output pixels) per chunk for the output and input-gradient products: small
+/// GEMM columns (output pixels) per chunk for the output and input-gradient products and the
+/// Winograd path: small
 /// enough that a chunk's `im2col` matrix stays in cache until the GEMM reads it (measured best
 /// on the reference model's sampling among 512/1024/2048/4096).
-const COLUMNS_PER_CHUNK: usize = 1024;
+pub(super) const COLUMNS_PER_CHUNK: usize = 1024;
 /// The same for the weight gradient, where the columns are the reduction dimension and longer
 /// runs win (measured on training steps).
 const WEIGHT_GRAD_COLUMNS_PER_CHUNK: usize = 4096;
@@ -67,7 +68,7 @@ impl ConvGeometry {
 
     /// Images per chunk: about `columns` GEMM columns, and at least two chunks per worker
     /// thread when the batch allows it.
-    fn images_per_chunk(&self, columns: usize) -> usize {
+    pub(super) fn images_per_chunk(&self, columns: usize) -> usize {
         let by_size = columns.div_ceil(self.out_plane()).max(1);
         let by_threads = self.batch.div_ceil(2 * rayon::current_num_threads()).max(1);
         by_size.min(by_threads)
@@ -111,7 +112,7 @@ pub(super) fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 
 /// `len` zeros, written explicitly: the pages are then touched by writes first, which avoids the
 /// copy-on-write faults (and cross-core TLB flushes) of accumulating into fresh zero pages.
-pub(super) fn zeros(len: usize) -> Vec<f32> {
+fn zeros(len: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);
     v.resize(len, 0.0);
     v
@@ -453,34 +454,48 @@ pub fn conv_weight_grad(g: &ConvGeometry, x: &Stacked, dy: &Stacked) -> Vec<f32>
         return winograd::weight_grad(g, x, dy);
     }
     let per_chunk = g.images_per_chunk(WEIGHT_GRAD_COLUMNS_PER_CHUNK);
-    let x_chunks = x.chunks(per_chunk);
-    let dy_chunks = dy.chunks(per_chunk);
-    // A fixed split of the chunks into one run per worker (two per thread), each summing into its
-    // own gradient, then added in order: the result does not depend on scheduling.
-    let runs = x_chunks.len().min(2 * rayon::current_num_threads()).max(1);
-    let per_run = x_chunks.len().div_ceil(runs);
-    let partials: Vec<Vec<f32>> = x_chunks
+    let chunks: Vec<_> = x
+        .chunks(per_chunk)
+        .into_iter()
+        .zip(dy.chunks(per_chunk))
+        .collect();
+    sum_over_chunks(
+        &chunks,
+        g.c_out * patch,
+        |(x_chunk, dy_chunk), dw, scratch| {
+            let n = x_chunk.images * plane;
+            let cols = resized(&mut scratch.cols, patch * n);
+            im2col(g, x_chunk, cols);
+            let dy_mat = resized(&mut scratch.product, g.c_out * n);
+            images_to_channel_major(dy_chunk, dy_mat);
+            let cols_t = MatRef::row_major(cols, n).transposed();
+            let dy_ref = MatRef::row_major(dy_mat, n);
+            matmul(g.c_out, patch, n, dw, true, dy_ref, cols_t);
+        },
+    )
+}
+
+/// `Σ add(chunk)` over `chunks`, each `add` accumulating into a `len`-long sum (with this
+/// thread's scratch buffers). The chunks are split into a fixed number of runs (two per worker
+/// thread) summed in parallel, and the runs' sums are added in order: the result does not depend
+/// on scheduling.
+pub(super) fn sum_over_chunks<T: Sync>(
+    chunks: &[T],
+    len: usize,
+    add: impl Fn(&T, &mut [f32], &mut Scratch) + Sync,
+) -> Vec<f32> {
+    let runs = chunks.len().min(2 * rayon::current_num_threads()).max(1);
+    let per_run = chunks.len().div_ceil(runs).max(1);
+    let partials: Vec<Vec<f32>> = chunks
         .par_chunks(per_run)
-        .zip(dy_chunks.par_chunks(per_run))
-        .map(|(x_run, dy_run)| {
-            let mut dw = zeros(g.c_out * patch);
-            with_scratch(|scratch| {
-                for (x_chunk, dy_chunk) in x_run.iter().zip(dy_run) {
-                    let n = x_chunk.images * plane;
-                    let cols = resized(&mut scratch.cols, patch * n);
-                    im2col(g, x_chunk, cols);
-                    let dy_mat = resized(&mut scratch.product, g.c_out * n);
-                    images_to_channel_major(dy_chunk, dy_mat);
-                    let cols_t = MatRef::row_major(cols, n).transposed();
-                    let dy_ref = MatRef::row_major(dy_mat, n);
-                    matmul(g.c_out, patch, n, &mut dw, true, dy_ref, cols_t);
-                }
-            });
-            dw
+        .map(|run| {
+            let mut sum = zeros(len);
+            with_scratch(|scratch| run.iter().for_each(|chunk| add(chunk, &mut sum, scratch)));
+            sum
         })
         .collect();
     let mut partials = partials.into_iter();
-    let mut total = partials.next().unwrap_or_else(|| zeros(g.c_out * patch));
+    let mut total = partials.next().unwrap_or_else(|| zeros(len));
     for partial in partials {
         total.iter_mut().zip(&partial).for_each(|(t, p)| *t += p);
     }

@@ -35,17 +35,7 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Tensor<4> {
-    if on_flex(&x) {
-        Tensor::from_dispatch(<Dispatch as ConvKernelOps>::conv2d_gemm(
-            x.into_dispatch(),
-            weight.into_dispatch(),
-            bias.into_dispatch(),
-            stride,
-            padding,
-        ))
-    } else {
-        plain_conv2d(x, weight, bias, stride, padding)
-    }
+    convolve(false, x, None, weight, bias, [stride, padding])
 }
 
 /// [`conv2d`] of the channel concatenation `[x, skip]`, without building it.
@@ -57,18 +47,7 @@ pub fn conv2d_skip(
     stride: usize,
     padding: usize,
 ) -> Tensor<4> {
-    if on_flex(&x) {
-        Tensor::from_dispatch(<Dispatch as ConvKernelOps>::conv2d_skip_gemm(
-            x.into_dispatch(),
-            skip.into_dispatch(),
-            weight.into_dispatch(),
-            bias.into_dispatch(),
-            stride,
-            padding,
-        ))
-    } else {
-        plain_conv2d(Tensor::cat(vec![x, skip], 1), weight, bias, stride, padding)
-    }
+    convolve(false, x, Some(skip), weight, bias, [stride, padding])
 }
 
 /// Transposed convolution as PyTorch's `ConvTranspose2d` (no output padding): `x`
@@ -81,17 +60,7 @@ pub fn conv_transpose2d(
     stride: usize,
     padding: usize,
 ) -> Tensor<4> {
-    if on_flex(&x) {
-        Tensor::from_dispatch(<Dispatch as ConvKernelOps>::conv_transpose2d_gemm(
-            x.into_dispatch(),
-            weight.into_dispatch(),
-            bias.into_dispatch(),
-            stride,
-            padding,
-        ))
-    } else {
-        plain_conv_transpose2d(x, weight, bias, stride, padding)
-    }
+    convolve(true, x, None, weight, bias, [stride, padding])
 }
 
 /// [`conv_transpose2d`] of the channel concatenation `[x, skip]`, without building it.
@@ -103,19 +72,42 @@ pub fn conv_transpose2d_skip(
     stride: usize,
     padding: usize,
 ) -> Tensor<4> {
-    if on_flex(&x) {
-        Tensor::from_dispatch(<Dispatch as ConvKernelOps>::conv_transpose2d_skip_gemm(
-            x.into_dispatch(),
-            skip.into_dispatch(),
-            weight.into_dispatch(),
-            bias.into_dispatch(),
-            stride,
-            padding,
-        ))
-    } else {
-        let x = Tensor::cat(vec![x, skip], 1);
-        plain_conv_transpose2d(x, weight, bias, stride, padding)
+    convolve(true, x, Some(skip), weight, bias, [stride, padding])
+}
+
+/// Routes a (transposed) convolution of `[x, skip]` to the kernels on `flex`, or to burn's
+/// composition elsewhere.
+fn convolve(
+    transposed: bool,
+    x: Tensor<4>,
+    skip: Option<Tensor<4>>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    [stride, padding]: [usize; 2],
+) -> Tensor<4> {
+    if !on_flex(&x) {
+        let x = match skip {
+            Some(skip) => Tensor::cat(vec![x, skip], 1),
+            None => x,
+        };
+        return match transposed {
+            false => plain_conv2d(x, weight, bias, stride, padding),
+            true => plain_conv_transpose2d(x, weight, bias, stride, padding),
+        };
     }
+    let (x, weight, bias) = (
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+    );
+    Tensor::from_dispatch(match (transposed, skip.map(Tensor::into_dispatch)) {
+        (false, None) => Dispatch::conv2d_gemm(x, weight, bias, stride, padding),
+        (false, Some(s)) => Dispatch::conv2d_skip_gemm(x, s, weight, bias, stride, padding),
+        (true, None) => Dispatch::conv_transpose2d_gemm(x, weight, bias, stride, padding),
+        (true, Some(s)) => {
+            Dispatch::conv_transpose2d_skip_gemm(x, s, weight, bias, stride, padding)
+        }
+    })
 }
 
 /// [`conv2d`] as burn's own composition (what the kernels are tested against).

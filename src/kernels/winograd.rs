@@ -8,9 +8,10 @@
 //! gradient runs the same algebra backwards: `dU[e] = dM[e] · V[e]ᵀ` with `dM = A dy Aᵀ` per
 //! output tile, then `dg = Gᵀ dU G`.
 
-use rayon::prelude::*;
-
-use super::conv_gemm::{ConvGeometry, MatRef, Stacked, matmul, resized, with_scratch, zeros};
+use super::conv_gemm::{
+    COLUMNS_PER_CHUNK, ConvGeometry, MatRef, Stacked, matmul, resized, sum_over_chunks,
+    with_scratch,
+};
 use super::par_zeroed;
 
 /// Whether the geometry suits F(2×2, 3×3): a 3×3 kernel, stride 1, padding 1 (and enough input
@@ -47,9 +48,6 @@ fn transform_filters(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     u
 }
 
-/// Output tiles per chunk (each 2×2 pixels): about 1024 output pixels, as the GEMM path.
-const TILES_PER_CHUNK: usize = 256;
-
 /// The convolution's output `[batch, c_out, h, w]` (see [`super::conv_gemm::conv_forward`]).
 pub fn conv3x3(g: &ConvGeometry, x: &Stacked, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let [h, w] = g.in_hw;
@@ -57,10 +55,7 @@ pub fn conv3x3(g: &ConvGeometry, x: &Stacked, weight: &[f32], bias: Option<&[f32
     let tiles_per_image = tiles_h * tiles_w;
     let plane = h * w;
     let u = transform_filters(weight, g.c_out, g.c_in);
-    let per_chunk = TILES_PER_CHUNK
-        .div_ceil(tiles_per_image)
-        .min(g.batch.div_ceil(2 * rayon::current_num_threads()))
-        .max(1);
+    let per_chunk = g.images_per_chunk(COLUMNS_PER_CHUNK);
     let chunks = x.chunks(per_chunk);
     par_zeroed(
         g.batch * g.c_out * plane,
@@ -217,45 +212,29 @@ pub fn weight_grad(g: &ConvGeometry, x: &Stacked, dy: &Stacked) -> Vec<f32> {
     let [h, w] = g.in_hw;
     let (tiles_h, tiles_w) = (h.div_ceil(2), w.div_ceil(2));
     let tiles_per_image = tiles_h * tiles_w;
-    let per_chunk = TILES_PER_CHUNK
-        .div_ceil(tiles_per_image)
-        .min(g.batch.div_ceil(2 * rayon::current_num_threads()))
-        .max(1);
-    let x_chunks = x.chunks(per_chunk);
-    let dy_chunks = dy.chunks(per_chunk);
-    let runs = x_chunks.len().min(2 * rayon::current_num_threads()).max(1);
-    let per_run = x_chunks.len().div_ceil(runs);
-    let filters = 16 * g.c_out * g.c_in;
-    let partials: Vec<Vec<f32>> = x_chunks
-        .par_chunks(per_run)
-        .zip(dy_chunks.par_chunks(per_run))
-        .map(|(x_run, dy_run)| {
-            let mut du = zeros(filters);
-            with_scratch(|scratch| {
-                for (x_chunk, dy_chunk) in x_run.iter().zip(dy_run) {
-                    let tiles = x_chunk.images() * tiles_per_image;
-                    let v = resized(&mut scratch.cols, 16 * g.c_in * tiles);
-                    transform_inputs(g, x_chunk, tiles_w, tiles_h, v);
-                    let dm = resized(&mut scratch.product, 16 * g.c_out * tiles);
-                    transform_output_grads(g, dy_chunk, [tiles_h, tiles_w], dm);
-                    for e in 0..16 {
-                        let dm_e =
-                            MatRef::row_major(&dm[e * g.c_out * tiles..][..g.c_out * tiles], tiles);
-                        let v_e =
-                            MatRef::row_major(&v[e * g.c_in * tiles..][..g.c_in * tiles], tiles);
-                        let du_e = &mut du[e * g.c_out * g.c_in..][..g.c_out * g.c_in];
-                        matmul(g.c_out, g.c_in, tiles, du_e, true, dm_e, v_e.transposed());
-                    }
-                }
-            });
-            du
-        })
+    let per_chunk = g.images_per_chunk(COLUMNS_PER_CHUNK);
+    let chunks: Vec<_> = x
+        .chunks(per_chunk)
+        .into_iter()
+        .zip(dy.chunks(per_chunk))
         .collect();
-    let mut partials = partials.into_iter();
-    let mut du = partials.next().unwrap_or_else(|| zeros(filters));
-    for partial in partials {
-        du.iter_mut().zip(&partial).for_each(|(t, p)| *t += p);
-    }
+    let du = sum_over_chunks(
+        &chunks,
+        16 * g.c_out * g.c_in,
+        |(x_chunk, dy_chunk), du, scratch| {
+            let tiles = x_chunk.images() * tiles_per_image;
+            let v = resized(&mut scratch.cols, 16 * g.c_in * tiles);
+            transform_inputs(g, x_chunk, tiles_w, tiles_h, v);
+            let dm = resized(&mut scratch.product, 16 * g.c_out * tiles);
+            transform_output_grads(g, dy_chunk, [tiles_h, tiles_w], dm);
+            for e in 0..16 {
+                let dm_e = MatRef::row_major(&dm[e * g.c_out * tiles..][..g.c_out * tiles], tiles);
+                let v_e = MatRef::row_major(&v[e * g.c_in * tiles..][..g.c_in * tiles], tiles);
+                let du_e = &mut du[e * g.c_out * g.c_in..][..g.c_out * g.c_in];
+                matmul(g.c_out, g.c_in, tiles, du_e, true, dm_e, v_e.transposed());
+            }
+        },
+    );
     untransform_filters(&du, g.c_out, g.c_in)
 }
 
