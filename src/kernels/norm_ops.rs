@@ -37,6 +37,17 @@ fn norm_shape(h: &FlexTensor, groups: usize) -> NormShape {
     }
 }
 
+/// Runs `f` with the raw values of the op's `[shift, gamma, beta]` and `eps`.
+fn with_params<R>(tensors: [&FlexTensor; 3], eps: f32, f: impl FnOnce(&NormParams) -> R) -> R {
+    let [shift, gamma, beta] = tensors.map(values);
+    f(&NormParams {
+        shift: &shift,
+        gamma: &gamma,
+        beta: &beta,
+        eps,
+    })
+}
+
 impl NormKernelOps for Flex {
     fn group_norm_silu_fused(
         h: FlexTensor,
@@ -47,15 +58,10 @@ impl NormKernelOps for Flex {
         eps: f32,
     ) -> FlexTensor {
         let shape = norm_shape(&h, groups);
-        let dims = h.layout().shape().to_vec();
-        let (shift, gamma, beta) = (values(&shift), values(&gamma), values(&beta));
-        let params = NormParams {
-            shift: &shift,
-            gamma: &gamma,
-            beta: &beta,
-            eps,
-        };
-        let y = norm_silu::forward(&shape, &values(&h), &params);
+        let y = with_params([&shift, &gamma, &beta], eps, |params| {
+            norm_silu::forward(&shape, &values(&h), params)
+        });
+        let dims = h.layout().shape();
         flex_tensor(y, [dims[0], dims[1], dims[2], dims[3]])
     }
 }
@@ -74,14 +80,9 @@ impl Backward<Flex, 4> for GroupNormSiluBackward {
         let ([h, shift, gamma, beta], groups, eps) = ops.state;
         let shape = norm_shape(&h, groups);
         let dims = h.layout().shape().to_vec();
-        let (shift_v, gamma_v, beta_v) = (values(&shift), values(&gamma), values(&beta));
-        let params = NormParams {
-            shift: &shift_v,
-            gamma: &gamma_v,
-            beta: &beta_v,
-            eps,
-        };
-        let g = norm_silu::backward(&shape, &values(&h), &params, &values(&grad));
+        let g = with_params([&shift, &gamma, &beta], eps, |params| {
+            norm_silu::backward(&shape, &values(&h), params, &values(&grad))
+        });
         let outputs = [
             TensorData::new(g.input, dims),
             TensorData::new(g.shift, [shape.batch, shape.channels]),
