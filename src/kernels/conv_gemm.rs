@@ -91,6 +91,8 @@ pub(super) struct Scratch {
     pub(super) cols: Vec<f32>,
     /// A GEMM's product or a reordered left-hand matrix.
     pub(super) product: Vec<f32>,
+    /// Intermediate results of the Winograd transforms.
+    pub(super) phases: Vec<f32>,
 }
 
 thread_local! {
@@ -269,7 +271,8 @@ impl<'a> Stacked<'a> {
 }
 
 /// Fills `cols` (`[patch_len, images·out_plane]`) from the images of `x`.
-fn im2col(g: &ConvGeometry, x: &Stacked, cols: &mut [f32]) {
+#[inline(always)]
+fn im2col_inner(g: &ConvGeometry, x: &Stacked, cols: &mut [f32]) {
     let images = x.images;
     let [in_h, in_w] = g.in_hw;
     let [out_h, out_w] = g.out_hw();
@@ -305,9 +308,12 @@ fn im2col(g: &ConvGeometry, x: &Stacked, cols: &mut [f32]) {
     }
 }
 
+simd_dispatch!(im2col => im2col_inner(g: &ConvGeometry, x: &Stacked, cols: &mut [f32]));
+
 /// Adds every column of `cols` (`[patch_len, images·out_plane]`) back to the pixels it was read
 /// from: the adjoint of [`im2col`]. `dx` (`images` input images) must start zeroed.
-fn col2im(g: &ConvGeometry, cols: &[f32], images: usize, dx: &mut [f32]) {
+#[inline(always)]
+fn col2im_inner(g: &ConvGeometry, cols: &[f32], images: usize, dx: &mut [f32]) {
     let [in_h, in_w] = g.in_hw;
     let [out_h, out_w] = g.out_hw();
     let (k, s) = (g.kernel, g.stride);
@@ -336,6 +342,10 @@ fn col2im(g: &ConvGeometry, cols: &[f32], images: usize, dx: &mut [f32]) {
         }
     }
 }
+
+simd_dispatch!(col2im => col2im_inner(
+    g: &ConvGeometry, cols: &[f32], images: usize, dx: &mut [f32],
+));
 
 /// Copies the images of `src` into a `[channels, images·plane]` matrix.
 fn images_to_channel_major(src: &Stacked, dst: &mut [f32]) {

@@ -8,6 +8,8 @@
 //! backward passes under autodiff; on any other device they are burn's plain composition
 //! (`plain_*`). Tests compare both paths, forward and gradients.
 
+#[macro_use]
+mod simd;
 pub mod conv_gemm;
 mod conv_ops;
 mod norm_ops;

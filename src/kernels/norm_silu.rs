@@ -233,41 +233,6 @@ fn group_backward(
     }
 }
 
-/// Defines `$name`, which runs `$inner` (an `#[inline(always)]` function whose loops are written
-/// for the compiler to vectorise) compiled for the best instruction set this CPU has: AVX-512,
-/// AVX2+FMA, or the baseline.
-macro_rules! simd_dispatch {
-    ($name:ident => $inner:ident ($($arg:ident : $ty:ty),* $(,)?)) => {
-        #[allow(clippy::too_many_arguments)]
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn v4($($arg: $ty),*) {
-                    $inner($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn v3($($arg: $ty),*) {
-                    $inner($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU supports the enabled features (checked just above).
-                    return unsafe { v4($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: as above.
-                    return unsafe { v3($($arg),*) };
-                }
-            }
-            $inner($($arg),*)
-        }
-    };
-}
-
 simd_dispatch!(group_forward_simd => group_forward(
     h: &[f32], y: &mut [f32], shift: &[f32], gamma: &[f32], beta: &[f32], eps: f32,
 ));

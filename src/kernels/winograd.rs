@@ -66,7 +66,7 @@ pub fn conv3x3(g: &ConvGeometry, x: &Stacked, weight: &[f32], bias: Option<&[f32
             let tiles = images * tiles_per_image;
             with_scratch(|scratch| {
                 let v = resized(&mut scratch.cols, 16 * g.c_in * tiles);
-                transform_inputs(g, x_chunk, tiles_w, tiles_h, v);
+                transform_inputs(g, x_chunk, v, &mut scratch.phases);
                 // M[e] = U[e] · V[e]
                 let m = resized(&mut scratch.product, 16 * g.c_out * tiles);
                 for e in 0..16 {
@@ -76,134 +76,272 @@ pub fn conv3x3(g: &ConvGeometry, x: &Stacked, weight: &[f32], bias: Option<&[f32
                     let m_e = &mut m[e * g.c_out * tiles..][..g.c_out * tiles];
                     matmul(g.c_out, tiles, g.c_in, m_e, false, u_e, v_e);
                 }
-                transform_outputs(g, m, images, [tiles_h, tiles_w], bias, y_chunk);
+                transform_outputs(g, m, images, bias, y_chunk, &mut scratch.phases);
             })
         },
     )
 }
 
-/// Fills `v` (`[16, c_in, tiles]`) with `Bᵀ d B` of every input tile `d` of `x`, one row of
-/// tiles at a time. The four input rows of the tile row are zero-padded and split into even and
-/// odd columns, so that the vertical half of the transform and the horizontal half (per row and
-/// column of the 4x4 domain, over the tiles of the row, contiguous in `v`) are plain vector
-/// loops. Bᵀ = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]].
-fn transform_inputs(g: &ConvGeometry, x: &Stacked, tiles_w: usize, tiles_h: usize, v: &mut [f32]) {
-    let [h, w] = g.in_hw;
-    let tiles_per_image = tiles_h * tiles_w;
-    let tiles = v.len() / (16 * g.c_in);
-    let images = tiles / tiles_per_image;
-    // Padded column p (input column p - 1) lives at half[p % 2][p / 2].
-    let half = tiles_w + 1;
-    let mut rows = vec![0.0f32; 4 * 2 * half];
-    let mut vertical = vec![0.0f32; 4 * 2 * half];
-    for ci in 0..g.c_in {
-        for b in 0..images {
-            let src = x.plane_of(b, ci);
-            for ty in 0..tiles_h {
-                for (r, row) in rows.chunks_exact_mut(2 * half).enumerate() {
-                    row.fill(0.0);
-                    let y = (2 * ty + r) as isize - 1;
-                    if y >= 0 && (y as usize) < h {
-                        let (even, odd) = row.split_at_mut(half);
-                        for (col, value) in src[y as usize * w..][..w].iter().enumerate() {
-                            let p = col + 1;
-                            if p % 2 == 0 {
-                                even[p / 2] = *value;
-                            } else {
-                                odd[p / 2] = *value;
-                            }
-                        }
-                    }
+/// The 2×2 tiles of a chunk of `images` images of `h`×`w` pixels: `tiles_h`×`tiles_w` per
+/// image, numbered image by image and row by row. The transforms below work on whole chunks as
+/// flat vectors over the tiles (long loops the compiler vectorises); the tiles on an image's
+/// border, whose neighbours in such a vector belong to another row or image, are handled by
+/// bit masks.
+#[derive(Debug, Clone, Copy)]
+struct Tiling {
+    h: usize,
+    w: usize,
+    tiles_h: usize,
+    tiles_w: usize,
+    images: usize,
+}
+
+impl Tiling {
+    fn new(g: &ConvGeometry, images: usize) -> Self {
+        let [h, w] = g.in_hw;
+        Tiling {
+            h,
+            w,
+            tiles_h: h.div_ceil(2),
+            tiles_w: w.div_ceil(2),
+            images,
+        }
+    }
+
+    fn per_image(&self) -> usize {
+        self.tiles_h * self.tiles_w
+    }
+
+    fn len(&self) -> usize {
+        self.images * self.per_image()
+    }
+
+    /// Per tile, all bits set except on the first column, last column, first row and last row
+    /// of tiles respectively.
+    fn edge_masks(&self) -> [Vec<u32>; 4] {
+        let mask = |keep: &dyn Fn(usize, usize) -> bool| -> Vec<u32> {
+            (0..self.len())
+                .map(|t| {
+                    let (ty, tx) = ((t % self.per_image()) / self.tiles_w, t % self.tiles_w);
+                    if keep(ty, tx) { u32::MAX } else { 0 }
+                })
+                .collect()
+        };
+        [
+            mask(&|_, tx| tx > 0),
+            mask(&|_, tx| tx + 1 < self.tiles_w),
+            mask(&|ty, _| ty > 0),
+            mask(&|ty, _| ty + 1 < self.tiles_h),
+        ]
+    }
+
+    /// Splits the planes `plane(b)` (`h`×`w`, one per image) into their four polyphase
+    /// components, `phases[2a + c][tile (b, ty, tx)] = plane(b)[2ty + a][2tx + c]` (zero beyond
+    /// the image).
+    #[inline(always)]
+    fn split_phases<'p>(&self, plane: impl Fn(usize) -> &'p [f32], phases: [&mut [f32]; 4]) {
+        let [p00, p01, p10, p11] = phases;
+        let tw = self.tiles_w;
+        for b in 0..self.images {
+            let src = plane(b);
+            for (y, row) in src.chunks_exact(self.w).enumerate() {
+                let at = b * self.per_image() + (y / 2) * tw;
+                let (even, odd) = match y % 2 {
+                    0 => (&mut p00[at..at + tw], &mut p01[at..at + tw]),
+                    _ => (&mut p10[at..at + tw], &mut p11[at..at + tw]),
+                };
+                deinterleave(row, even, odd);
+                if self.w % 2 == 1 {
+                    odd[tw - 1] = 0.0;
                 }
-                let (r0, rest) = rows.split_at(2 * half);
-                let (r1, rest) = rest.split_at(2 * half);
-                let (r2, r3) = rest.split_at(2 * half);
-                let (v0, rest) = vertical.split_at_mut(2 * half);
-                let (v1, rest) = rest.split_at_mut(2 * half);
-                let (v2, v3) = rest.split_at_mut(2 * half);
-                for c in 0..2 * half {
-                    v0[c] = r0[c] - r2[c];
-                    v1[c] = r1[c] + r2[c];
-                    v2[c] = r2[c] - r1[c];
-                    v3[c] = r1[c] - r3[c];
-                }
-                let t0 = b * tiles_per_image + ty * tiles_w;
-                for (k, vk) in vertical.chunks_exact(2 * half).enumerate() {
-                    let (even, odd) = vk.split_at(half);
-                    let at = |e: usize| (e * g.c_in + ci) * tiles + t0;
-                    let (lo, hi) = v.split_at_mut(at(4 * k + 2));
-                    let (out0, out1) = lo[at(4 * k)..].split_at_mut(g.c_in * tiles);
-                    let (out2, out3) = hi.split_at_mut(g.c_in * tiles);
-                    let (out0, out1) = (&mut out0[..tiles_w], &mut out1[..tiles_w]);
-                    let (out2, out3) = (&mut out2[..tiles_w], &mut out3[..tiles_w]);
-                    let (e0, e1) = (&even[..tiles_w], &even[1..=tiles_w]);
-                    let (o0, o1) = (&odd[..tiles_w], &odd[1..=tiles_w]);
-                    for tx in 0..tiles_w {
-                        out0[tx] = e0[tx] - e1[tx];
-                        out1[tx] = o0[tx] + e1[tx];
-                        out2[tx] = e1[tx] - o0[tx];
-                        out3[tx] = o0[tx] - o1[tx];
-                    }
-                }
+            }
+            if self.h % 2 == 1 {
+                let last_row = b * self.per_image() + (self.tiles_h - 1) * tw;
+                p10[last_row..last_row + tw].fill(0.0);
+                p11[last_row..last_row + tw].fill(0.0);
             }
         }
     }
 }
 
+/// `x` with its bits cleared where `mask` is 0.
+#[inline(always)]
+fn masked(x: f32, mask: u32) -> f32 {
+    f32::from_bits(x.to_bits() & mask)
+}
+
+/// `out[i] = f(a[i], b[i])`.
+#[inline(always)]
+fn map2(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for (o, (a, b)) in out.iter_mut().zip(a.iter().zip(b)) {
+        *o = f(*a, *b);
+    }
+}
+
+/// `out[i] = -a[i]`.
+#[inline(always)]
+fn negate(out: &mut [f32], a: &[f32]) {
+    for (o, a) in out.iter_mut().zip(a) {
+        *o = -*a;
+    }
+}
+
+/// `out[i] = f(a[i], b[i], c[i])`.
+#[inline(always)]
+fn map3(out: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
+    for (o, (a, (b, c))) in out.iter_mut().zip(a.iter().zip(b.iter().zip(c))) {
+        *o = f(*a, *b, *c);
+    }
+}
+
+/// `out[i] = a[i] - masked(b[i], mask[i])` (a neighbour that may lie across an edge).
+#[inline(always)]
+fn minus_masked(out: &mut [f32], a: &[f32], b: &[f32], mask: &[u32]) {
+    for (o, (a, (b, m))) in out.iter_mut().zip(a.iter().zip(b.iter().zip(mask))) {
+        *o = *a - masked(*b, *m);
+    }
+}
+
+/// `n` consecutive buffers of `len` values carved from `buf`.
+fn carve<const N: usize>(buf: &mut [f32], len: usize) -> [&mut [f32]; N] {
+    let mut parts = buf.chunks_exact_mut(len);
+    std::array::from_fn(|_| parts.next().expect("buffer holds N parts"))
+}
+
+/// Fills `v` (`[16, c_in, tiles]`) with `Bᵀ d B` of every input tile `d` of `x` (padding 1,
+/// Bᵀ = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]), one input channel at a time over all
+/// tiles of the chunk. Tile (ty, tx) covers input rows 2ty-1..2ty+2 and columns 2tx-1..2tx+2:
+/// the odd column 2tx-1 of the previous tile, the even and odd columns 2tx and 2tx+1 of this
+/// one, the even column of the next one (and likewise for rows), so the horizontal half is a
+/// vector operation on the polyphase components and the vertical half one on its results.
+#[inline(always)]
+fn transform_inputs_inner(g: &ConvGeometry, x: &Stacked, v: &mut [f32], work: &mut Vec<f32>) {
+    let t = Tiling::new(g, x.images());
+    let (n, tw) = (t.len(), t.tiles_w);
+    let [first_col, last_col, first_row, last_row] = t.edge_masks();
+    // Phases with one value of slack on each side (for the neighbours across an edge), then
+    // the horizontal results of the even and odd input rows with a row of slack.
+    let work = resized(work, 4 * (n + 2) + 2 * (n + tw));
+    let (phases, rest) = work.split_at_mut(4 * (n + 2));
+    let [even_rows, odd_rows] = carve::<2>(rest, n + tw);
+    for ci in 0..g.c_in {
+        let [p00, p01, p10, p11] = carve::<4>(phases, n + 2);
+        t.split_phases(
+            |b| x.plane_of(b, ci),
+            [
+                &mut p00[1..=n],
+                &mut p01[1..=n],
+                &mut p10[1..=n],
+                &mut p11[1..=n],
+            ],
+        );
+        for c in 0..4 {
+            // Horizontal half, component c, of the even (into even_rows[..n]) and odd (into
+            // odd_rows[tw..]) input rows. `ev`/`od`: even/odd columns with one value of slack.
+            for (ev, od, out) in [
+                (&*p00, &*p01, &mut even_rows[..n]),
+                (&*p10, &*p11, &mut odd_rows[tw..]),
+            ] {
+                let (ev_here, ev_next) = (&ev[1..=n], &ev[2..]);
+                let (od_prev, od_here) = (&od[..n], &od[1..=n]);
+                match c {
+                    0 => {
+                        for (o, (p, (h, m))) in out
+                            .iter_mut()
+                            .zip(od_prev.iter().zip(od_here.iter().zip(&first_col)))
+                        {
+                            *o = masked(*p, *m) - *h;
+                        }
+                    }
+                    1 => map2(out, ev_here, od_here, |e, o| e + o),
+                    2 => map2(out, ev_here, od_here, |e, o| o - e),
+                    _ => minus_masked(out, ev_here, ev_next, &last_col),
+                }
+            }
+            // Vertical half: rows 2ty-1 (previous odd row), 2ty, 2ty+1, 2ty+2 (next even row).
+            let (even_here, even_next) = (&even_rows[..n], &even_rows[tw..]);
+            let (odd_prev, odd_here) = (&odd_rows[..n], &odd_rows[tw..]);
+            let row =
+                |k: usize| ((4 * k + c) * g.c_in + ci) * n..((4 * k + c) * g.c_in + ci + 1) * n;
+            for (o, (p, (h, m))) in v[row(0)]
+                .iter_mut()
+                .zip(odd_prev.iter().zip(odd_here.iter().zip(&first_row)))
+            {
+                *o = masked(*p, *m) - *h;
+            }
+            map2(&mut v[row(1)], even_here, odd_here, |e, o| e + o);
+            map2(&mut v[row(2)], even_here, odd_here, |e, o| o - e);
+            minus_masked(&mut v[row(3)], even_here, even_next, &last_row);
+        }
+    }
+}
+
+simd_dispatch!(transform_inputs => transform_inputs_inner(
+    g: &ConvGeometry, x: &Stacked, v: &mut [f32], work: &mut Vec<f32>,
+));
+
 /// Writes `Aᵀ m A` (plus the bias) of every tile of `m` (`[16, c_out, tiles]`) into `y`
-/// (`[images, c_out, h, w]`), per row of tiles: the vertical half over the row's tiles, then the
-/// horizontal half into the two output rows. Aᵀ = [[1,1,1,0],[0,1,-1,-1]].
-fn transform_outputs(
+/// (`[images, c_out, h, w]`), Aᵀ = [[1,1,1,0],[0,1,-1,-1]]: per output channel, the vertical
+/// half and then the horizontal half as vector operations over the tiles, giving the output's
+/// four polyphase components, which are then interleaved into the image rows.
+#[inline(always)]
+fn transform_outputs_inner(
     g: &ConvGeometry,
     m: &[f32],
     images: usize,
-    [tiles_h, tiles_w]: [usize; 2],
     bias: Option<&[f32]>,
     y: &mut [f32],
+    work: &mut Vec<f32>,
 ) {
-    let [h, w] = g.in_hw;
-    let (plane, tiles_per_image) = (h * w, tiles_h * tiles_w);
-    let tiles = images * tiles_per_image;
-    // sums[(i * 4 + j) * tiles_w + tx] = (Aᵀ m)[i][j] of tile tx of the current row.
-    let mut sums = vec![0.0f32; 8 * tiles_w];
+    let t = Tiling::new(g, images);
+    let (n, tw, plane) = (t.len(), t.tiles_w, t.h * t.w);
+    let work = resized(work, 8 * n + 4 * n);
+    let (sums, phases) = work.split_at_mut(8 * n);
     for co in 0..g.c_out {
         let shift = bias.map_or(0.0, |bias| bias[co]);
+        let row_of = |e: usize| &m[(e * g.c_out + co) * n..][..n];
+        // sums[i * 4 + j] = (Aᵀ m)[i][j] for every tile.
+        let sum_rows = carve::<8>(sums, n);
+        let [s00, s01, s02, s03, s10, s11, s12, s13] = sum_rows;
+        for (j, (top, bottom)) in [s00, s01, s02, s03]
+            .into_iter()
+            .zip([s10, s11, s12, s13])
+            .enumerate()
+        {
+            let (m0, m1, m2, m3) = (row_of(j), row_of(4 + j), row_of(8 + j), row_of(12 + j));
+            map3(top, m0, m1, m2, |a, b, c| a + b + c);
+            map3(bottom, m1, m2, m3, |a, b, c| a - b - c);
+        }
+        let s = carve::<8>(sums, n);
+        let [out00, out01, out10, out11] = carve::<4>(phases, n);
+        for (i, (even, odd)) in [(out00, out01), (out10, out11)].into_iter().enumerate() {
+            let [a0, a1, a2, a3] = [&*s[4 * i], &*s[4 * i + 1], &*s[4 * i + 2], &*s[4 * i + 3]];
+            map3(even, a0, a1, a2, |a, b, c| a + b + c + shift);
+            map3(odd, a1, a2, a3, |a, b, c| a - b - c + shift);
+        }
+        let [p00, p01, p10, p11] = carve::<4>(phases, n);
         for b in 0..images {
             let dst = &mut y[(b * g.c_out + co) * plane..][..plane];
-            for ty in 0..tiles_h {
-                let t0 = b * tiles_per_image + ty * tiles_w;
-                let row_of = |e: usize| &m[(e * g.c_out + co) * tiles + t0..][..tiles_w];
-                for j in 0..4 {
-                    let (m0, m1) = (row_of(j), row_of(4 + j));
-                    let (m2, m3) = (row_of(8 + j), row_of(12 + j));
-                    let (top, bottom) = sums.split_at_mut(4 * tiles_w);
-                    let top = &mut top[j * tiles_w..][..tiles_w];
-                    let bottom = &mut bottom[j * tiles_w..][..tiles_w];
-                    for tx in 0..tiles_w {
-                        top[tx] = m0[tx] + m1[tx] + m2[tx];
-                        bottom[tx] = m1[tx] - m2[tx] - m3[tx];
-                    }
-                }
-                for i in 0..2 {
-                    let row = 2 * ty + i;
-                    if row >= h {
-                        continue;
-                    }
-                    let s = &sums[i * 4 * tiles_w..][..4 * tiles_w];
-                    let out = &mut dst[row * w..][..w];
-                    for tx in 0..tiles_w {
-                        let (a0, a1) = (s[tx], s[tiles_w + tx]);
-                        let (a2, a3) = (s[2 * tiles_w + tx], s[3 * tiles_w + tx]);
-                        out[2 * tx] = a0 + a1 + a2 + shift;
-                        if 2 * tx + 1 < w {
-                            out[2 * tx + 1] = a1 - a2 - a3 + shift;
-                        }
-                    }
-                }
+            for (row, out) in dst.chunks_exact_mut(t.w).enumerate() {
+                let at = b * t.per_image() + (row / 2) * tw;
+                let (even, odd) = match row % 2 {
+                    0 => (&p00[at..at + tw], &p01[at..at + tw]),
+                    _ => (&p10[at..at + tw], &p11[at..at + tw]),
+                };
+                interleave(even, odd, out);
             }
         }
     }
 }
+
+simd_dispatch!(transform_outputs => transform_outputs_inner(
+    g: &ConvGeometry,
+    m: &[f32],
+    images: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    work: &mut Vec<f32>,
+));
 
 /// The weight gradient `[c_out, c_in, 3, 3]` given the input `x` and the output gradient `dy`
 /// (see [`super::conv_gemm::conv_weight_grad`]): the adjoint of [`conv3x3`] with respect to the
@@ -224,9 +362,9 @@ pub fn weight_grad(g: &ConvGeometry, x: &Stacked, dy: &Stacked) -> Vec<f32> {
         |(x_chunk, dy_chunk), du, scratch| {
             let tiles = x_chunk.images() * tiles_per_image;
             let v = resized(&mut scratch.cols, 16 * g.c_in * tiles);
-            transform_inputs(g, x_chunk, tiles_w, tiles_h, v);
+            transform_inputs(g, x_chunk, v, &mut scratch.phases);
             let dm = resized(&mut scratch.product, 16 * g.c_out * tiles);
-            transform_output_grads(g, dy_chunk, [tiles_h, tiles_w], dm);
+            transform_output_grads(g, dy_chunk, dm, &mut scratch.phases);
             for e in 0..16 {
                 let dm_e = MatRef::row_major(&dm[e * g.c_out * tiles..][..g.c_out * tiles], tiles);
                 let v_e = MatRef::row_major(&v[e * g.c_in * tiles..][..g.c_in * tiles], tiles);
@@ -239,45 +377,84 @@ pub fn weight_grad(g: &ConvGeometry, x: &Stacked, dy: &Stacked) -> Vec<f32> {
 }
 
 /// Fills `dm` (`[16, c_out, tiles]`) with `A ȳ Aᵀ` of every 2×2 output-gradient tile `ȳ` of `dy`
-/// (zero beyond the image): the adjoint of the output transform. A = [[1,0],[1,1],[1,-1],[0,-1]].
-fn transform_output_grads(
+/// (zero beyond the image): the adjoint of the output transform, A = [[1,0],[1,1],[1,-1],[0,-1]].
+/// Per output channel, the tiles' four values are the polyphase components of `dy`.
+#[inline(always)]
+fn transform_output_grads_inner(
     g: &ConvGeometry,
     dy: &Stacked,
-    [tiles_h, tiles_w]: [usize; 2],
     dm: &mut [f32],
+    work: &mut Vec<f32>,
 ) {
-    let [h, w] = g.in_hw;
-    let tiles_per_image = tiles_h * tiles_w;
-    let tiles = dy.images() * tiles_per_image;
-    let at = |row: &[f32], col: usize| if col < w { row[col] } else { 0.0 };
+    let t = Tiling::new(g, dy.images());
+    let n = t.len();
+    let work = resized(work, 6 * n);
+    let (phases, pq) = work.split_at_mut(4 * n);
     for co in 0..g.c_out {
-        for b in 0..dy.images() {
-            let src = dy.plane_of(b, co);
-            for ty in 0..tiles_h {
-                let top = &src[2 * ty * w..][..w];
-                let bottom = if 2 * ty + 1 < h {
-                    &src[(2 * ty + 1) * w..][..w]
-                } else {
-                    &[][..]
-                };
-                for tx in 0..tiles_w {
-                    let (a, bb) = (at(top, 2 * tx), at(top, 2 * tx + 1));
-                    let (c, d) = if bottom.is_empty() {
-                        (0.0, 0.0)
-                    } else {
-                        (at(bottom, 2 * tx), at(bottom, 2 * tx + 1))
-                    };
-                    // Rows of A ȳ, then each row [p, q] times Aᵀ: [p, p + q, p - q, -q].
-                    let rows = [[a, bb], [a + c, bb + d], [a - c, bb - d], [-c, -d]];
-                    let t = b * tiles_per_image + ty * tiles_w + tx;
-                    for (r, [p, q]) in rows.iter().enumerate() {
-                        for (col, value) in [*p, p + q, p - q, -q].iter().enumerate() {
-                            dm[((r * 4 + col) * g.c_out + co) * tiles + t] = *value;
-                        }
-                    }
+        let [a, b, c, d] = carve::<4>(phases, n);
+        t.split_phases(|image| dy.plane_of(image, co), [a, b, c, d]);
+        let [a, b, c, d] = carve::<4>(phases, n);
+        let [p, q] = carve::<2>(pq, n);
+        // Rows of A ȳ: [a, b], [a + c, b + d], [a - c, b - d], [-c, -d]; each row [p, q]
+        // times Aᵀ is [p, p + q, p - q, -q].
+        for r in 0..4 {
+            match r {
+                0 => {
+                    p.copy_from_slice(a);
+                    q.copy_from_slice(b);
+                }
+                1 => {
+                    map2(p, a, c, |a, c| a + c);
+                    map2(q, b, d, |b, d| b + d);
+                }
+                2 => {
+                    map2(p, a, c, |a, c| a - c);
+                    map2(q, b, d, |b, d| b - d);
+                }
+                _ => {
+                    negate(p, c);
+                    negate(q, d);
                 }
             }
+            let row = |col: usize| {
+                let first = ((4 * r + col) * g.c_out + co) * n;
+                first..first + n
+            };
+            dm[row(0)].copy_from_slice(p);
+            map2(&mut dm[row(1)], p, q, |p, q| p + q);
+            map2(&mut dm[row(2)], p, q, |p, q| p - q);
+            negate(&mut dm[row(3)], q);
         }
+    }
+}
+
+simd_dispatch!(transform_output_grads => transform_output_grads_inner(
+    g: &ConvGeometry, dy: &Stacked, dm: &mut [f32], work: &mut Vec<f32>,
+));
+
+/// Writes `even[i]` to `out[2i]` and `odd[i]` to `out[2i + 1]`, as far as `out` reaches.
+#[inline(always)]
+fn interleave(even: &[f32], odd: &[f32], out: &mut [f32]) {
+    let mut pairs = out.chunks_exact_mut(2);
+    for (pair, (e, o)) in (&mut pairs).zip(even.iter().zip(odd)) {
+        pair[0] = *e;
+        pair[1] = *o;
+    }
+    if let [last] = pairs.into_remainder() {
+        *last = even[even.len() - 1];
+    }
+}
+
+/// Splits `src` into its even-indexed values (written to `even`) and odd-indexed ones (`odd`).
+#[inline(always)]
+fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    let pairs = src.chunks_exact(2);
+    if let [last] = pairs.remainder() {
+        even[src.len() / 2] = *last;
+    }
+    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+        *e = pair[0];
+        *o = pair[1];
     }
 }
 
