@@ -14,6 +14,7 @@ pub mod conv_gemm;
 mod conv_ops;
 mod norm_ops;
 pub mod norm_silu;
+mod polyphase;
 mod winograd;
 
 use std::borrow::Cow;

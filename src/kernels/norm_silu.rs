@@ -143,20 +143,19 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Mean and reciprocal standard deviation of `h + shift` over one group.
 #[inline(always)]
 fn group_stats(h: &[f32], shift: &[f32], plane: usize, eps: f32) -> (f32, f32) {
+    // Plain loops: a generic iterator adaptor (`map(..).sum()`) would be compiled outside this
+    // function's instruction set.
     let n = h.len() as f64;
-    let total: f64 = h
-        .chunks_exact(plane)
-        .zip(shift)
-        .map(|(c, t)| sum(c) as f64 + *t as f64 * plane as f64)
-        .sum();
+    let mut total = 0.0f64;
+    for (c, t) in h.chunks_exact(plane).zip(shift) {
+        total += sum(c) as f64 + *t as f64 * plane as f64;
+    }
     let mean = (total / n) as f32;
-    let var: f64 = h
-        .chunks_exact(plane)
-        .zip(shift)
-        .map(|(c, t)| sum_squares(c, t - mean) as f64)
-        .sum::<f64>()
-        / n;
-    (mean, 1.0 / (var as f32 + eps).sqrt())
+    let mut squares = 0.0f64;
+    for (c, t) in h.chunks_exact(plane).zip(shift) {
+        squares += sum_squares(c, t - mean) as f64;
+    }
+    (mean, 1.0 / ((squares / n) as f32 + eps).sqrt())
 }
 
 /// Forward pass over one group (`h`, `y`: `[group_channels, plane]`; `shift`, `gamma`, `beta`:

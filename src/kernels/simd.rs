@@ -4,9 +4,9 @@
 /// for the compiler to vectorise) compiled for the best instruction set this CPU has: AVX-512,
 /// AVX2+FMA, or the baseline.
 macro_rules! simd_dispatch {
-    ($name:ident => $inner:ident ($($arg:ident : $ty:ty),* $(,)?)) => {
+    ($vis:vis $name:ident => $inner:ident ($($arg:ident : $ty:ty),* $(,)?)) => {
         #[allow(clippy::too_many_arguments)]
-        fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]

@@ -13,6 +13,7 @@ use super::conv_gemm::{
     with_scratch,
 };
 use super::par_zeroed;
+use super::polyphase::{Grid, carve, masked};
 
 /// Whether the geometry suits F(2×2, 3×3): a 3×3 kernel, stride 1, padding 1 (and enough input
 /// channels for the transforms to pay off).
@@ -82,94 +83,6 @@ pub fn conv3x3(g: &ConvGeometry, x: &Stacked, weight: &[f32], bias: Option<&[f32
     )
 }
 
-/// The 2×2 tiles of a chunk of `images` images of `h`×`w` pixels: `tiles_h`×`tiles_w` per
-/// image, numbered image by image and row by row. The transforms below work on whole chunks as
-/// flat vectors over the tiles (long loops the compiler vectorises); the tiles on an image's
-/// border, whose neighbours in such a vector belong to another row or image, are handled by
-/// bit masks.
-#[derive(Debug, Clone, Copy)]
-struct Tiling {
-    h: usize,
-    w: usize,
-    tiles_h: usize,
-    tiles_w: usize,
-    images: usize,
-}
-
-impl Tiling {
-    fn new(g: &ConvGeometry, images: usize) -> Self {
-        let [h, w] = g.in_hw;
-        Tiling {
-            h,
-            w,
-            tiles_h: h.div_ceil(2),
-            tiles_w: w.div_ceil(2),
-            images,
-        }
-    }
-
-    fn per_image(&self) -> usize {
-        self.tiles_h * self.tiles_w
-    }
-
-    fn len(&self) -> usize {
-        self.images * self.per_image()
-    }
-
-    /// Per tile, all bits set except on the first column, last column, first row and last row
-    /// of tiles respectively.
-    fn edge_masks(&self) -> [Vec<u32>; 4] {
-        let mask = |keep: &dyn Fn(usize, usize) -> bool| -> Vec<u32> {
-            (0..self.len())
-                .map(|t| {
-                    let (ty, tx) = ((t % self.per_image()) / self.tiles_w, t % self.tiles_w);
-                    if keep(ty, tx) { u32::MAX } else { 0 }
-                })
-                .collect()
-        };
-        [
-            mask(&|_, tx| tx > 0),
-            mask(&|_, tx| tx + 1 < self.tiles_w),
-            mask(&|ty, _| ty > 0),
-            mask(&|ty, _| ty + 1 < self.tiles_h),
-        ]
-    }
-
-    /// Splits the planes `plane(b)` (`h`×`w`, one per image) into their four polyphase
-    /// components, `phases[2a + c][tile (b, ty, tx)] = plane(b)[2ty + a][2tx + c]` (zero beyond
-    /// the image).
-    #[inline(always)]
-    fn split_phases<'p>(&self, plane: impl Fn(usize) -> &'p [f32], phases: [&mut [f32]; 4]) {
-        let [p00, p01, p10, p11] = phases;
-        let tw = self.tiles_w;
-        for b in 0..self.images {
-            let src = plane(b);
-            for (y, row) in src.chunks_exact(self.w).enumerate() {
-                let at = b * self.per_image() + (y / 2) * tw;
-                let (even, odd) = match y % 2 {
-                    0 => (&mut p00[at..at + tw], &mut p01[at..at + tw]),
-                    _ => (&mut p10[at..at + tw], &mut p11[at..at + tw]),
-                };
-                deinterleave(row, even, odd);
-                if self.w % 2 == 1 {
-                    odd[tw - 1] = 0.0;
-                }
-            }
-            if self.h % 2 == 1 {
-                let last_row = b * self.per_image() + (self.tiles_h - 1) * tw;
-                p10[last_row..last_row + tw].fill(0.0);
-                p11[last_row..last_row + tw].fill(0.0);
-            }
-        }
-    }
-}
-
-/// `x` with its bits cleared where `mask` is 0.
-#[inline(always)]
-fn masked(x: f32, mask: u32) -> f32 {
-    f32::from_bits(x.to_bits() & mask)
-}
-
 /// `out[i] = f(a[i], b[i])`.
 #[inline(always)]
 fn map2(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
@@ -202,12 +115,6 @@ fn minus_masked(out: &mut [f32], a: &[f32], b: &[f32], mask: &[u32]) {
     }
 }
 
-/// `n` consecutive buffers of `len` values carved from `buf`.
-fn carve<const N: usize>(buf: &mut [f32], len: usize) -> [&mut [f32]; N] {
-    let mut parts = buf.chunks_exact_mut(len);
-    std::array::from_fn(|_| parts.next().expect("buffer holds N parts"))
-}
-
 /// Fills `v` (`[16, c_in, tiles]`) with `Bᵀ d B` of every input tile `d` of `x` (padding 1,
 /// Bᵀ = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]), one input channel at a time over all
 /// tiles of the chunk. Tile (ty, tx) covers input rows 2ty-1..2ty+2 and columns 2tx-1..2tx+2:
@@ -216,9 +123,10 @@ fn carve<const N: usize>(buf: &mut [f32], len: usize) -> [&mut [f32]; N] {
 /// vector operation on the polyphase components and the vertical half one on its results.
 #[inline(always)]
 fn transform_inputs_inner(g: &ConvGeometry, x: &Stacked, v: &mut [f32], work: &mut Vec<f32>) {
-    let t = Tiling::new(g, x.images());
-    let (n, tw) = (t.len(), t.tiles_w);
-    let [first_col, last_col, first_row, last_row] = t.edge_masks();
+    let t = Grid::new(g.in_hw, x.images());
+    let (n, tw) = (t.len(), t.cols());
+    let [first_col, last_col, first_row, last_row] =
+        [(0, -1), (0, 1), (-1, 0), (1, 0)].map(|(dr, dc)| t.shift_mask(dr, dc));
     // Phases with one value of slack on each side (for the neighbours across an edge), then
     // the horizontal results of the even and odd input rows with a row of slack.
     let work = resized(work, 4 * (n + 2) + 2 * (n + tw));
@@ -226,7 +134,7 @@ fn transform_inputs_inner(g: &ConvGeometry, x: &Stacked, v: &mut [f32], work: &m
     let [even_rows, odd_rows] = carve::<2>(rest, n + tw);
     for ci in 0..g.c_in {
         let [p00, p01, p10, p11] = carve::<4>(phases, n + 2);
-        t.split_phases(
+        t.split(
             |b| x.plane_of(b, ci),
             [
                 &mut p00[1..=n],
@@ -293,8 +201,8 @@ fn transform_outputs_inner(
     y: &mut [f32],
     work: &mut Vec<f32>,
 ) {
-    let t = Tiling::new(g, images);
-    let (n, tw, plane) = (t.len(), t.tiles_w, t.h * t.w);
+    let t = Grid::new(g.in_hw, images);
+    let (n, plane) = (t.len(), t.h * t.w);
     let work = resized(work, 8 * n + 4 * n);
     let (sums, phases) = work.split_at_mut(8 * n);
     for co in 0..g.c_out {
@@ -320,17 +228,7 @@ fn transform_outputs_inner(
             map3(odd, a1, a2, a3, |a, b, c| a - b - c + shift);
         }
         let [p00, p01, p10, p11] = carve::<4>(phases, n);
-        for b in 0..images {
-            let dst = &mut y[(b * g.c_out + co) * plane..][..plane];
-            for (row, out) in dst.chunks_exact_mut(t.w).enumerate() {
-                let at = b * t.per_image() + (row / 2) * tw;
-                let (even, odd) = match row % 2 {
-                    0 => (&p00[at..at + tw], &p01[at..at + tw]),
-                    _ => (&p10[at..at + tw], &p11[at..at + tw]),
-                };
-                interleave(even, odd, out);
-            }
-        }
+        t.interleave([p00, p01, p10, p11], &mut y[co * plane..], g.c_out * plane);
     }
 }
 
@@ -386,13 +284,13 @@ fn transform_output_grads_inner(
     dm: &mut [f32],
     work: &mut Vec<f32>,
 ) {
-    let t = Tiling::new(g, dy.images());
+    let t = Grid::new(g.in_hw, dy.images());
     let n = t.len();
     let work = resized(work, 6 * n);
     let (phases, pq) = work.split_at_mut(4 * n);
     for co in 0..g.c_out {
         let [a, b, c, d] = carve::<4>(phases, n);
-        t.split_phases(|image| dy.plane_of(image, co), [a, b, c, d]);
+        t.split(|image| dy.plane_of(image, co), [a, b, c, d]);
         let [a, b, c, d] = carve::<4>(phases, n);
         let [p, q] = carve::<2>(pq, n);
         // Rows of A ȳ: [a, b], [a + c, b + d], [a - c, b - d], [-c, -d]; each row [p, q]
@@ -431,32 +329,6 @@ fn transform_output_grads_inner(
 simd_dispatch!(transform_output_grads => transform_output_grads_inner(
     g: &ConvGeometry, dy: &Stacked, dm: &mut [f32], work: &mut Vec<f32>,
 ));
-
-/// Writes `even[i]` to `out[2i]` and `odd[i]` to `out[2i + 1]`, as far as `out` reaches.
-#[inline(always)]
-fn interleave(even: &[f32], odd: &[f32], out: &mut [f32]) {
-    let mut pairs = out.chunks_exact_mut(2);
-    for (pair, (e, o)) in (&mut pairs).zip(even.iter().zip(odd)) {
-        pair[0] = *e;
-        pair[1] = *o;
-    }
-    if let [last] = pairs.into_remainder() {
-        *last = even[even.len() - 1];
-    }
-}
-
-/// Splits `src` into its even-indexed values (written to `even`) and odd-indexed ones (`odd`).
-#[inline(always)]
-fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    let pairs = src.chunks_exact(2);
-    if let [last] = pairs.remainder() {
-        even[src.len() / 2] = *last;
-    }
-    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
-        *e = pair[0];
-        *o = pair[1];
-    }
-}
 
 /// `Gᵀ X G` (3×3) of every 4×4 filter gradient `X` in `du` (`[16, c_out, c_in]`), laid out as a
 /// weight `[c_out, c_in, 3, 3]`: the adjoint of [`transform_filters`].
