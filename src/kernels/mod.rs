@@ -192,11 +192,20 @@ pub(crate) fn par_zeroed(
     chunk_len: usize,
     fill: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
+    par_zeroed_with(len, chunk_len, fill).0
+}
+
+/// [`par_zeroed`] whose `fill` also returns a value per run, collected in order.
+pub(crate) fn par_zeroed_with<T: Send>(
+    len: usize,
+    chunk_len: usize,
+    fill: impl Fn(usize, &mut [f32]) -> T + Sync,
+) -> (Vec<f32>, Vec<T>) {
     let mut out = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
+    let results = out.spare_capacity_mut()[..len]
         .par_chunks_mut(chunk_len.max(1))
         .enumerate()
-        .for_each(|(i, chunk)| {
+        .map(|(i, chunk)| {
             chunk.iter_mut().for_each(|v| {
                 v.write(0.0);
             });
@@ -204,11 +213,12 @@ pub(crate) fn par_zeroed(
             let chunk = unsafe {
                 std::slice::from_raw_parts_mut(chunk.as_mut_ptr().cast::<f32>(), chunk.len())
             };
-            fill(i, chunk);
-        });
+            fill(i, chunk)
+        })
+        .collect();
     // SAFETY: the chunks cover `0..len` and each was initialised.
     unsafe { out.set_len(len) };
-    out
+    (out, results)
 }
 
 /// The `f32` values of `t` in row-major order (borrowed when it is contiguous).

@@ -12,9 +12,7 @@
 //! reduction and a polynomial instead of the scalar libm call) and are compiled for AVX-512 and
 //! AVX2 as well, chosen at run time.
 
-use rayon::prelude::*;
-
-use super::par_zeroed;
+use super::{par_zeroed, par_zeroed_with};
 
 /// Layout of a GroupNorm input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,27 +263,28 @@ pub fn backward(s: &NormShape, h: &[f32], p: &NormParams, dy: &[f32]) -> NormGra
     assert_eq!(h.len(), s.batch * s.channels * s.plane, "input size");
     assert_eq!(dy.len(), h.len(), "output gradient size");
     let cg = s.group_channels();
-    let mut input = vec![0.0f32; h.len()];
-    let mut shift = vec![0.0f32; s.batch * s.channels];
-    let mut gamma_parts = vec![0.0f32; s.batch * s.channels];
-    let mut beta_parts = vec![0.0f32; s.batch * s.channels];
-    input
-        .par_chunks_mut(s.group_len())
-        .zip(shift.par_chunks_mut(cg))
-        .zip(gamma_parts.par_chunks_mut(cg))
-        .zip(beta_parts.par_chunks_mut(cg))
-        .zip(
-            h.par_chunks(s.group_len())
-                .zip(dy.par_chunks(s.group_len())),
-        )
-        .enumerate()
-        .for_each(|(i, ((((dh, dshift), dgamma), dbeta), (h, dy)))| {
-            let (b, c0) = (i / s.groups, (i % s.groups) * cg);
-            let t = &p.shift[b * s.channels + c0..][..cg];
-            let (gamma, beta) = (&p.gamma[c0..c0 + cg], &p.beta[c0..c0 + cg]);
-            let sums = (dshift, dgamma, dbeta);
-            group_backward_simd(h, dy, dh, t, gamma, beta, p.eps, sums)
-        });
+    // Per group: the input gradient, and the group's channels' sums for shift, gamma and beta.
+    let (input, sums) = par_zeroed_with(h.len(), s.group_len(), |i, dh| {
+        let (b, c0) = (i / s.groups, (i % s.groups) * cg);
+        let (h, dy) = (
+            &h[i * s.group_len()..][..s.group_len()],
+            &dy[i * s.group_len()..],
+        );
+        let t = &p.shift[b * s.channels + c0..][..cg];
+        let (gamma, beta) = (&p.gamma[c0..c0 + cg], &p.beta[c0..c0 + cg]);
+        let mut sums = vec![0.0f32; 3 * cg];
+        let (dshift, rest) = sums.split_at_mut(cg);
+        let (dgamma, dbeta) = rest.split_at_mut(cg);
+        let dy = &dy[..s.group_len()];
+        group_backward_simd(h, dy, dh, t, gamma, beta, p.eps, (dshift, dgamma, dbeta));
+        sums
+    });
+    let part = |k: usize| -> Vec<f32> {
+        sums.iter()
+            .flat_map(|group| group[k * cg..(k + 1) * cg].iter().copied())
+            .collect()
+    };
+    let (shift, gamma_parts, beta_parts) = (part(0), part(1), part(2));
     let per_channel = |parts: &[f32]| {
         let mut total = vec![0.0f32; s.channels];
         for image in parts.chunks_exact(s.channels) {
