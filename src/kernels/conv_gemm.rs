@@ -487,7 +487,10 @@ pub fn conv_weight_grad(g: &ConvGeometry, x: &Stacked, dy: &Stacked) -> Vec<f32>
         .into_iter()
         .zip(dy.chunks(per_chunk))
         .collect();
-    sum_over_chunks(
+    // Both GEMM operands run along the pixels, so one of them is transposed while the GEMM packs
+    // it: accumulating `dwᵀ` instead of `dw` makes that the smaller one.
+    let transposed = patch > g.c_out;
+    let dw = sum_over_chunks(
         &chunks,
         g.c_out * patch,
         |(x_chunk, dy_chunk), dw, scratch| {
@@ -496,11 +499,24 @@ pub fn conv_weight_grad(g: &ConvGeometry, x: &Stacked, dy: &Stacked) -> Vec<f32>
             gather(g, x_chunk, cols, &mut scratch.phases);
             let dy_mat = resized(&mut scratch.product, g.c_out * n);
             images_to_channel_major(dy_chunk, dy_mat);
-            let cols_t = MatRef::row_major(cols, n).transposed();
-            let dy_ref = MatRef::row_major(dy_mat, n);
-            matmul(g.c_out, patch, n, dw, true, dy_ref, cols_t);
+            let (cols, dy_mat) = (MatRef::row_major(cols, n), MatRef::row_major(dy_mat, n));
+            if transposed {
+                matmul(patch, g.c_out, n, dw, true, cols, dy_mat.transposed());
+            } else {
+                matmul(g.c_out, patch, n, dw, true, dy_mat, cols.transposed());
+            }
         },
-    )
+    );
+    if !transposed {
+        return dw;
+    }
+    let mut out = vec![0.0f32; dw.len()];
+    for (j, row) in dw.chunks_exact(g.c_out).enumerate() {
+        for (co, value) in row.iter().enumerate() {
+            out[co * patch + j] = *value;
+        }
+    }
+    out
 }
 
 /// `Σ add(chunk)` over `chunks`, each `add` accumulating into a `len`-long sum (with this
@@ -588,6 +604,7 @@ mod tests {
             (3, 1, 1, [7, 6], 3, 4),
             (3, 1, 1, [7, 6], 9, 10),
             (3, 1, 1, [4, 5], 8, 8),
+            (3, 1, 1, [6, 5], 12, 8),
             (3, 2, 1, [9, 8], 3, 4),
             (4, 2, 1, [6, 6], 3, 4),
             (4, 2, 1, [7, 5], 3, 4),

@@ -254,6 +254,9 @@ pub fn weight_grad(g: &ConvGeometry, x: &Stacked, dy: &Stacked) -> Vec<f32> {
         .into_iter()
         .zip(dy.chunks(per_chunk))
         .collect();
+    // Both GEMM operands run along the tiles, so one of them is transposed while the GEMM
+    // packs it: accumulating `dUᵀ` instead of `dU` makes that the smaller one.
+    let transposed = g.c_in > g.c_out;
     let du = sum_over_chunks(
         &chunks,
         16 * g.c_out * g.c_in,
@@ -267,11 +270,15 @@ pub fn weight_grad(g: &ConvGeometry, x: &Stacked, dy: &Stacked) -> Vec<f32> {
                 let dm_e = MatRef::row_major(&dm[e * g.c_out * tiles..][..g.c_out * tiles], tiles);
                 let v_e = MatRef::row_major(&v[e * g.c_in * tiles..][..g.c_in * tiles], tiles);
                 let du_e = &mut du[e * g.c_out * g.c_in..][..g.c_out * g.c_in];
-                matmul(g.c_out, g.c_in, tiles, du_e, true, dm_e, v_e.transposed());
+                if transposed {
+                    matmul(g.c_in, g.c_out, tiles, du_e, true, v_e, dm_e.transposed());
+                } else {
+                    matmul(g.c_out, g.c_in, tiles, du_e, true, dm_e, v_e.transposed());
+                }
             }
         },
     );
-    untransform_filters(&du, g.c_out, g.c_in)
+    untransform_filters(&du, g.c_out, g.c_in, transposed)
 }
 
 /// Fills `dm` (`[16, c_out, tiles]`) with `A ȳ Aᵀ` of every 2×2 output-gradient tile `ȳ` of `dy`
@@ -331,8 +338,9 @@ simd_dispatch!(transform_output_grads => transform_output_grads_inner(
 ));
 
 /// `Gᵀ X G` (3×3) of every 4×4 filter gradient `X` in `du` (`[16, c_out, c_in]`), laid out as a
-/// weight `[c_out, c_in, 3, 3]`: the adjoint of [`transform_filters`].
-fn untransform_filters(du: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+/// weight `[c_out, c_in, 3, 3]`: the adjoint of [`transform_filters`]. With `transposed`, `du`
+/// holds `[16, c_in, c_out]`.
+fn untransform_filters(du: &[f32], c_out: usize, c_in: usize, transposed: bool) -> Vec<f32> {
     let pairs = c_out * c_in;
     let mut weight = vec![0.0f32; 9 * pairs];
     // Gᵀ applied to four values: [x0 + ½x1 + ½x2, ½x1 - ½x2, ½x1 + ½x2 + x3].
@@ -344,7 +352,11 @@ fn untransform_filters(du: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
         ]
     };
     for (pair, out) in weight.chunks_exact_mut(9).enumerate() {
-        let x = |r: usize, c: usize| du[(r * 4 + c) * pairs + pair];
+        let at = match transposed {
+            false => pair,
+            true => (pair % c_in) * c_out + pair / c_in,
+        };
+        let x = |r: usize, c: usize| du[(r * 4 + c) * pairs + at];
         let cols: [[f32; 3]; 4] = std::array::from_fn(|c| gt([x(0, c), x(1, c), x(2, c), x(3, c)]));
         for r in 0..3 {
             let row = gt([cols[0][r], cols[1][r], cols[2][r], cols[3][r]]);
