@@ -126,6 +126,16 @@ fn conv_transpose2d_matches_burn() {
         1,
         1,
     );
+    // More channels, odd height and width.
+    compare(
+        kernels::conv_transpose2d,
+        kernels::plain_conv_transpose2d,
+        [3, 10, 7, 5],
+        [10, 12, 4, 4],
+        12,
+        2,
+        1,
+    );
 }
 
 /// A convolution of `[x, skip]` as two inputs, against the same convolution of the
@@ -133,17 +143,18 @@ fn conv_transpose2d_matches_burn() {
 fn compare_skip(transposed: bool) {
     let device = Device::flex().autodiff();
     let (x, skip) = (random([5, 6, 7, 7], &device), random([5, 2, 7, 7], &device));
+    // 8 input and 9 output channels: the plain convolution takes the Winograd path.
     let w_shape = if transposed {
-        [8, 3, 4, 4]
+        [8, 9, 4, 4]
     } else {
-        [3, 8, 3, 3]
+        [9, 8, 3, 3]
     };
-    let (w, b) = (random(w_shape, &device) * 0.2, random([3], &device));
+    let (w, b) = (random(w_shape, &device) * 0.2, random([9], &device));
     let (stride, padding) = if transposed { (2, 1) } else { (1, 1) };
     let reference_shape = if transposed {
-        [5, 3, 14, 14]
+        [5, 9, 14, 14]
     } else {
-        [5, 3, 7, 7]
+        [5, 9, 7, 7]
     };
     let r = random(reference_shape, &device);
     let run = |two_inputs: bool| {

@@ -426,6 +426,18 @@ pub fn conv_forward(
 /// `dy` (`[batch, c_out, h_out, w_out]`, possibly as channel blocks) and weight
 /// `[c_out, c_in, k, k]`.
 pub fn conv_input_grad(g: &ConvGeometry, dy: &Stacked, weight: &[f32]) -> Vec<f32> {
+    adjoint(g, dy, weight, None)
+}
+
+/// The transposed convolution of `x` (`[batch, c_out, h_out, w_out]`, possibly as channel
+/// blocks) with `weight` (`[c_out, c_in, k, k]`) plus `bias` (`[c_in]`), `[batch, c_in, h, w]`:
+/// the input gradient of the convolution `g`, plus the bias.
+pub fn conv_transpose(g: &ConvGeometry, x: &Stacked, weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    adjoint(g, x, weight, Some(bias))
+}
+
+/// The adjoint of the convolution `g` applied to `dy`, plus `bias` per input channel.
+fn adjoint(g: &ConvGeometry, dy: &Stacked, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (plane, patch) = (g.out_plane(), g.patch_len());
     assert_eq!(
         (dy.images, dy.plane, dy.channels()),
@@ -441,7 +453,7 @@ pub fn conv_input_grad(g: &ConvGeometry, dy: &Stacked, weight: &[f32]) -> Vec<f3
     if winograd::applies(g) && winograd::applies(&adjoint) {
         // The input gradient of a 3x3 stride-1 convolution is a 3x3 stride-1 convolution.
         let weight = winograd::adjoint_weight(weight, g.c_out, g.c_in);
-        return winograd::conv3x3(&adjoint, dy, &weight, None);
+        return winograd::conv3x3(&adjoint, dy, &weight, bias);
     }
     let per_chunk = g.images_per_chunk(COLUMNS_PER_CHUNK);
     let chunks = dy.chunks(per_chunk);
@@ -459,7 +471,13 @@ pub fn conv_input_grad(g: &ConvGeometry, dy: &Stacked, weight: &[f32]) -> Vec<f3
                 let dy_ref = MatRef::row_major(dy_mat, n);
                 matmul(patch, n, g.c_out, cols, false, w_t, dy_ref);
                 scatter(g, cols, dy_chunk.images, dx_chunk, &mut scratch.phases);
-            })
+            });
+            if let Some(bias) = bias {
+                for (i, image_channel) in dx_chunk.chunks_exact_mut(g.in_plane()).enumerate() {
+                    let shift = bias[i % g.c_in];
+                    image_channel.iter_mut().for_each(|v| *v += shift);
+                }
+            }
         },
     )
 }
@@ -607,6 +625,7 @@ mod tests {
             (3, 1, 1, [6, 5], 12, 8),
             (3, 2, 1, [9, 8], 3, 4),
             (4, 2, 1, [6, 6], 3, 4),
+            (4, 2, 1, [10, 6], 9, 12),
             (4, 2, 1, [7, 5], 3, 4),
             (1, 1, 0, [5, 4], 3, 4),
         ] {

@@ -16,7 +16,9 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 use rayon::prelude::*;
 
-use super::conv_gemm::{ConvGeometry, Stacked, conv_forward, conv_input_grad, conv_weight_grad};
+use super::conv_gemm::{
+    ConvGeometry, Stacked, conv_forward, conv_input_grad, conv_transpose, conv_weight_grad,
+};
 use super::{flex_tensor, par_zeroed, values};
 
 /// The GEMM convolutions as a backend extension.
@@ -130,14 +132,7 @@ impl ConvCall {
             }
             Kind::Transposed => {
                 let x = stacked(&inputs, g.batch, out_h * out_w);
-                let mut y = conv_input_grad(&g, &x, &weight);
-                let plane = g.in_hw[0] * g.in_hw[1];
-                y.par_chunks_mut(plane)
-                    .enumerate()
-                    .for_each(|(i, image_channel)| {
-                        let shift = bias[i % g.c_in];
-                        image_channel.iter_mut().for_each(|v| *v += shift);
-                    });
+                let y = conv_transpose(&g, &x, &weight, &bias);
                 flex_tensor(y, [g.batch, g.c_in, g.in_hw[0], g.in_hw[1]])
             }
         }

@@ -136,6 +136,52 @@ pub(super) fn masked(x: f32, mask: u32) -> f32 {
     f32::from_bits(x.to_bits() & mask)
 }
 
+/// `out[i] = f(a[i], b[i])`.
+#[inline(always)]
+pub(super) fn map2(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for (o, (a, b)) in out.iter_mut().zip(a.iter().zip(b)) {
+        *o = f(*a, *b);
+    }
+}
+
+/// `out[i] = -a[i]`.
+#[inline(always)]
+pub(super) fn negate(out: &mut [f32], a: &[f32]) {
+    for (o, a) in out.iter_mut().zip(a) {
+        *o = -*a;
+    }
+}
+
+/// `out[i] = f(a[i], b[i], c[i])`.
+#[inline(always)]
+pub(super) fn map3(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    f: impl Fn(f32, f32, f32) -> f32,
+) {
+    for (o, (a, (b, c))) in out.iter_mut().zip(a.iter().zip(b.iter().zip(c))) {
+        *o = f(*a, *b, *c);
+    }
+}
+
+/// `out[i] = a[i] - masked(b[i], mask[i])` (a neighbour that may lie across an edge).
+#[inline(always)]
+pub(super) fn minus_masked(out: &mut [f32], a: &[f32], b: &[f32], mask: &[u32]) {
+    for (o, (a, (b, m))) in out.iter_mut().zip(a.iter().zip(b.iter().zip(mask))) {
+        *o = *a - masked(*b, *m);
+    }
+}
+
+/// `out[i] = masked(a[i], mask[i]) - b[i]` (a neighbour that may lie across an edge).
+#[inline(always)]
+pub(super) fn masked_minus(out: &mut [f32], a: &[f32], mask: &[u32], b: &[f32]) {
+    for (o, (a, (m, b))) in out.iter_mut().zip(a.iter().zip(mask.iter().zip(b))) {
+        *o = masked(*a, *m) - *b;
+    }
+}
+
 /// `N` consecutive buffers of `len` values carved from `buf`.
 pub(super) fn carve<const N: usize>(buf: &mut [f32], len: usize) -> [&mut [f32]; N] {
     let mut parts = buf.chunks_exact_mut(len);

@@ -13,7 +13,7 @@ use super::conv_gemm::{
     with_scratch,
 };
 use super::par_zeroed;
-use super::polyphase::{Grid, carve, masked};
+use super::polyphase::{Grid, carve, map2, map3, masked_minus, minus_masked, negate};
 
 /// Whether the geometry suits F(2×2, 3×3): a 3×3 kernel, stride 1, padding 1 (and enough input
 /// channels for the transforms to pay off).
@@ -83,38 +83,6 @@ pub fn conv3x3(g: &ConvGeometry, x: &Stacked, weight: &[f32], bias: Option<&[f32
     )
 }
 
-/// `out[i] = f(a[i], b[i])`.
-#[inline(always)]
-fn map2(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
-    for (o, (a, b)) in out.iter_mut().zip(a.iter().zip(b)) {
-        *o = f(*a, *b);
-    }
-}
-
-/// `out[i] = -a[i]`.
-#[inline(always)]
-fn negate(out: &mut [f32], a: &[f32]) {
-    for (o, a) in out.iter_mut().zip(a) {
-        *o = -*a;
-    }
-}
-
-/// `out[i] = f(a[i], b[i], c[i])`.
-#[inline(always)]
-fn map3(out: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
-    for (o, (a, (b, c))) in out.iter_mut().zip(a.iter().zip(b.iter().zip(c))) {
-        *o = f(*a, *b, *c);
-    }
-}
-
-/// `out[i] = a[i] - masked(b[i], mask[i])` (a neighbour that may lie across an edge).
-#[inline(always)]
-fn minus_masked(out: &mut [f32], a: &[f32], b: &[f32], mask: &[u32]) {
-    for (o, (a, (b, m))) in out.iter_mut().zip(a.iter().zip(b.iter().zip(mask))) {
-        *o = *a - masked(*b, *m);
-    }
-}
-
 /// Fills `v` (`[16, c_in, tiles]`) with `Bᵀ d B` of every input tile `d` of `x` (padding 1,
 /// Bᵀ = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]), one input channel at a time over all
 /// tiles of the chunk. Tile (ty, tx) covers input rows 2ty-1..2ty+2 and columns 2tx-1..2tx+2:
@@ -153,14 +121,7 @@ fn transform_inputs_inner(g: &ConvGeometry, x: &Stacked, v: &mut [f32], work: &m
                 let (ev_here, ev_next) = (&ev[1..=n], &ev[2..]);
                 let (od_prev, od_here) = (&od[..n], &od[1..=n]);
                 match c {
-                    0 => {
-                        for (o, (p, (h, m))) in out
-                            .iter_mut()
-                            .zip(od_prev.iter().zip(od_here.iter().zip(&first_col)))
-                        {
-                            *o = masked(*p, *m) - *h;
-                        }
-                    }
+                    0 => masked_minus(out, od_prev, &first_col, od_here),
                     1 => map2(out, ev_here, od_here, |e, o| e + o),
                     2 => map2(out, ev_here, od_here, |e, o| o - e),
                     _ => minus_masked(out, ev_here, ev_next, &last_col),
@@ -171,12 +132,7 @@ fn transform_inputs_inner(g: &ConvGeometry, x: &Stacked, v: &mut [f32], work: &m
             let (odd_prev, odd_here) = (&odd_rows[..n], &odd_rows[tw..]);
             let row =
                 |k: usize| ((4 * k + c) * g.c_in + ci) * n..((4 * k + c) * g.c_in + ci + 1) * n;
-            for (o, (p, (h, m))) in v[row(0)]
-                .iter_mut()
-                .zip(odd_prev.iter().zip(odd_here.iter().zip(&first_row)))
-            {
-                *o = masked(*p, *m) - *h;
-            }
+            masked_minus(&mut v[row(0)], odd_prev, &first_row, odd_here);
             map2(&mut v[row(1)], even_here, odd_here, |e, o| e + o);
             map2(&mut v[row(2)], even_here, odd_here, |e, o| o - e);
             minus_masked(&mut v[row(3)], even_here, even_next, &last_row);
