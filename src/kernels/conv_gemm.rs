@@ -66,12 +66,18 @@ impl ConvGeometry {
         self.c_in * self.kernel * self.kernel
     }
 
-    /// Images per chunk: about `columns` GEMM columns, and at least two chunks per worker
-    /// thread when the batch allows it.
+    /// Images per chunk: at most about `columns` GEMM columns and at least two chunks per
+    /// worker thread when the batch allows it, preferably a size that splits the batch into
+    /// equal chunks, as many for every thread (no thread then waits for another at the end).
     pub(super) fn images_per_chunk(&self, columns: usize) -> usize {
+        let threads = rayon::current_num_threads();
         let by_size = columns.div_ceil(self.out_plane()).max(1);
-        let by_threads = self.batch.div_ceil(2 * rayon::current_num_threads()).max(1);
-        by_size.min(by_threads)
+        let by_threads = self.batch.div_ceil(2 * threads).max(1);
+        let most = by_size.min(by_threads);
+        (1..=most)
+            .rev()
+            .find(|&n| self.batch % n == 0 && (self.batch / n) % threads == 0)
+            .unwrap_or(most)
     }
 
     /// Output positions `o` with `0 <= o·stride + offset - padding < n_in`, as a range.
