@@ -76,7 +76,7 @@ impl ConvGeometry {
         let most = by_size.min(by_threads);
         (1..=most)
             .rev()
-            .find(|&n| self.batch % n == 0 && (self.batch / n) % threads == 0)
+            .find(|&n| self.batch.is_multiple_of(n) && (self.batch / n).is_multiple_of(threads))
             .unwrap_or(most)
     }
 
