@@ -12,6 +12,8 @@
 //! reduction and a polynomial instead of the scalar libm call) and are compiled for AVX-512 and
 //! AVX2 as well, chosen at run time.
 
+use rayon::prelude::*;
+
 use super::{par_zeroed, par_zeroed_with};
 
 /// Layout of a GroupNorm input.
@@ -169,22 +171,18 @@ fn group_stats(h: &[f32], shift: &[f32], plane: usize, eps: f32) -> (f32, f32) {
     (mean, 1.0 / ((squares / n) as f32 + eps).sqrt())
 }
 
-/// Forward pass over one group (`h`, `y`: `[group_channels, plane]`; `shift`, `gamma`, `beta`:
-/// this group's channels).
+/// Forward pass over one group, in place (`hy`: `[group_channels, plane]`; `shift`, `gamma`,
+/// `beta`: this group's channels).
 #[inline(always)]
-fn group_forward(h: &[f32], y: &mut [f32], shift: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    let plane = h.len() / shift.len();
-    let (mean, rstd) = group_stats(h, shift, plane, eps);
-    for (c, (h, y)) in h
-        .chunks_exact(plane)
-        .zip(y.chunks_exact_mut(plane))
-        .enumerate()
-    {
+fn group_forward(hy: &mut [f32], shift: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let plane = hy.len() / shift.len();
+    let (mean, rstd) = group_stats(hy, shift, plane, eps);
+    for (c, hy) in hy.chunks_exact_mut(plane).enumerate() {
         let scale = rstd * gamma[c];
         let offset = (shift[c] - mean) * scale + beta[c];
-        for (y, h) in y.iter_mut().zip(h) {
-            let a = h * scale + offset;
-            *y = a * sigmoid(a);
+        for v in hy {
+            let a = *v * scale + offset;
+            *v = a * sigmoid(a);
         }
     }
 }
@@ -244,7 +242,7 @@ fn group_backward(
 }
 
 simd_dispatch!(group_forward_simd => group_forward(
-    h: &[f32], y: &mut [f32], shift: &[f32], gamma: &[f32], beta: &[f32], eps: f32,
+    hy: &mut [f32], shift: &[f32], gamma: &[f32], beta: &[f32], eps: f32,
 ));
 
 simd_dispatch!(group_backward_simd => group_backward(
@@ -261,14 +259,27 @@ simd_dispatch!(group_backward_simd => group_backward(
 /// The fused forward pass: `silu(group_norm(h + shift))`.
 pub fn forward(s: &NormShape, h: &[f32], p: &NormParams) -> Vec<f32> {
     assert_eq!(h.len(), s.batch * s.channels * s.plane, "input size");
-    let cg = s.group_channels();
     par_zeroed(h.len(), s.group_len(), |i, y| {
-        let h = &h[i * s.group_len()..][..s.group_len()];
-        let (b, c0) = (i / s.groups, (i % s.groups) * cg);
-        let shift = &p.shift[b * s.channels + c0..][..cg];
-        let (gamma, beta) = (&p.gamma[c0..c0 + cg], &p.beta[c0..c0 + cg]);
-        group_forward_simd(h, y, shift, gamma, beta, p.eps)
+        y.copy_from_slice(&h[i * s.group_len()..][..s.group_len()]);
+        forward_group(s, p, i, y);
     })
+}
+
+/// [`forward`] in place: `hy` holds `h` and receives the output (no new buffer to fill).
+pub fn forward_in_place(s: &NormShape, hy: &mut [f32], p: &NormParams) {
+    assert_eq!(hy.len(), s.batch * s.channels * s.plane, "input size");
+    hy.par_chunks_mut(s.group_len())
+        .enumerate()
+        .for_each(|(i, hy)| forward_group(s, p, i, hy));
+}
+
+/// The forward pass of group `i` (image `i / groups`), in place.
+fn forward_group(s: &NormShape, p: &NormParams, i: usize, hy: &mut [f32]) {
+    let cg = s.group_channels();
+    let (b, c0) = (i / s.groups, (i % s.groups) * cg);
+    let shift = &p.shift[b * s.channels + c0..][..cg];
+    let (gamma, beta) = (&p.gamma[c0..c0 + cg], &p.beta[c0..c0 + cg]);
+    group_forward_simd(hy, shift, gamma, beta, p.eps)
 }
 
 /// The fused backward pass, given the output gradient `dy`.
