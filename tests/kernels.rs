@@ -269,6 +269,9 @@ fn group_norm_silu_matches_burn() {
         1e-5,
     );
     let y2 = kernels::plain_group_norm_silu(x, shift, gamma, beta, groups, 1e-5);
-    assert!(max_diff(y1, y2.clone()) < 1e-5, "forward without autodiff differs");
+    assert!(
+        max_diff(y1, y2.clone()) < 1e-5,
+        "forward without autodiff differs"
+    );
     assert!(max_diff(y3, y2) < 1e-5, "in-place forward differs");
 }

@@ -14,6 +14,7 @@
 
 use rayon::prelude::*;
 
+use super::simd::madd;
 use super::{par_zeroed, par_zeroed_with};
 
 /// Layout of a GroupNorm input.
@@ -67,20 +68,21 @@ pub struct NormGrads {
 
 /// `e^x` to about 2e-7 relative error, in a form the compiler vectorises.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+fn exp<const FMA: bool>(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer
     let x = x.clamp(-87.0, 88.0);
-    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let shifted = madd::<FMA>(x, std::f32::consts::LOG2_E, ROUND);
     let n = shifted - ROUND;
     // The integer n sits in the low mantissa bits of `shifted`: 2^n without a float-to-int cast
     // (whose saturating semantics would not vectorise).
     let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
     let two_to_n = f32::from_bits(n_bits.wrapping_add(127) << 23);
-    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let r = madd::<FMA>(-n, 1.428_606_8e-6, madd::<FMA>(-n, 0.693_145_75, x));
+    // Taylor polynomial of degree 6 (Horner).
+    let mut p = 1.0 / 720.0;
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = madd::<FMA>(p, r, c);
+    }
     two_to_n * p
 }
 
@@ -88,18 +90,18 @@ fn exp(x: f32) -> f32 {
 /// division costs as much as the rest of the fused pass): an estimate from the bits of `d`
 /// (within 12 %), then three Newton steps, each squaring the relative error.
 #[inline(always)]
-fn recip(d: f32) -> f32 {
+fn recip<const FMA: bool>(d: f32) -> f32 {
     let mut r = f32::from_bits(0x7EF3_11C7u32.wrapping_sub(d.to_bits()));
     for _ in 0..3 {
-        r *= 2.0 - d * r;
+        r *= madd::<FMA>(-d, r, 2.0);
     }
     r
 }
 
 /// `1 / (1 + e^-a)`; below `a = -80` (where it is under 2e-35) as at -80.
 #[inline(always)]
-fn sigmoid(a: f32) -> f32 {
-    recip(1.0 + exp(-a.max(-80.0)))
+fn sigmoid<const FMA: bool>(a: f32) -> f32 {
+    recip::<FMA>(1.0 + exp::<FMA>(-a.max(-80.0)))
 }
 
 /// Sum with several accumulators, so that it vectorises.
@@ -174,15 +176,21 @@ fn group_stats(h: &[f32], shift: &[f32], plane: usize, eps: f32) -> (f32, f32) {
 /// Forward pass over one group, in place (`hy`: `[group_channels, plane]`; `shift`, `gamma`,
 /// `beta`: this group's channels).
 #[inline(always)]
-fn group_forward(hy: &mut [f32], shift: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+fn group_forward<const FMA: bool>(
+    hy: &mut [f32],
+    shift: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
     let plane = hy.len() / shift.len();
     let (mean, rstd) = group_stats(hy, shift, plane, eps);
     for (c, hy) in hy.chunks_exact_mut(plane).enumerate() {
         let scale = rstd * gamma[c];
         let offset = (shift[c] - mean) * scale + beta[c];
         for v in hy {
-            let a = *v * scale + offset;
-            *v = a * sigmoid(a);
+            let a = madd::<FMA>(*v, scale, offset);
+            *v = a * sigmoid::<FMA>(a);
         }
     }
 }
@@ -191,7 +199,7 @@ fn group_forward(hy: &mut [f32], shift: &[f32], gamma: &[f32], beta: &[f32], eps
 /// `dbeta` contributions.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn group_backward(
+fn group_backward<const FMA: bool>(
     h: &[f32],
     dy: &[f32],
     dh: &mut [f32],
@@ -216,8 +224,8 @@ fn group_backward(
         let z_shift = (shift[c] - mean) * rstd;
         let (scale, offset) = (gamma[c] * rstd, gamma[c] * z_shift + beta[c]);
         for ((h, dy), da) in h.iter().zip(dy).zip(da.iter_mut()) {
-            let a = h * scale + offset;
-            let s = sigmoid(a);
+            let a = madd::<FMA>(*h, scale, offset);
+            let s = sigmoid::<FMA>(a);
             *da = dy * s * (1.0 + a * (1.0 - s));
         }
         dbeta[c] = sum(da);
@@ -241,11 +249,11 @@ fn group_backward(
     }
 }
 
-simd_dispatch!(group_forward_simd => group_forward(
+simd_dispatch!(group_forward_simd => group_forward::<FMA>(
     hy: &mut [f32], shift: &[f32], gamma: &[f32], beta: &[f32], eps: f32,
 ));
 
-simd_dispatch!(group_backward_simd => group_backward(
+simd_dispatch!(group_backward_simd => group_backward::<FMA>(
     h: &[f32],
     dy: &[f32],
     dh: &mut [f32],
@@ -332,7 +340,11 @@ mod tests {
     fn vectorisable_exp_is_accurate() {
         for i in -2000..=2000 {
             let x = i as f32 * 0.04;
-            let (fast, exact) = (exp(x), x.exp());
+            let (fast, exact) = (exp::<false>(x), x.exp());
+            assert!(
+                (exp::<true>(x) - exact).abs() <= 4e-7 * exact,
+                "fused exp({x})"
+            );
             assert!(
                 (fast - exact).abs() <= 4e-7 * exact,
                 "exp({x}): {fast} vs {exact}"
@@ -344,14 +356,17 @@ mod tests {
     fn division_free_sigmoid_is_accurate() {
         for i in -2000..=2000 {
             let a = i as f32 * 0.04;
-            let (fast, exact) = (sigmoid(a) as f64, 1.0 / (1.0 + (-a as f64).exp()));
-            assert!(
-                (fast - exact).abs() <= 1e-6 * exact,
-                "sigmoid({a}): {fast} vs {exact}"
-            );
+            let exact = 1.0 / (1.0 + (-a as f64).exp());
+            for fast in [sigmoid::<false>(a) as f64, sigmoid::<true>(a) as f64] {
+                assert!(
+                    (fast - exact).abs() <= 1e-6 * exact,
+                    "sigmoid({a}): {fast} vs {exact}"
+                );
+            }
         }
         for d in [1.0f32, 1.5, 2.0, 3.7, 1e3, 123_456.8, 1e20, 1e38] {
-            assert!((recip(d) * d - 1.0).abs() < 5e-7, "1/{d}: {}", recip(d));
+            assert!((recip::<false>(d) * d - 1.0).abs() < 5e-7, "1/{d}");
+            assert!((recip::<true>(d) * d - 1.0).abs() < 5e-7, "1/{d}");
         }
     }
 }
