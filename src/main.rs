@@ -261,7 +261,7 @@ struct DemoArgs {
     /// Output folder.
     #[arg(long, default_value = "runs/demo")]
     out: PathBuf,
-    /// Optimiser steps (about 6 minutes on 2 CPU cores with the defaults).
+    /// Optimiser steps (about 4 minutes on 2 CPU cores with the defaults).
     #[arg(long, default_value_t = DEMO_STEPS)]
     steps: u64,
     /// Classes of the class-conditional model (labels dropped 10% of the time, so it samples
@@ -847,7 +847,7 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
     };
     println!(
         "demo: training a {}{:?}-wide SimpleUNet for {} steps (batch {}, lr {}) on {} images ({}); \
-         about 6 minutes on 2 CPU cores",
+         about 4 minutes on 2 CPU cores",
         if args.classes > 0 {
             "class-conditional "
         } else {
