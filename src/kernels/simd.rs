@@ -5,36 +5,14 @@
 /// AVX2+FMA, or the baseline. With `$inner::<FMA>`, `$inner` takes a `const FMA: bool`: true
 /// where fused multiply-adds are available (see [`madd`]).
 macro_rules! simd_dispatch {
-    ($vis:vis $name:ident => $inner:ident::<FMA> ($($arg:ident : $ty:ty),* $(,)?)) => {
-        #[allow(clippy::too_many_arguments)]
-        $vis fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn v4($($arg: $ty),*) {
-                    $inner::<true>($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn v3($($arg: $ty),*) {
-                    $inner::<true>($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU supports the enabled features (checked just above).
-                    return unsafe { v4($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: as above.
-                    return unsafe { v3($($arg),*) };
-                }
-            }
-            $inner::<false>($($arg),*)
-        }
-    };
     ($vis:vis $name:ident => $inner:ident ($($arg:ident : $ty:ty),* $(,)?)) => {
+        simd_dispatch!(@dispatch $vis $name, [$inner], [$inner], $($arg: $ty),*);
+    };
+    ($vis:vis $name:ident => $inner:ident::<FMA> ($($arg:ident : $ty:ty),* $(,)?)) => {
+        simd_dispatch!(@dispatch $vis $name, [$inner::<true>], [$inner::<false>], $($arg: $ty),*);
+    };
+    // `$fast` runs where AVX2 and FMA are enabled, `$base` on the baseline.
+    (@dispatch $vis:vis $name:ident, [$($fast:tt)*], [$($base:tt)*], $($arg:ident : $ty:ty),*) => {
         #[allow(clippy::too_many_arguments)]
         $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
@@ -42,12 +20,12 @@ macro_rules! simd_dispatch {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 fn v4($($arg: $ty),*) {
-                    $inner($($arg),*)
+                    $($fast)*($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 fn v3($($arg: $ty),*) {
-                    $inner($($arg),*)
+                    $($fast)*($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU supports the enabled features (checked just above).
@@ -60,7 +38,7 @@ macro_rules! simd_dispatch {
                     return unsafe { v3($($arg),*) };
                 }
             }
-            $inner($($arg),*)
+            $($base)*($($arg),*)
         }
     };
 }
