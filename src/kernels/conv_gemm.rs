@@ -110,6 +110,21 @@ pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     SCRATCH.with(|scratch| f(&mut scratch.borrow_mut()))
 }
 
+/// An output of `per_image` values for each image of `input`, computed in parallel chunks of
+/// `per_chunk` images: `fill(input_chunk, output_chunk, scratch)` (the output chunk zeroed,
+/// `scratch` this thread's buffers).
+pub(super) fn per_chunk_output(
+    input: &Stacked,
+    per_chunk: usize,
+    per_image: usize,
+    fill: impl Fn(&Stacked, &mut [f32], &mut Scratch) + Sync,
+) -> Vec<f32> {
+    let chunks = input.chunks(per_chunk);
+    par_zeroed(input.images * per_image, per_chunk * per_image, |i, out| {
+        with_scratch(|scratch| fill(&chunks[i], out, scratch))
+    })
+}
+
 /// `buf` resized to `len` (contents unspecified: every user overwrites it).
 pub(super) fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buf.len() < len {
@@ -400,30 +415,27 @@ pub fn conv_forward(
     }
     let (plane, patch) = (g.out_plane(), g.patch_len());
     let per_chunk = g.images_per_chunk(COLUMNS_PER_CHUNK);
-    let chunks = x.chunks(per_chunk);
-    par_zeroed(
-        g.batch * g.c_out * plane,
-        per_chunk * g.c_out * plane,
-        |i, y_chunk| {
-            let x_chunk = &chunks[i];
-            with_scratch(|scratch| {
-                let n = x_chunk.images * plane;
-                let cols = resized(&mut scratch.cols, patch * n);
-                gather(g, x_chunk, cols, &mut scratch.phases);
-                let out = resized(&mut scratch.product, g.c_out * n);
-                let w = MatRef::row_major(weight, patch);
-                matmul(g.c_out, n, patch, out, false, w, MatRef::row_major(cols, n));
-                for b in 0..x_chunk.images {
-                    for co in 0..g.c_out {
-                        let shift = bias.map_or(0.0, |bias| bias[co]);
-                        let dst = &mut y_chunk[(b * g.c_out + co) * plane..][..plane];
-                        let src = &out[co * n + b * plane..][..plane];
-                        for (d, s) in dst.iter_mut().zip(src) {
-                            *d = s + shift;
-                        }
+    per_chunk_output(
+        x,
+        per_chunk,
+        g.c_out * plane,
+        |x_chunk, y_chunk, scratch| {
+            let n = x_chunk.images * plane;
+            let cols = resized(&mut scratch.cols, patch * n);
+            gather(g, x_chunk, cols, &mut scratch.phases);
+            let out = resized(&mut scratch.product, g.c_out * n);
+            let w = MatRef::row_major(weight, patch);
+            matmul(g.c_out, n, patch, out, false, w, MatRef::row_major(cols, n));
+            for b in 0..x_chunk.images {
+                for co in 0..g.c_out {
+                    let shift = bias.map_or(0.0, |bias| bias[co]);
+                    let dst = &mut y_chunk[(b * g.c_out + co) * plane..][..plane];
+                    let src = &out[co * n + b * plane..][..plane];
+                    for (d, s) in dst.iter_mut().zip(src) {
+                        *d = s + shift;
                     }
                 }
-            })
+            }
         },
     )
 }
@@ -462,22 +474,19 @@ fn adjoint(g: &ConvGeometry, dy: &Stacked, weight: &[f32], bias: Option<&[f32]>)
         return winograd::conv3x3(&adjoint, dy, &weight, bias);
     }
     let per_chunk = g.images_per_chunk(COLUMNS_PER_CHUNK);
-    let chunks = dy.chunks(per_chunk);
-    par_zeroed(
-        g.batch * g.c_in * g.in_plane(),
-        per_chunk * g.c_in * g.in_plane(),
-        |i, dx_chunk| {
-            let dy_chunk = &chunks[i];
-            with_scratch(|scratch| {
-                let n = dy_chunk.images * plane;
-                let dy_mat = resized(&mut scratch.product, g.c_out * n);
-                images_to_channel_major(dy_chunk, dy_mat);
-                let cols = resized(&mut scratch.cols, patch * n);
-                let w_t = MatRef::row_major(weight, patch).transposed();
-                let dy_ref = MatRef::row_major(dy_mat, n);
-                matmul(patch, n, g.c_out, cols, false, w_t, dy_ref);
-                scatter(g, cols, dy_chunk.images, dx_chunk, &mut scratch.phases);
-            });
+    per_chunk_output(
+        dy,
+        per_chunk,
+        g.c_in * g.in_plane(),
+        |dy_chunk, dx_chunk, scratch| {
+            let n = dy_chunk.images * plane;
+            let dy_mat = resized(&mut scratch.product, g.c_out * n);
+            images_to_channel_major(dy_chunk, dy_mat);
+            let cols = resized(&mut scratch.cols, patch * n);
+            let w_t = MatRef::row_major(weight, patch).transposed();
+            let dy_ref = MatRef::row_major(dy_mat, n);
+            matmul(patch, n, g.c_out, cols, false, w_t, dy_ref);
+            scatter(g, cols, dy_chunk.images, dx_chunk, &mut scratch.phases);
             if let Some(bias) = bias {
                 for (i, image_channel) in dx_chunk.chunks_exact_mut(g.in_plane()).enumerate() {
                     let shift = bias[i % g.c_in];

@@ -9,10 +9,9 @@
 //! output tile, then `dg = Gᵀ dU G`.
 
 use super::conv_gemm::{
-    COLUMNS_PER_CHUNK, ConvGeometry, MatRef, Stacked, matmul, resized, sum_over_chunks,
-    with_scratch,
+    COLUMNS_PER_CHUNK, ConvGeometry, MatRef, Stacked, matmul, per_chunk_output, resized,
+    sum_over_chunks,
 };
-use super::par_zeroed;
 use super::polyphase::{Grid, carve, map2, map3, masked_minus, minus_masked, negate};
 
 /// Whether the geometry suits F(2×2, 3×3): a 3×3 kernel, stride 1, padding 1 (and enough input
@@ -57,28 +56,24 @@ pub fn conv3x3(g: &ConvGeometry, x: &Stacked, weight: &[f32], bias: Option<&[f32
     let plane = h * w;
     let u = transform_filters(weight, g.c_out, g.c_in);
     let per_chunk = g.images_per_chunk(COLUMNS_PER_CHUNK);
-    let chunks = x.chunks(per_chunk);
-    par_zeroed(
-        g.batch * g.c_out * plane,
-        per_chunk * g.c_out * plane,
-        |i, y_chunk| {
-            let x_chunk = &chunks[i];
-            let images = y_chunk.len() / (g.c_out * plane);
+    per_chunk_output(
+        x,
+        per_chunk,
+        g.c_out * plane,
+        |x_chunk, y_chunk, scratch| {
+            let images = x_chunk.images();
             let tiles = images * tiles_per_image;
-            with_scratch(|scratch| {
-                let v = resized(&mut scratch.cols, 16 * g.c_in * tiles);
-                transform_inputs(g, x_chunk, v, &mut scratch.phases);
-                // M[e] = U[e] · V[e]
-                let m = resized(&mut scratch.product, 16 * g.c_out * tiles);
-                for e in 0..16 {
-                    let u_e =
-                        MatRef::row_major(&u[e * g.c_out * g.c_in..][..g.c_out * g.c_in], g.c_in);
-                    let v_e = MatRef::row_major(&v[e * g.c_in * tiles..][..g.c_in * tiles], tiles);
-                    let m_e = &mut m[e * g.c_out * tiles..][..g.c_out * tiles];
-                    matmul(g.c_out, tiles, g.c_in, m_e, false, u_e, v_e);
-                }
-                transform_outputs(g, m, images, bias, y_chunk, &mut scratch.phases);
-            })
+            let v = resized(&mut scratch.cols, 16 * g.c_in * tiles);
+            transform_inputs(g, x_chunk, v, &mut scratch.phases);
+            // M[e] = U[e] · V[e]
+            let m = resized(&mut scratch.product, 16 * g.c_out * tiles);
+            for e in 0..16 {
+                let u_e = MatRef::row_major(&u[e * g.c_out * g.c_in..][..g.c_out * g.c_in], g.c_in);
+                let v_e = MatRef::row_major(&v[e * g.c_in * tiles..][..g.c_in * tiles], tiles);
+                let m_e = &mut m[e * g.c_out * tiles..][..g.c_out * tiles];
+                matmul(g.c_out, tiles, g.c_in, m_e, false, u_e, v_e);
+            }
+            transform_outputs(g, m, images, bias, y_chunk, &mut scratch.phases);
         },
     )
 }
