@@ -14,7 +14,9 @@
 
 use gemm::Parallelism;
 
-use super::{par_zeroed, polyphase, winograd};
+use std::mem::MaybeUninit;
+
+use super::{assume_written, par_written, polyphase, winograd, write_all};
 use rayon::prelude::*;
 
 /// Shape of a 2-D convolution with a square kernel and equal stride/padding on both axes.
@@ -111,18 +113,22 @@ pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
 }
 
 /// An output of `per_image` values for each image of `input`, computed in parallel chunks of
-/// `per_chunk` images: `fill(input_chunk, output_chunk, scratch)` (the output chunk zeroed,
-/// `scratch` this thread's buffers).
+/// `per_chunk` images: `fill(input_chunk, output_chunk, scratch)` (`scratch` this thread's
+/// buffers) must write every value of its output chunk.
 pub(super) fn per_chunk_output(
     input: &Stacked,
     per_chunk: usize,
     per_image: usize,
-    fill: impl Fn(&Stacked, &mut [f32], &mut Scratch) + Sync,
+    fill: impl Fn(&Stacked, &mut [MaybeUninit<f32>], &mut Scratch) + Sync,
 ) -> Vec<f32> {
     let chunks = input.chunks(per_chunk);
-    par_zeroed(input.images * per_image, per_chunk * per_image, |i, out| {
-        with_scratch(|scratch| fill(&chunks[i], out, scratch))
-    })
+    // SAFETY: every `fill` writes its whole output chunk (the contract above).
+    let (out, _) = unsafe {
+        par_written(input.images * per_image, per_chunk * per_image, |i, out| {
+            with_scratch(|scratch| fill(&chunks[i], out, scratch))
+        })
+    };
+    out
 }
 
 /// `buf` resized to `len` (contents unspecified: every user overwrites it).
@@ -377,12 +383,23 @@ fn gather(g: &ConvGeometry, x: &Stacked, cols: &mut [f32], work: &mut Vec<f32>) 
     }
 }
 
-/// [`col2im`], on polyphase grids where the geometry suits them (which write every pixel).
-fn scatter(g: &ConvGeometry, cols: &[f32], images: usize, dx: &mut [f32], work: &mut Vec<f32>) {
+/// [`col2im`] into uninitialised images `dx` (every pixel written), on polyphase grids where
+/// the geometry suits them.
+fn scatter<'a>(
+    g: &ConvGeometry,
+    cols: &[f32],
+    images: usize,
+    dx: &'a mut [MaybeUninit<f32>],
+    work: &mut Vec<f32>,
+) -> &'a mut [f32] {
     if polyphase::applies(g) {
-        polyphase::col2im(g, cols, images, dx, work)
+        polyphase::col2im(g, cols, images, dx, work);
+        // SAFETY: the polyphase `col2im` writes every pixel of every image.
+        unsafe { assume_written(dx) }
     } else {
-        col2im(g, cols, images, dx)
+        let dx = write_all(dx, 0.0);
+        col2im(g, cols, images, dx);
+        dx
     }
 }
 
@@ -432,7 +449,7 @@ pub fn conv_forward(
                     let dst = &mut y_chunk[(b * g.c_out + co) * plane..][..plane];
                     let src = &out[co * n + b * plane..][..plane];
                     for (d, s) in dst.iter_mut().zip(src) {
-                        *d = s + shift;
+                        d.write(s + shift);
                     }
                 }
             }
@@ -486,7 +503,7 @@ fn adjoint(g: &ConvGeometry, dy: &Stacked, weight: &[f32], bias: Option<&[f32]>)
             let w_t = MatRef::row_major(weight, patch).transposed();
             let dy_ref = MatRef::row_major(dy_mat, n);
             matmul(patch, n, g.c_out, cols, false, w_t, dy_ref);
-            scatter(g, cols, dy_chunk.images, dx_chunk, &mut scratch.phases);
+            let dx_chunk = scatter(g, cols, dy_chunk.images, dx_chunk, &mut scratch.phases);
             if let Some(bias) = bias {
                 for (i, image_channel) in dx_chunk.chunks_exact_mut(g.in_plane()).enumerate() {
                     let shift = bias[i % g.c_in];

@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use super::conv_gemm::{
     ConvGeometry, Stacked, conv_forward, conv_input_grad, conv_transpose, conv_weight_grad,
 };
-use super::{flex_tensor, par_zeroed, values};
+use super::{flex_tensor, par_written, values, write_copy};
 
 /// The GEMM convolutions as a backend extension.
 #[backend_extension(Flex, Autodiff)]
@@ -227,9 +227,13 @@ fn split_channels(x: &[f32], images: usize, plane: usize, channels: &[usize]) ->
         .map(|c| {
             let (start, per_image) = (first * plane, c * plane);
             first += c;
-            par_zeroed(images * per_image, per_image, |b, out| {
-                out.copy_from_slice(&x[b * total * plane + start..][..per_image]);
-            })
+            // SAFETY: every run is written with a copy.
+            let (part, _) = unsafe {
+                par_written(images * per_image, per_image, |b, out| {
+                    write_copy(out, &x[b * total * plane + start..][..per_image]);
+                })
+            };
+            part
         })
         .collect()
 }

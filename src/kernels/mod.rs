@@ -18,6 +18,7 @@ mod polyphase;
 mod winograd;
 
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 
 use burn::backend::Dispatch;
 use burn::backend::flex::FlexTensor;
@@ -185,40 +186,46 @@ fn on_flex(x: &Tensor<4>) -> bool {
 }
 
 /// A vector of `len` values computed in parallel: `fill(i, chunk)` receives the `i`-th run of
-/// `chunk_len` values (the last may be shorter), zeroed on the worker thread, not serially
-/// before the parallel work starts.
-pub(crate) fn par_zeroed(
+/// `chunk_len` values (the last may be shorter), uninitialised, and returns a value per run,
+/// collected in order. No pass zeroes the output before the kernels overwrite it.
+///
+/// # Safety
+/// `fill` must initialise every value of its run.
+pub(crate) unsafe fn par_written<T: Send>(
     len: usize,
     chunk_len: usize,
-    fill: impl Fn(usize, &mut [f32]) + Sync,
-) -> Vec<f32> {
-    par_zeroed_with(len, chunk_len, fill).0
-}
-
-/// [`par_zeroed`] whose `fill` also returns a value per run, collected in order.
-pub(crate) fn par_zeroed_with<T: Send>(
-    len: usize,
-    chunk_len: usize,
-    fill: impl Fn(usize, &mut [f32]) -> T + Sync,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) -> T + Sync,
 ) -> (Vec<f32>, Vec<T>) {
     let mut out = Vec::with_capacity(len);
     let results = out.spare_capacity_mut()[..len]
         .par_chunks_mut(chunk_len.max(1))
         .enumerate()
-        .map(|(i, chunk)| {
-            chunk.iter_mut().for_each(|v| {
-                v.write(0.0);
-            });
-            // SAFETY: every element of `chunk` was initialised just above.
-            let chunk = unsafe {
-                std::slice::from_raw_parts_mut(chunk.as_mut_ptr().cast::<f32>(), chunk.len())
-            };
-            fill(i, chunk)
-        })
+        .map(|(i, chunk)| fill(i, chunk))
         .collect();
-    // SAFETY: the chunks cover `0..len` and each was initialised.
+    // SAFETY: the runs cover `0..len` and `fill` initialised each (the caller's promise).
     unsafe { out.set_len(len) };
     (out, results)
+}
+
+/// `values` after every one of them was written.
+///
+/// # Safety
+/// Every value must be initialised.
+pub(crate) unsafe fn assume_written(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32` and the values are initialised.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<f32>(), values.len()) }
+}
+
+/// `values`, every one set to `value`.
+pub(crate) fn write_all(values: &mut [MaybeUninit<f32>], value: f32) -> &mut [f32] {
+    values.fill(MaybeUninit::new(value));
+    // SAFETY: every value was written just above.
+    unsafe { assume_written(values) }
+}
+
+/// `values` with a copy of `src` (of the same length) written into them.
+pub(crate) fn write_copy<'a>(values: &'a mut [MaybeUninit<f32>], src: &[f32]) -> &'a mut [f32] {
+    values.write_copy_of_slice(src)
 }
 
 /// The `f32` values of `t` in row-major order (borrowed when it is contiguous).

@@ -15,7 +15,9 @@
 use rayon::prelude::*;
 
 use super::simd::madd;
-use super::{par_zeroed, par_zeroed_with};
+use std::mem::MaybeUninit;
+
+use super::{assume_written, par_written, write_copy};
 
 /// Layout of a GroupNorm input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,20 +197,21 @@ fn group_forward<const FMA: bool>(
     }
 }
 
-/// Backward pass over one group: writes `dh` and this group's per-channel `dshift`, `dgamma`,
-/// `dbeta` contributions.
+/// Backward pass over one group: writes every value of `dh` and this group's per-channel
+/// `dshift`, `dgamma`, `dbeta` contributions.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn group_backward<const FMA: bool>(
     h: &[f32],
     dy: &[f32],
-    dh: &mut [f32],
+    dh: &mut [MaybeUninit<f32>],
     shift: &[f32],
     gamma: &[f32],
     beta: &[f32],
     eps: f32,
     sums: (&mut [f32], &mut [f32], &mut [f32]),
 ) {
+    assert!(h.len() == dh.len() && dy.len() == dh.len(), "group sizes");
     let (dshift, dgamma, dbeta) = sums;
     let plane = h.len() / shift.len();
     let n = h.len() as f32;
@@ -226,13 +229,17 @@ fn group_backward<const FMA: bool>(
         for ((h, dy), da) in h.iter().zip(dy).zip(da.iter_mut()) {
             let a = madd::<FMA>(*h, scale, offset);
             let s = sigmoid::<FMA>(a);
-            *da = dy * s * (1.0 + a * (1.0 - s));
+            da.write(dy * s * (1.0 + a * (1.0 - s)));
         }
+        // SAFETY: every value of this channel was written just above.
+        let da = unsafe { assume_written(da) };
         dbeta[c] = sum(da);
         dgamma[c] = rstd * dot(da, h) + z_shift * dbeta[c];
         sum_dz += gamma[c] * dbeta[c];
         sum_dz_z += gamma[c] * dgamma[c];
     }
+    // SAFETY: pass 1 wrote every channel of `dh` (the sizes are equal).
+    let dh = unsafe { assume_written(dh) };
     // Pass 2: dh = rstd·(dz - mean(dz) - z·mean(dz·z)), dz = gamma·da.
     let (mean_dz, mean_dz_z) = (sum_dz / n, sum_dz_z / n);
     for (c, (h, dh)) in h
@@ -256,7 +263,7 @@ simd_dispatch!(group_forward_simd => group_forward::<FMA>(
 simd_dispatch!(group_backward_simd => group_backward::<FMA>(
     h: &[f32],
     dy: &[f32],
-    dh: &mut [f32],
+    dh: &mut [MaybeUninit<f32>],
     shift: &[f32],
     gamma: &[f32],
     beta: &[f32],
@@ -267,10 +274,14 @@ simd_dispatch!(group_backward_simd => group_backward::<FMA>(
 /// The fused forward pass: `silu(group_norm(h + shift))`.
 pub fn forward(s: &NormShape, h: &[f32], p: &NormParams) -> Vec<f32> {
     assert_eq!(h.len(), s.batch * s.channels * s.plane, "input size");
-    par_zeroed(h.len(), s.group_len(), |i, y| {
-        y.copy_from_slice(&h[i * s.group_len()..][..s.group_len()]);
-        forward_group(s, p, i, y);
-    })
+    // SAFETY: each run is first written with a copy of its input values.
+    let (y, _) = unsafe {
+        par_written(h.len(), s.group_len(), |i, y| {
+            let y = write_copy(y, &h[i * s.group_len()..][..s.group_len()]);
+            forward_group(s, p, i, y);
+        })
+    };
+    y
 }
 
 /// [`forward`] in place: `hy` holds `h` and receives the output (no new buffer to fill).
@@ -296,21 +307,24 @@ pub fn backward(s: &NormShape, h: &[f32], p: &NormParams, dy: &[f32]) -> NormGra
     assert_eq!(dy.len(), h.len(), "output gradient size");
     let cg = s.group_channels();
     // Per group: the input gradient, and the group's channels' sums for shift, gamma and beta.
-    let (input, sums) = par_zeroed_with(h.len(), s.group_len(), |i, dh| {
-        let (b, c0) = (i / s.groups, (i % s.groups) * cg);
-        let (h, dy) = (
-            &h[i * s.group_len()..][..s.group_len()],
-            &dy[i * s.group_len()..],
-        );
-        let t = &p.shift[b * s.channels + c0..][..cg];
-        let (gamma, beta) = (&p.gamma[c0..c0 + cg], &p.beta[c0..c0 + cg]);
-        let mut sums = vec![0.0f32; 3 * cg];
-        let (dshift, rest) = sums.split_at_mut(cg);
-        let (dgamma, dbeta) = rest.split_at_mut(cg);
-        let dy = &dy[..s.group_len()];
-        group_backward_simd(h, dy, dh, t, gamma, beta, p.eps, (dshift, dgamma, dbeta));
-        sums
-    });
+    // SAFETY: `group_backward` writes every value of `dh` (its first pass).
+    let (input, sums) = unsafe {
+        par_written(h.len(), s.group_len(), |i, dh| {
+            let (b, c0) = (i / s.groups, (i % s.groups) * cg);
+            let (h, dy) = (
+                &h[i * s.group_len()..][..s.group_len()],
+                &dy[i * s.group_len()..],
+            );
+            let t = &p.shift[b * s.channels + c0..][..cg];
+            let (gamma, beta) = (&p.gamma[c0..c0 + cg], &p.beta[c0..c0 + cg]);
+            let mut sums = vec![0.0f32; 3 * cg];
+            let (dshift, rest) = sums.split_at_mut(cg);
+            let (dgamma, dbeta) = rest.split_at_mut(cg);
+            let dy = &dy[..s.group_len()];
+            group_backward_simd(h, dy, dh, t, gamma, beta, p.eps, (dshift, dgamma, dbeta));
+            sums
+        })
+    };
     let part = |k: usize| -> Vec<f32> {
         sums.iter()
             .flat_map(|group| group[k * cg..(k + 1) * cg].iter().copied())

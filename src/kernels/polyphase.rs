@@ -6,6 +6,8 @@
 //! stride-2 convolutions: with stride 2 the kernel tap `k` reads input `2o + k - padding`, the
 //! same polyphase component at a shift of at most one position for every output `o`.
 
+use std::mem::MaybeUninit;
+
 use super::conv_gemm::{ConvGeometry, Stacked, resized};
 
 /// The polyphase grid of `images` planes of `h`×`w` pixels.
@@ -90,10 +92,15 @@ impl Grid {
         }
     }
 
-    /// The inverse of [`Grid::split`]: writes the planes, plane `b` at
+    /// The inverse of [`Grid::split`]: writes (every pixel of) the planes, plane `b` at
     /// `out[b * image_stride..][..h * w]`.
     #[inline(always)]
-    pub fn interleave(&self, phases: [&[f32]; 4], out: &mut [f32], image_stride: usize) {
+    pub fn interleave(
+        &self,
+        phases: [&[f32]; 4],
+        out: &mut [MaybeUninit<f32>],
+        image_stride: usize,
+    ) {
         let [p00, p01, p10, p11] = phases;
         let cols = self.cols();
         for b in 0..self.images {
@@ -106,11 +113,11 @@ impl Grid {
                 };
                 let mut pairs = row.chunks_exact_mut(2);
                 for (pair, (e, o)) in (&mut pairs).zip(even.iter().zip(odd)) {
-                    pair[0] = *e;
-                    pair[1] = *o;
+                    pair[0].write(*e);
+                    pair[1].write(*o);
                 }
                 if let [last] = pairs.into_remainder() {
-                    *last = even[cols - 1];
+                    last.write(even[cols - 1]);
                 }
             }
         }
@@ -285,7 +292,7 @@ fn col2im_inner(
     g: &ConvGeometry,
     cols: &[f32],
     images: usize,
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
     work: &mut Vec<f32>,
 ) {
     let grid = Grid::new(g.in_hw, images);
@@ -314,5 +321,9 @@ fn col2im_inner(
 }
 
 simd_dispatch!(pub(super) col2im => col2im_inner(
-    g: &ConvGeometry, cols: &[f32], images: usize, dx: &mut [f32], work: &mut Vec<f32>,
+    g: &ConvGeometry,
+    cols: &[f32],
+    images: usize,
+    dx: &mut [MaybeUninit<f32>],
+    work: &mut Vec<f32>,
 ));

@@ -8,6 +8,8 @@
 //! gradient runs the same algebra backwards: `dU[e] = dM[e] · V[e]ᵀ` with `dM = A dy Aᵀ` per
 //! output tile, then `dg = Gᵀ dU G`.
 
+use std::mem::MaybeUninit;
+
 use super::conv_gemm::{
     COLUMNS_PER_CHUNK, ConvGeometry, MatRef, Stacked, matmul, per_chunk_output, resized,
     sum_over_chunks,
@@ -149,7 +151,7 @@ fn transform_outputs_inner(
     m: &[f32],
     images: usize,
     bias: Option<&[f32]>,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     work: &mut Vec<f32>,
 ) {
     let t = Grid::new(g.in_hw, images);
@@ -188,7 +190,7 @@ simd_dispatch!(transform_outputs => transform_outputs_inner(
     m: &[f32],
     images: usize,
     bias: Option<&[f32]>,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     work: &mut Vec<f32>,
 ));
 
