@@ -443,18 +443,30 @@ pub fn conv_forward(
             let out = resized(&mut scratch.product, g.c_out * n);
             let w = MatRef::row_major(weight, patch);
             matmul(g.c_out, n, patch, out, false, w, MatRef::row_major(cols, n));
-            for b in 0..x_chunk.images {
-                for co in 0..g.c_out {
-                    let shift = bias.map_or(0.0, |bias| bias[co]);
-                    let dst = &mut y_chunk[(b * g.c_out + co) * plane..][..plane];
-                    let src = &out[co * n + b * plane..][..plane];
-                    for (d, s) in dst.iter_mut().zip(src) {
-                        d.write(s + shift);
-                    }
-                }
-            }
+            channel_major_to_images(out, g.c_out, plane, bias, y_chunk);
         },
     )
+}
+
+/// Writes `m` (`[channels, images·plane]`) into the images `y` (`[images, channels, plane]`),
+/// plus `bias` per channel.
+fn channel_major_to_images(
+    m: &[f32],
+    channels: usize,
+    plane: usize,
+    bias: Option<&[f32]>,
+    y: &mut [MaybeUninit<f32>],
+) {
+    let n = y.len() / channels;
+    for (b, image) in y.chunks_exact_mut(channels * plane).enumerate() {
+        for (c, dst) in image.chunks_exact_mut(plane).enumerate() {
+            let shift = bias.map_or(0.0, |bias| bias[c]);
+            let src = &m[c * n + b * plane..][..plane];
+            for (d, s) in dst.iter_mut().zip(src) {
+                d.write(s + shift);
+            }
+        }
+    }
 }
 
 /// The gradient with respect to the input `[batch, c_in, h, w]`, given the output gradient
@@ -532,14 +544,7 @@ pub fn conv_weight_grad(g: &ConvGeometry, x: &Stacked, dy: &Stacked) -> Vec<f32>
         return winograd::weight_grad(g, x, dy);
     }
     let per_chunk = g.images_per_chunk(WEIGHT_GRAD_COLUMNS_PER_CHUNK);
-    let chunks: Vec<_> = x
-        .chunks(per_chunk)
-        .into_iter()
-        .zip(dy.chunks(per_chunk))
-        .collect();
-    // Both GEMM operands run along the pixels, so one of them is transposed while the GEMM packs
-    // it: accumulating `dwᵀ` instead of `dw` makes that the smaller one.
-    let transposed = patch > g.c_out;
+    let chunks = paired_chunks(x, dy, per_chunk);
     let dw = sum_over_chunks(
         &chunks,
         g.c_out * patch,
@@ -549,17 +554,48 @@ pub fn conv_weight_grad(g: &ConvGeometry, x: &Stacked, dy: &Stacked) -> Vec<f32>
             gather(g, x_chunk, cols, &mut scratch.phases);
             let dy_mat = resized(&mut scratch.product, g.c_out * n);
             images_to_channel_major(dy_chunk, dy_mat);
-            let (cols, dy_mat) = (MatRef::row_major(cols, n), MatRef::row_major(dy_mat, n));
-            if transposed {
-                matmul(patch, g.c_out, n, dw, true, cols, dy_mat.transposed());
-            } else {
-                matmul(g.c_out, patch, n, dw, true, dy_mat, cols.transposed());
-            }
+            add_weight_grad(g, dw, dy_mat, cols);
         },
     );
-    if !transposed {
+    finish_weight_grad(g, dw)
+}
+
+/// The chunks of `a` and `b` (of the same images) side by side.
+fn paired_chunks<'a>(
+    a: &Stacked<'a>,
+    b: &Stacked<'a>,
+    per_chunk: usize,
+) -> Vec<(Stacked<'a>, Stacked<'a>)> {
+    a.chunks(per_chunk)
+        .into_iter()
+        .zip(b.chunks(per_chunk))
+        .collect()
+}
+
+/// Whether [`add_weight_grad`] accumulates `dwᵀ`: both GEMM operands run along the pixels, so
+/// one of them is transposed while the GEMM packs it, and this makes that the smaller one.
+fn weight_grad_transposed(g: &ConvGeometry) -> bool {
+    g.patch_len() > g.c_out
+}
+
+/// `dw += dy · colsᵀ` for one chunk (`dy`: `[c_out, n]`, `cols`: `[patch_len, n]`), `dw`
+/// transposed if [`weight_grad_transposed`].
+fn add_weight_grad(g: &ConvGeometry, dw: &mut [f32], dy: &[f32], cols: &[f32]) {
+    let (patch, n) = (g.patch_len(), cols.len() / g.patch_len());
+    let (cols, dy) = (MatRef::row_major(cols, n), MatRef::row_major(dy, n));
+    if weight_grad_transposed(g) {
+        matmul(patch, g.c_out, n, dw, true, cols, dy.transposed());
+    } else {
+        matmul(g.c_out, patch, n, dw, true, dy, cols.transposed());
+    }
+}
+
+/// The weight gradient `[c_out, c_in, k, k]` from the sum of [`add_weight_grad`].
+fn finish_weight_grad(g: &ConvGeometry, dw: Vec<f32>) -> Vec<f32> {
+    if !weight_grad_transposed(g) {
         return dw;
     }
+    let patch = g.patch_len();
     let mut out = vec![0.0f32; dw.len()];
     for (j, row) in dw.chunks_exact(g.c_out).enumerate() {
         for (co, value) in row.iter().enumerate() {
@@ -567,6 +603,150 @@ pub fn conv_weight_grad(g: &ConvGeometry, x: &Stacked, dy: &Stacked) -> Vec<f32>
         }
     }
     out
+}
+
+/// The gradients of the convolution's input and weight together ([`conv_input_grad`] and
+/// [`conv_weight_grad`]) in one pass over the chunks, which copies each chunk of `dy` to
+/// channel-major layout once for both GEMMs.
+pub fn conv_backward(
+    g: &ConvGeometry,
+    x: &Stacked,
+    dy: &Stacked,
+    weight: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    if winograd::applies(g) {
+        return (conv_input_grad(g, dy, weight), conv_weight_grad(g, x, dy));
+    }
+    let (plane, patch) = (g.out_plane(), g.patch_len());
+    assert_eq!(
+        (x.images, x.plane, x.channels()),
+        (g.batch, g.in_plane(), g.c_in),
+        "input size"
+    );
+    assert_eq!(
+        (dy.images, dy.plane, dy.channels()),
+        (g.batch, plane, g.c_out),
+        "output gradient size"
+    );
+    assert_eq!(weight.len(), g.c_out * patch, "weight size");
+    let per_chunk = g.images_per_chunk(COLUMNS_PER_CHUNK);
+    let w_t = MatRef::row_major(weight, patch).transposed();
+    let (dx, dw) = per_chunk_output_and_sum(
+        &paired_chunks(x, dy, per_chunk),
+        g.c_in * g.in_plane(),
+        g.c_out * patch,
+        |(x_chunk, dy_chunk), dx_chunk, dw, scratch| {
+            let n = x_chunk.images * plane;
+            let dy_mat = resized(&mut scratch.product, g.c_out * n);
+            images_to_channel_major(dy_chunk, dy_mat);
+            let cols = resized(&mut scratch.cols, patch * n);
+            let dy_ref = MatRef::row_major(dy_mat, n);
+            matmul(patch, n, g.c_out, cols, false, w_t, dy_ref);
+            scatter(g, cols, x_chunk.images, dx_chunk, &mut scratch.phases);
+            gather(g, x_chunk, cols, &mut scratch.phases);
+            add_weight_grad(g, dw, dy_mat, cols);
+        },
+    );
+    (dx, finish_weight_grad(g, dw))
+}
+
+/// The gradients of the transposed convolution of `x` (the adjoint of `g`, see
+/// [`conv_transpose`]) with respect to its input and weight, given its output gradient `dy`:
+/// `conv_forward(g, dy)` and `conv_weight_grad(g, dy, x)` together, in one pass over the chunks
+/// that gathers each chunk's columns of `dy` once for both GEMMs.
+pub fn conv_transpose_backward(
+    g: &ConvGeometry,
+    x: &Stacked,
+    dy: &Stacked,
+    weight: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    if winograd::applies(g) {
+        return (
+            conv_forward(g, dy, weight, None),
+            conv_weight_grad(g, dy, x),
+        );
+    }
+    let (plane, patch) = (g.out_plane(), g.patch_len());
+    assert_eq!(
+        (dy.images, dy.plane, dy.channels()),
+        (g.batch, g.in_plane(), g.c_in),
+        "output gradient size"
+    );
+    assert_eq!(
+        (x.images, x.plane, x.channels()),
+        (g.batch, plane, g.c_out),
+        "input size"
+    );
+    assert_eq!(weight.len(), g.c_out * patch, "weight size");
+    let per_chunk = g.images_per_chunk(COLUMNS_PER_CHUNK);
+    let w = MatRef::row_major(weight, patch);
+    let (dx, dw) = per_chunk_output_and_sum(
+        &paired_chunks(dy, x, per_chunk),
+        g.c_out * plane,
+        g.c_out * patch,
+        |(dy_chunk, x_chunk), dx_chunk, dw, scratch| {
+            let n = dy_chunk.images * plane;
+            let cols = resized(&mut scratch.cols, patch * n);
+            gather(g, dy_chunk, cols, &mut scratch.phases);
+            let x_mat = resized(&mut scratch.product, g.c_out * n);
+            images_to_channel_major(x_chunk, x_mat);
+            add_weight_grad(g, dw, x_mat, cols);
+            let out = resized(&mut scratch.product, g.c_out * n);
+            matmul(g.c_out, n, patch, out, false, w, MatRef::row_major(cols, n));
+            channel_major_to_images(out, g.c_out, plane, None, dx_chunk);
+        },
+    );
+    (dx, finish_weight_grad(g, dw))
+}
+
+/// The runs of chunks summed in parallel by [`sum_over_chunks`] and
+/// [`per_chunk_output_and_sum`]: two per worker thread, a fixed split.
+fn chunks_per_run(chunks: usize) -> usize {
+    let runs = chunks.min(2 * rayon::current_num_threads()).max(1);
+    chunks.div_ceil(runs).max(1)
+}
+
+/// The sum of `partials` added in order (`len` zeros if there are none).
+fn add_in_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut partials = partials.into_iter();
+    let mut total = partials.next().unwrap_or_else(|| zeros(len));
+    for partial in partials {
+        total.iter_mut().zip(&partial).for_each(|(t, p)| *t += p);
+    }
+    total
+}
+
+/// An output of `per_image` values per image of the chunks (as [`per_chunk_output`]) and a sum
+/// of `len` values over them (as [`sum_over_chunks`]), computed together:
+/// `fill(chunk, output_chunk, sum, scratch)` writes every value of its output chunk and adds
+/// its part to `sum`.
+fn per_chunk_output_and_sum(
+    chunks: &[(Stacked, Stacked)],
+    per_image: usize,
+    len: usize,
+    fill: impl Fn(&(Stacked, Stacked), &mut [MaybeUninit<f32>], &mut [f32], &mut Scratch) + Sync,
+) -> (Vec<f32>, Vec<f32>) {
+    let per_run = chunks_per_run(chunks.len());
+    let per_chunk = chunks.first().map_or(1, |(a, _)| a.images);
+    let images: usize = chunks.iter().map(|(a, _)| a.images).sum();
+    // SAFETY: every `fill` writes its whole output chunk, and the chunks of a run cover it.
+    let (out, partials) = unsafe {
+        par_written(
+            images * per_image,
+            per_run * per_chunk * per_image,
+            |r, out| {
+                let mut sum = zeros(len);
+                with_scratch(|scratch| {
+                    let run = chunks.iter().skip(r * per_run).take(per_run);
+                    for (chunk, out) in run.zip(out.chunks_mut(per_chunk * per_image)) {
+                        fill(chunk, out, &mut sum, scratch);
+                    }
+                });
+                sum
+            },
+        )
+    };
+    (out, add_in_order(partials, len))
 }
 
 /// `Σ add(chunk)` over `chunks`, each `add` accumulating into a `len`-long sum (with this
@@ -578,22 +758,15 @@ pub(super) fn sum_over_chunks<T: Sync>(
     len: usize,
     add: impl Fn(&T, &mut [f32], &mut Scratch) + Sync,
 ) -> Vec<f32> {
-    let runs = chunks.len().min(2 * rayon::current_num_threads()).max(1);
-    let per_run = chunks.len().div_ceil(runs).max(1);
     let partials: Vec<Vec<f32>> = chunks
-        .par_chunks(per_run)
+        .par_chunks(chunks_per_run(chunks.len()))
         .map(|run| {
             let mut sum = zeros(len);
             with_scratch(|scratch| run.iter().for_each(|chunk| add(chunk, &mut sum, scratch)));
             sum
         })
         .collect();
-    let mut partials = partials.into_iter();
-    let mut total = partials.next().unwrap_or_else(|| zeros(len));
-    for partial in partials {
-        total.iter_mut().zip(&partial).for_each(|(t, p)| *t += p);
-    }
-    total
+    add_in_order(partials, len)
 }
 
 #[cfg(test)]
@@ -702,6 +875,23 @@ mod tests {
             let x_split = Stacked::new([&a[..], &b[..]], g.batch, g.in_plane());
             assert_eq!(conv_forward(&g, &x_split, &w, Some(&bias)), y);
             assert_eq!(conv_weight_grad(&g, &x_split, &dy_in), dw);
+            // The fused backward passes give the same gradients (the weight gradient's sums may
+            // be split into other chunks).
+            let close = |a: &[f32], b: &[f32]| {
+                a.len() == b.len() && a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-4)
+            };
+            let (fused_dx, fused_dw) = conv_backward(&g, &x_split, &dy_in, &w);
+            assert!(
+                close(&fused_dx, &dx) && close(&fused_dw, &dw),
+                "conv backward"
+            );
+            // A transposed convolution of `dy` with output gradient `x`.
+            let (t_dx, t_dw) = conv_transpose_backward(&g, &dy_in, &x_in, &w);
+            let y_no_bias = conv_forward(&g, &x_in, &w, None);
+            assert!(
+                close(&t_dx, &y_no_bias) && close(&t_dw, &dw),
+                "transposed backward"
+            );
             let reference = dot(&dy, &expected);
             assert!((dot(&dx, &x) - reference).abs() < 1e-3 * reference.abs().max(1.0));
             assert!((dot(&dw, &w) - reference).abs() < 1e-3 * reference.abs().max(1.0));

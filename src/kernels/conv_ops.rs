@@ -17,7 +17,8 @@ use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 use rayon::prelude::*;
 
 use super::conv_gemm::{
-    ConvGeometry, Stacked, conv_forward, conv_input_grad, conv_transpose, conv_weight_grad,
+    ConvGeometry, Stacked, conv_backward, conv_forward, conv_input_grad, conv_transpose,
+    conv_transpose_backward, conv_weight_grad,
 };
 use super::{flex_tensor, par_written, values, write_copy};
 
@@ -149,28 +150,40 @@ impl ConvCall {
         let out_plane = out_h * out_w;
         let blocks = self.inputs.len();
         let input_needed = needed[..blocks].iter().any(|n| *n);
-        let (x_grad, weight_grad, bias_grad) = match self.kind {
+        let weight_needed = needed[blocks];
+        // Both gradients in one pass over the chunks when both are needed.
+        let both = |(dx, dw): (Vec<f32>, Vec<f32>)| (Some(dx), Some(dw));
+        let (x_grad, weight_grad, shape, bias_grad) = match self.kind {
             Kind::Conv => {
                 let x = stacked(&inputs, g.batch, in_plane);
                 let dy = Stacked::single(&dy_raw, g.batch, out_plane);
+                let (dx, dw) = match (input_needed, weight_needed) {
+                    (true, true) => both(conv_backward(&g, &x, &dy, &weight)),
+                    _ => (
+                        input_needed.then(|| conv_input_grad(&g, &dy, &weight)),
+                        weight_needed.then(|| conv_weight_grad(&g, &x, &dy)),
+                    ),
+                };
                 let shape = [g.batch, g.c_in, g.in_hw[0], g.in_hw[1]];
-                (
-                    input_needed.then(|| (conv_input_grad(&g, &dy, &weight), shape)),
-                    needed[blocks].then(|| conv_weight_grad(&g, &x, &dy)),
-                    needed[blocks + 1].then(|| bias_sums(&dy_raw, g.c_out, out_plane)),
-                )
+                let db = needed[blocks + 1].then(|| bias_sums(&dy_raw, g.c_out, out_plane));
+                (dx, dw, shape, db)
             }
             Kind::Transposed => {
                 let x = stacked(&inputs, g.batch, out_plane);
                 let dy = Stacked::single(&dy_raw, g.batch, in_plane);
+                let (dx, dw) = match (input_needed, weight_needed) {
+                    (true, true) => both(conv_transpose_backward(&g, &x, &dy, &weight)),
+                    _ => (
+                        input_needed.then(|| conv_forward(&g, &dy, &weight, None)),
+                        weight_needed.then(|| conv_weight_grad(&g, &dy, &x)),
+                    ),
+                };
                 let shape = [g.batch, g.c_out, out_h, out_w];
-                (
-                    input_needed.then(|| (conv_forward(&g, &dy, &weight, None), shape)),
-                    needed[blocks].then(|| conv_weight_grad(&g, &dy, &x)),
-                    needed[blocks + 1].then(|| bias_sums(&dy_raw, g.c_in, in_plane)),
-                )
+                let db = needed[blocks + 1].then(|| bias_sums(&dy_raw, g.c_in, in_plane));
+                (dx, dw, shape, db)
             }
         };
+        let x_grad = x_grad.map(|dx| (dx, shape));
         let mut grads: Vec<Option<FlexTensor>> = match x_grad {
             Some((dx, [b, c, h, w])) if blocks == 1 => vec![Some(flex_tensor(dx, [b, c, h, w]))],
             Some((dx, [b, _, h, w])) => {
