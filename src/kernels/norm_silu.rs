@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use super::simd::madd;
 use std::mem::MaybeUninit;
 
-use super::{assume_written, par_written, write_copy};
+use super::{assume_written, par_written};
 
 /// Layout of a GroupNorm input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,10 +175,59 @@ fn group_stats(h: &[f32], shift: &[f32], plane: usize, eps: f32) -> (f32, f32) {
     (mean, 1.0 / ((squares / n) as f32 + eps).sqrt())
 }
 
-/// Forward pass over one group, in place (`hy`: `[group_channels, plane]`; `shift`, `gamma`,
-/// `beta`: this group's channels).
+/// Per channel `c` of a group (`h`: `[group_channels, plane]`; `shift`, `gamma`, `beta`: this
+/// group's channels), the affine map `(scale, offset)` that takes `h` to `a = gamma·z + beta`.
+#[inline(always)]
+fn channel_affine<'a>(
+    h: &[f32],
+    shift: &'a [f32],
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    eps: f32,
+) -> impl Fn(usize) -> (f32, f32) + use<'a> {
+    let (mean, rstd) = group_stats(h, shift, h.len() / shift.len(), eps);
+    move |c| {
+        let scale = rstd * gamma[c];
+        (scale, (shift[c] - mean) * scale + beta[c])
+    }
+}
+
+/// `silu(h·scale + offset)`.
+#[inline(always)]
+fn affine_silu<const FMA: bool>(h: f32, scale: f32, offset: f32) -> f32 {
+    let a = madd::<FMA>(h, scale, offset);
+    a * sigmoid::<FMA>(a)
+}
+
+/// Forward pass over one group: `y` from `h` (`[group_channels, plane]` each; `shift`, `gamma`,
+/// `beta`: this group's channels), every value written.
 #[inline(always)]
 fn group_forward<const FMA: bool>(
+    h: &[f32],
+    y: &mut [MaybeUninit<f32>],
+    shift: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
+    assert_eq!(h.len(), y.len(), "group sizes");
+    let plane = h.len() / shift.len();
+    let affine = channel_affine(h, shift, gamma, beta, eps);
+    for (c, (h, y)) in h
+        .chunks_exact(plane)
+        .zip(y.chunks_exact_mut(plane))
+        .enumerate()
+    {
+        let (scale, offset) = affine(c);
+        for (h, y) in h.iter().zip(y) {
+            y.write(affine_silu::<FMA>(*h, scale, offset));
+        }
+    }
+}
+
+/// [`group_forward`] in place (`hy` holds `h` and receives `y`).
+#[inline(always)]
+fn group_forward_in_place<const FMA: bool>(
     hy: &mut [f32],
     shift: &[f32],
     gamma: &[f32],
@@ -186,13 +235,11 @@ fn group_forward<const FMA: bool>(
     eps: f32,
 ) {
     let plane = hy.len() / shift.len();
-    let (mean, rstd) = group_stats(hy, shift, plane, eps);
+    let affine = channel_affine(hy, shift, gamma, beta, eps);
     for (c, hy) in hy.chunks_exact_mut(plane).enumerate() {
-        let scale = rstd * gamma[c];
-        let offset = (shift[c] - mean) * scale + beta[c];
+        let (scale, offset) = affine(c);
         for v in hy {
-            let a = madd::<FMA>(*v, scale, offset);
-            *v = a * sigmoid::<FMA>(a);
+            *v = affine_silu::<FMA>(*v, scale, offset);
         }
     }
 }
@@ -257,6 +304,10 @@ fn group_backward<const FMA: bool>(
 }
 
 simd_dispatch!(group_forward_simd => group_forward::<FMA>(
+    h: &[f32], y: &mut [MaybeUninit<f32>], shift: &[f32], gamma: &[f32], beta: &[f32], eps: f32,
+));
+
+simd_dispatch!(group_forward_in_place_simd => group_forward_in_place::<FMA>(
     hy: &mut [f32], shift: &[f32], gamma: &[f32], beta: &[f32], eps: f32,
 ));
 
@@ -274,11 +325,12 @@ simd_dispatch!(group_backward_simd => group_backward::<FMA>(
 /// The fused forward pass: `silu(group_norm(h + shift))`.
 pub fn forward(s: &NormShape, h: &[f32], p: &NormParams) -> Vec<f32> {
     assert_eq!(h.len(), s.batch * s.channels * s.plane, "input size");
-    // SAFETY: each run is first written with a copy of its input values.
+    // SAFETY: `group_forward` writes every value of its group.
     let (y, _) = unsafe {
         par_written(h.len(), s.group_len(), |i, y| {
-            let y = write_copy(y, &h[i * s.group_len()..][..s.group_len()]);
-            forward_group(s, p, i, y);
+            let h = &h[i * s.group_len()..][..s.group_len()];
+            let (shift, gamma, beta) = group_params(s, p, i);
+            group_forward_simd(h, y, shift, gamma, beta, p.eps);
         })
     };
     y
@@ -289,16 +341,22 @@ pub fn forward_in_place(s: &NormShape, hy: &mut [f32], p: &NormParams) {
     assert_eq!(hy.len(), s.batch * s.channels * s.plane, "input size");
     hy.par_chunks_mut(s.group_len())
         .enumerate()
-        .for_each(|(i, hy)| forward_group(s, p, i, hy));
+        .for_each(|(i, hy)| {
+            let (shift, gamma, beta) = group_params(s, p, i);
+            group_forward_in_place_simd(hy, shift, gamma, beta, p.eps);
+        });
 }
 
-/// The forward pass of group `i` (image `i / groups`), in place.
-fn forward_group(s: &NormShape, p: &NormParams, i: usize, hy: &mut [f32]) {
+/// The shift, gamma and beta of group `i` (image `i / groups`).
+fn group_params<'a>(
+    s: &NormShape,
+    p: &NormParams<'a>,
+    i: usize,
+) -> (&'a [f32], &'a [f32], &'a [f32]) {
     let cg = s.group_channels();
     let (b, c0) = (i / s.groups, (i % s.groups) * cg);
     let shift = &p.shift[b * s.channels + c0..][..cg];
-    let (gamma, beta) = (&p.gamma[c0..c0 + cg], &p.beta[c0..c0 + cg]);
-    group_forward_simd(hy, shift, gamma, beta, p.eps)
+    (shift, &p.gamma[c0..c0 + cg], &p.beta[c0..c0 + cg])
 }
 
 /// The fused backward pass, given the output gradient `dy`.
@@ -310,17 +368,14 @@ pub fn backward(s: &NormShape, h: &[f32], p: &NormParams, dy: &[f32]) -> NormGra
     // SAFETY: `group_backward` writes every value of `dh` (its first pass).
     let (input, sums) = unsafe {
         par_written(h.len(), s.group_len(), |i, dh| {
-            let (b, c0) = (i / s.groups, (i % s.groups) * cg);
             let (h, dy) = (
                 &h[i * s.group_len()..][..s.group_len()],
-                &dy[i * s.group_len()..],
+                &dy[i * s.group_len()..][..s.group_len()],
             );
-            let t = &p.shift[b * s.channels + c0..][..cg];
-            let (gamma, beta) = (&p.gamma[c0..c0 + cg], &p.beta[c0..c0 + cg]);
+            let (t, gamma, beta) = group_params(s, p, i);
             let mut sums = vec![0.0f32; 3 * cg];
             let (dshift, rest) = sums.split_at_mut(cg);
             let (dgamma, dbeta) = rest.split_at_mut(cg);
-            let dy = &dy[..s.group_len()];
             group_backward_simd(h, dy, dh, t, gamma, beta, p.eps, (dshift, dgamma, dbeta));
             sums
         })
