@@ -597,11 +597,13 @@ fn finish_weight_grad(g: &ConvGeometry, dw: Vec<f32>) -> Vec<f32> {
     }
     let patch = g.patch_len();
     let mut out = vec![0.0f32; dw.len()];
-    for (j, row) in dw.chunks_exact(g.c_out).enumerate() {
-        for (co, value) in row.iter().enumerate() {
-            out[co * patch + j] = *value;
-        }
-    }
+    out.par_chunks_exact_mut(patch)
+        .enumerate()
+        .for_each(|(co, row)| {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = dw[j * g.c_out + co];
+            }
+        });
     out
 }
 
@@ -706,13 +708,19 @@ fn chunks_per_run(chunks: usize) -> usize {
     chunks.div_ceil(runs).max(1)
 }
 
-/// The sum of `partials` added in order (`len` zeros if there are none).
+/// The sum of `partials` added in order (`len` zeros if there are none), in parallel slices.
 fn add_in_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     let mut partials = partials.into_iter();
     let mut total = partials.next().unwrap_or_else(|| zeros(len));
-    for partial in partials {
-        total.iter_mut().zip(&partial).for_each(|(t, p)| *t += p);
-    }
+    let rest: Vec<Vec<f32>> = partials.collect();
+    const SLICE: usize = 4096;
+    total.par_chunks_mut(SLICE).enumerate().for_each(|(i, t)| {
+        for partial in &rest {
+            t.iter_mut()
+                .zip(&partial[i * SLICE..])
+                .for_each(|(t, p)| *t += p);
+        }
+    });
     total
 }
 

@@ -10,10 +10,13 @@
 
 use std::mem::MaybeUninit;
 
+use rayon::prelude::*;
+
 use super::conv_gemm::{
     COLUMNS_PER_CHUNK, ConvGeometry, MatRef, Stacked, matmul, per_chunk_output, resized,
     sum_over_chunks,
 };
+use super::par_written;
 use super::polyphase::{Grid, carve, map2, map3, masked_minus, minus_masked, negate};
 
 /// Whether the geometry suits F(2×2, 3×3): a 3×3 kernel, stride 1, padding 1 (and enough input
@@ -22,30 +25,42 @@ pub fn applies(g: &ConvGeometry) -> bool {
     g.kernel == 3 && g.stride == 1 && g.padding == 1 && g.c_in >= 8
 }
 
-/// Transformed filters `G g Gᵀ`, laid out `[16, c_out, c_in]`, for a weight `[c_out, c_in, 3, 3]`.
+/// Transformed filters `G g Gᵀ`, laid out `[16, c_out, c_in]`, for a weight `[c_out, c_in, 3, 3]`
+/// (in parallel: each filter's 16 values, then their layout by transform position).
 fn transform_filters(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
-    let mut u = vec![0.0f32; 16 * c_out * c_in];
-    for (pair, g) in weight.chunks_exact(9).enumerate() {
-        // G g (4x3), then (G g) Gᵀ (4x4); G = [[1,0,0],[½,½,½],[½,-½,½],[0,0,1]].
-        let mut gg = [[0.0f32; 3]; 4];
-        for col in 0..3 {
-            let (a, b, c) = (g[col], g[3 + col], g[6 + col]);
-            gg[0][col] = a;
-            gg[1][col] = 0.5 * (a + b + c);
-            gg[2][col] = 0.5 * (a - b + c);
-            gg[3][col] = c;
-        }
-        for (row, r) in gg.iter().enumerate() {
-            let t = [
-                r[0],
-                0.5 * (r[0] + r[1] + r[2]),
-                0.5 * (r[0] - r[1] + r[2]),
-                r[2],
-            ];
-            for (col, v) in t.iter().enumerate() {
-                u[(row * 4 + col) * c_out * c_in + pair] = *v;
+    let pairs = c_out * c_in;
+    let per_pair: Vec<[f32; 16]> = weight.par_chunks_exact(9).map(transform_filter).collect();
+    // SAFETY: row `e` is written for every pair.
+    let (u, _) = unsafe {
+        par_written(16 * pairs, pairs, |e, row| {
+            for (v, t) in row.iter_mut().zip(&per_pair) {
+                v.write(t[e]);
             }
-        }
+        })
+    };
+    u
+}
+
+/// `G g Gᵀ` (4×4, row-major) of a 3×3 filter `g`; G = [[1,0,0],[½,½,½],[½,-½,½],[0,0,1]].
+fn transform_filter(g: &[f32]) -> [f32; 16] {
+    // G g (4x3), then (G g) Gᵀ (4x4).
+    let mut gg = [[0.0f32; 3]; 4];
+    for col in 0..3 {
+        let (a, b, c) = (g[col], g[3 + col], g[6 + col]);
+        gg[0][col] = a;
+        gg[1][col] = 0.5 * (a + b + c);
+        gg[2][col] = 0.5 * (a - b + c);
+        gg[3][col] = c;
+    }
+    let mut u = [0.0f32; 16];
+    for (row, r) in gg.iter().enumerate() {
+        let t = [
+            r[0],
+            0.5 * (r[0] + r[1] + r[2]),
+            0.5 * (r[0] - r[1] + r[2]),
+            r[2],
+        ];
+        u[row * 4..row * 4 + 4].copy_from_slice(&t);
     }
     u
 }
@@ -304,18 +319,22 @@ fn untransform_filters(du: &[f32], c_out: usize, c_in: usize, transposed: bool) 
             0.5 * (x[1] + x[2]) + x[3],
         ]
     };
-    for (pair, out) in weight.chunks_exact_mut(9).enumerate() {
-        let at = match transposed {
-            false => pair,
-            true => (pair % c_in) * c_out + pair / c_in,
-        };
-        let x = |r: usize, c: usize| du[(r * 4 + c) * pairs + at];
-        let cols: [[f32; 3]; 4] = std::array::from_fn(|c| gt([x(0, c), x(1, c), x(2, c), x(3, c)]));
-        for r in 0..3 {
-            let row = gt([cols[0][r], cols[1][r], cols[2][r], cols[3][r]]);
-            out[r * 3..r * 3 + 3].copy_from_slice(&row);
-        }
-    }
+    weight
+        .par_chunks_exact_mut(9)
+        .enumerate()
+        .for_each(|(pair, out)| {
+            let at = match transposed {
+                false => pair,
+                true => (pair % c_in) * c_out + pair / c_in,
+            };
+            let x = |r: usize, c: usize| du[(r * 4 + c) * pairs + at];
+            let cols: [[f32; 3]; 4] =
+                std::array::from_fn(|c| gt([x(0, c), x(1, c), x(2, c), x(3, c)]));
+            for r in 0..3 {
+                let row = gt([cols[0][r], cols[1][r], cols[2][r], cols[3][r]]);
+                out[r * 3..r * 3 + 3].copy_from_slice(&row);
+            }
+        });
     weight
 }
 
@@ -323,12 +342,14 @@ fn untransform_filters(du: &[f32], c_out: usize, c_in: usize, transposed: bool) 
 /// channels exchanged and the kernel rotated by 180°, `[c_in, c_out, 3, 3]`.
 pub fn adjoint_weight(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; weight.len()];
-    for co in 0..c_out {
-        for ci in 0..c_in {
-            for k in 0..9 {
-                out[(ci * c_out + co) * 9 + (8 - k)] = weight[(co * c_in + ci) * 9 + k];
+    out.par_chunks_exact_mut(9)
+        .enumerate()
+        .for_each(|(pair, rotated)| {
+            let (ci, co) = (pair / c_out, pair % c_out);
+            let filter = &weight[(co * c_in + ci) * 9..][..9];
+            for (r, v) in rotated.iter_mut().zip(filter.iter().rev()) {
+                *r = *v;
             }
-        }
-    }
+        });
     out
 }
