@@ -16,6 +16,7 @@ use gemm::Parallelism;
 
 use std::mem::MaybeUninit;
 
+use super::simd::madd;
 use super::{assume_written, par_written, polyphase, winograd, write_all};
 use rayon::prelude::*;
 
@@ -430,6 +431,9 @@ pub fn conv_forward(
     if winograd::applies(g) {
         return winograd::conv3x3(g, x, weight, bias);
     }
+    if g.kernel == 1 && g.stride == 1 && g.padding == 0 && g.c_out <= POINTWISE_MAX_OUT {
+        return pointwise(g, x, weight, bias);
+    }
     let (plane, patch) = (g.out_plane(), g.patch_len());
     let per_chunk = g.images_per_chunk(COLUMNS_PER_CHUNK);
     per_chunk_output(
@@ -447,6 +451,38 @@ pub fn conv_forward(
         },
     )
 }
+
+/// Output channels up to which a 1×1 convolution is computed directly: a GEMM with so few rows
+/// would waste most of its 16-row microkernels (the U-Net's output layer has one channel).
+const POINTWISE_MAX_OUT: usize = 8;
+
+/// A 1×1 convolution with few output channels: per image and output channel, the bias plus
+/// one weighted sum of the input planes.
+fn pointwise(g: &ConvGeometry, x: &Stacked, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let plane = g.in_plane();
+    // SAFETY: each output plane is first written with its bias.
+    let (y, _) = unsafe {
+        par_written(g.batch * g.c_out * plane, g.c_out * plane, |b, image| {
+            for (co, y) in image.chunks_exact_mut(plane).enumerate() {
+                let y = write_all(y, bias.map_or(0.0, |bias| bias[co]));
+                for ci in 0..g.c_in {
+                    add_scaled(y, weight[co * g.c_in + ci], x.plane_of(b, ci));
+                }
+            }
+        })
+    };
+    y
+}
+
+/// `y += a·x`.
+#[inline(always)]
+fn add_scaled_inner<const FMA: bool>(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y = madd::<FMA>(a, *x, *y);
+    }
+}
+
+simd_dispatch!(add_scaled => add_scaled_inner::<FMA>(y: &mut [f32], a: f32, x: &[f32]));
 
 /// Writes `m` (`[channels, images·plane]`) into the images `y` (`[images, channels, plane]`),
 /// plus `bias` per channel.
@@ -830,7 +866,8 @@ mod tests {
         // (kernel, stride, padding, size, channels in, channels out); 3x3 stride 1 with 8+
         // channels each way runs (and is checked) through the Winograd path, odd sizes included;
         // the stride-2 cases with an output of half the size gather on polyphase grids, the last
-        // stride-2 case (odd size, 4x4 kernel) does not.
+        // stride-2 case (odd size, 4x4 kernel) does not; the 1x1 case with 4 outputs is computed
+        // directly, the one with 12 as a GEMM.
         for (kernel, stride, padding, hw, c_in, c_out) in [
             (3, 1, 1, [7, 6], 3, 4),
             (3, 1, 1, [7, 6], 9, 10),
@@ -841,6 +878,7 @@ mod tests {
             (4, 2, 1, [10, 6], 9, 12),
             (4, 2, 1, [7, 5], 3, 4),
             (1, 1, 0, [5, 4], 3, 4),
+            (1, 1, 0, [5, 4], 3, 12),
         ] {
             let g = ConvGeometry {
                 batch: 5,

@@ -16,7 +16,6 @@ use super::conv_gemm::{
     COLUMNS_PER_CHUNK, ConvGeometry, MatRef, Stacked, matmul, per_chunk_output, resized,
     sum_over_chunks,
 };
-use super::par_written;
 use super::polyphase::{Grid, carve, map2, map3, masked_minus, minus_masked, negate};
 
 /// Whether the geometry suits F(2×2, 3×3): a 3×3 kernel, stride 1, padding 1 (and enough input
@@ -25,44 +24,85 @@ pub fn applies(g: &ConvGeometry) -> bool {
     g.kernel == 3 && g.stride == 1 && g.padding == 1 && g.c_in >= 8
 }
 
+/// Filters per block of [`transform_filters`].
+const FILTER_BLOCK: usize = 256;
+
 /// Transformed filters `G g Gᵀ`, laid out `[16, c_out, c_in]`, for a weight `[c_out, c_in, 3, 3]`
-/// (in parallel: each filter's 16 values, then their layout by transform position).
+/// (G = [[1,0,0],[½,½,½],[½,-½,½],[0,0,1]]), in parallel blocks of filters, each writing its
+/// part of the 16 rows.
 fn transform_filters(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     let pairs = c_out * c_in;
-    let per_pair: Vec<[f32; 16]> = weight.par_chunks_exact(9).map(transform_filter).collect();
-    // SAFETY: row `e` is written for every pair.
-    let (u, _) = unsafe {
-        par_written(16 * pairs, pairs, |e, row| {
-            for (v, t) in row.iter_mut().zip(&per_pair) {
-                v.write(t[e]);
-            }
-        })
-    };
+    let mut u = Vec::with_capacity(16 * pairs);
+    let mut rows: Vec<_> = u.spare_capacity_mut()[..16 * pairs]
+        .chunks_mut(pairs)
+        .map(|row| row.chunks_mut(FILTER_BLOCK))
+        .collect();
+    let blocks: Vec<Vec<&mut [MaybeUninit<f32>]>> = (0..pairs.div_ceil(FILTER_BLOCK))
+        .map(|_| rows.iter_mut().filter_map(Iterator::next).collect())
+        .collect();
+    blocks.into_par_iter().enumerate().for_each(|(b, mut dst)| {
+        let filters = &weight[b * FILTER_BLOCK * 9..][..dst[0].len() * 9];
+        transform_filter_block(filters, &mut dst);
+    });
+    // SAFETY: the blocks cover every row, and `transform_filter_block` writes all of each.
+    unsafe { u.set_len(16 * pairs) };
     u
 }
 
-/// `G g Gᵀ` (4×4, row-major) of a 3×3 filter `g`; G = [[1,0,0],[½,½,½],[½,-½,½],[0,0,1]].
-fn transform_filter(g: &[f32]) -> [f32; 16] {
-    // G g (4x3), then (G g) Gᵀ (4x4).
-    let mut gg = [[0.0f32; 3]; 4];
+/// Writes `G g Gᵀ` of the (at most [`FILTER_BLOCK`]) filters `g` (`[n, 3, 3]`) into the 16 rows
+/// `dst` (`n` values each), as vector operations across the filters.
+fn transform_filter_block(filters: &[f32], dst: &mut [&mut [MaybeUninit<f32>]]) {
+    let n = filters.len() / 9;
+    // The filters' nine taps as planes, then G g (4 rows of 3 columns) as planes.
+    let mut taps = [[0.0f32; FILTER_BLOCK]; 9];
+    for (p, filter) in filters.chunks_exact(9).enumerate() {
+        for (tap, v) in taps.iter_mut().zip(filter) {
+            tap[p] = *v;
+        }
+    }
+    let mut gg = [[0.0f32; FILTER_BLOCK]; 12];
     for col in 0..3 {
-        let (a, b, c) = (g[col], g[3 + col], g[6 + col]);
-        gg[0][col] = a;
-        gg[1][col] = 0.5 * (a + b + c);
-        gg[2][col] = 0.5 * (a - b + c);
-        gg[3][col] = c;
+        apply_g(
+            [&taps[col][..n], &taps[3 + col][..n], &taps[6 + col][..n]],
+            &mut gg[col..],
+            3,
+        );
     }
-    let mut u = [0.0f32; 16];
-    for (row, r) in gg.iter().enumerate() {
-        let t = [
-            r[0],
-            0.5 * (r[0] + r[1] + r[2]),
-            0.5 * (r[0] - r[1] + r[2]),
-            r[2],
-        ];
-        u[row * 4..row * 4 + 4].copy_from_slice(&t);
+    // (G g) Gᵀ: G applied along each row of G g.
+    for row in 0..4 {
+        let [a, b, c] = [0, 1, 2].map(|col| &gg[row * 3 + col][..n]);
+        for (k, out) in dst[row * 4..row * 4 + 4].iter_mut().enumerate() {
+            let out = &mut out[..n];
+            match k {
+                0 => out.iter_mut().zip(a).for_each(|(o, a)| {
+                    o.write(*a);
+                }),
+                1 => {
+                    for (o, (a, (b, c))) in out.iter_mut().zip(a.iter().zip(b.iter().zip(c))) {
+                        o.write(0.5 * (a + b + c));
+                    }
+                }
+                2 => {
+                    for (o, (a, (b, c))) in out.iter_mut().zip(a.iter().zip(b.iter().zip(c))) {
+                        o.write(0.5 * (a - b + c));
+                    }
+                }
+                _ => out.iter_mut().zip(c).for_each(|(o, c)| {
+                    o.write(*c);
+                }),
+            }
+        }
     }
-    u
+}
+
+/// `G [a, b, c]ᵀ` over planes: writes `out[0]`, `out[stride]`, `out[2·stride]`, `out[3·stride]`.
+fn apply_g([a, b, c]: [&[f32]; 3], out: &mut [[f32; FILTER_BLOCK]], stride: usize) {
+    for (i, ((a, b), c)) in a.iter().zip(b).zip(c).enumerate() {
+        out[0][i] = *a;
+        out[stride][i] = 0.5 * (a + b + c);
+        out[2 * stride][i] = 0.5 * (a - b + c);
+        out[3 * stride][i] = *c;
+    }
 }
 
 /// The convolution's output `[batch, c_out, h, w]` (see [`super::conv_gemm::conv_forward`]).
