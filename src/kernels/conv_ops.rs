@@ -220,10 +220,7 @@ fn stacked<'a>(
 
 /// Per-channel sums of `dy` `[batch, channels, plane]`: the bias gradient.
 fn bias_sums(dy: &[f32], channels: usize, plane: usize) -> Vec<f32> {
-    let per_image_channel: Vec<f32> = dy
-        .par_chunks(plane)
-        .map(|image_channel| image_channel.iter().sum::<f32>())
-        .collect();
+    let per_image_channel: Vec<f32> = dy.par_chunks(plane).map(super::simd::sum).collect();
     let mut sums = vec![0.0f32; channels];
     for (i, s) in per_image_channel.iter().enumerate() {
         sums[i % channels] += s;

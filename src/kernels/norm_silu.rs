@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::madd;
+use super::simd::{madd, sum};
 use std::mem::MaybeUninit;
 
 use super::{assume_written, par_written};
@@ -106,21 +106,7 @@ fn sigmoid<const FMA: bool>(a: f32) -> f32 {
     recip::<FMA>(1.0 + exp::<FMA>(-a.max(-80.0)))
 }
 
-/// Sum with several accumulators, so that it vectorises.
-#[inline(always)]
-fn sum(xs: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let chunks = xs.chunks_exact(16);
-    let rest: f32 = chunks.remainder().iter().sum();
-    for chunk in chunks {
-        for (a, x) in acc.iter_mut().zip(chunk) {
-            *a += x;
-        }
-    }
-    acc.iter().sum::<f32>() + rest
-}
-
-/// `Σ (x + offset)²`, vectorised like [`sum`].
+/// `Σ (x + offset)²`, vectorised like [`sum`](super::simd::sum).
 #[inline(always)]
 fn sum_squares(xs: &[f32], offset: f32) -> f32 {
     let mut acc = [0.0f32; 16];

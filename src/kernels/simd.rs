@@ -49,3 +49,18 @@ macro_rules! simd_dispatch {
 pub(super) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA { a.mul_add(b, c) } else { a * b + c }
 }
+
+/// Sum with several accumulators, so that it vectorises (a plain `iter().sum()` adds in order,
+/// one value at a time).
+#[inline(always)]
+pub(super) fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (a, x) in acc.iter_mut().zip(chunk) {
+            *a += x;
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
