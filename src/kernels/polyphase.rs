@@ -300,15 +300,36 @@ fn col2im_inner(
     let masks = shift_masks(&grid);
     let work = resized(work, 4 * n);
     for ci in 0..g.c_in {
-        work.fill(0.0);
-        for kh in 0..k {
-            let (a, dr) = tap(g, kh);
-            for kw in 0..k {
-                let (c, dc) = tap(g, kw);
-                let row = &cols[((ci * k + kh) * k + kw) * n..][..n];
-                let phase = &mut work[(2 * a + c) * n..][..n];
-                let offset = dr * grid.cols() as isize + dc;
-                shifted_add(phase, row, -offset, &masks[mask_index(-dr, -dc)]);
+        // The unshifted taps first: each covers every position of its component, so the first
+        // one of a component is copied instead of added to zeros.
+        let mut started = [false; 4];
+        for unshifted in [true, false] {
+            for kh in 0..k {
+                let (a, dr) = tap(g, kh);
+                for kw in 0..k {
+                    let (c, dc) = tap(g, kw);
+                    if unshifted != (dr == 0 && dc == 0) {
+                        continue;
+                    }
+                    let row = &cols[((ci * k + kh) * k + kw) * n..][..n];
+                    let phase = &mut work[(2 * a + c) * n..][..n];
+                    if !started[2 * a + c] {
+                        if unshifted {
+                            phase.copy_from_slice(row);
+                            started[2 * a + c] = true;
+                            continue;
+                        }
+                        phase.fill(0.0);
+                        started[2 * a + c] = true;
+                    }
+                    let offset = dr * grid.cols() as isize + dc;
+                    shifted_add(phase, row, -offset, &masks[mask_index(-dr, -dc)]);
+                }
+            }
+        }
+        for (p, started) in started.iter().enumerate() {
+            if !started {
+                work[p * n..(p + 1) * n].fill(0.0);
             }
         }
         let [p00, p01, p10, p11] = carve::<4>(work, n);
