@@ -83,6 +83,20 @@ impl ConvGeometry {
             .unwrap_or(most)
     }
 
+    /// Panics unless `input` has this convolution's input shape and `output` its output shape.
+    fn check_sizes(&self, input: &Stacked, output: &Stacked) {
+        assert_eq!(
+            (input.images, input.plane, input.channels()),
+            (self.batch, self.in_plane(), self.c_in),
+            "input size"
+        );
+        assert_eq!(
+            (output.images, output.plane, output.channels()),
+            (self.batch, self.out_plane(), self.c_out),
+            "output size"
+        );
+    }
+
     /// Output positions `o` with `0 <= o·stride + offset - padding < n_in`, as a range.
     fn valid_outputs(&self, offset: usize, n_in: usize, n_out: usize) -> std::ops::Range<usize> {
         let (s, p) = (self.stride, self.padding);
@@ -566,16 +580,7 @@ fn adjoint(g: &ConvGeometry, dy: &Stacked, weight: &[f32], bias: Option<&[f32]>)
 /// output gradient `dy` (each possibly as channel blocks).
 pub fn conv_weight_grad(g: &ConvGeometry, x: &Stacked, dy: &Stacked) -> Vec<f32> {
     let (plane, patch) = (g.out_plane(), g.patch_len());
-    assert_eq!(
-        (x.images, x.plane, x.channels()),
-        (g.batch, g.in_plane(), g.c_in),
-        "input size"
-    );
-    assert_eq!(
-        (dy.images, dy.plane, dy.channels()),
-        (g.batch, plane, g.c_out),
-        "output gradient size"
-    );
+    g.check_sizes(x, dy);
     if winograd::applies(g) {
         return winograd::weight_grad(g, x, dy);
     }
@@ -656,16 +661,7 @@ pub fn conv_backward(
         return (conv_input_grad(g, dy, weight), conv_weight_grad(g, x, dy));
     }
     let (plane, patch) = (g.out_plane(), g.patch_len());
-    assert_eq!(
-        (x.images, x.plane, x.channels()),
-        (g.batch, g.in_plane(), g.c_in),
-        "input size"
-    );
-    assert_eq!(
-        (dy.images, dy.plane, dy.channels()),
-        (g.batch, plane, g.c_out),
-        "output gradient size"
-    );
+    g.check_sizes(x, dy);
     assert_eq!(weight.len(), g.c_out * patch, "weight size");
     let per_chunk = g.images_per_chunk(COLUMNS_PER_CHUNK);
     let w_t = MatRef::row_major(weight, patch).transposed();
@@ -705,16 +701,7 @@ pub fn conv_transpose_backward(
         );
     }
     let (plane, patch) = (g.out_plane(), g.patch_len());
-    assert_eq!(
-        (dy.images, dy.plane, dy.channels()),
-        (g.batch, g.in_plane(), g.c_in),
-        "output gradient size"
-    );
-    assert_eq!(
-        (x.images, x.plane, x.channels()),
-        (g.batch, plane, g.c_out),
-        "input size"
-    );
+    g.check_sizes(dy, x);
     assert_eq!(weight.len(), g.c_out * patch, "weight size");
     let per_chunk = g.images_per_chunk(COLUMNS_PER_CHUNK);
     let w = MatRef::row_major(weight, patch);
