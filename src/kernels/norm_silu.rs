@@ -12,11 +12,11 @@
 //! reduction and a polynomial instead of the scalar libm call) and are compiled for AVX-512 and
 //! AVX2 as well, chosen at run time.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::simd::{madd, sum};
-use std::mem::MaybeUninit;
-
 use super::{assume_written, par_written};
 
 /// Layout of a GroupNorm input.
@@ -244,9 +244,12 @@ fn group_backward<const FMA: bool>(
     eps: f32,
     sums: (&mut [f32], &mut [f32], &mut [f32]),
 ) {
-    assert!(h.len() == dh.len() && dy.len() == dh.len(), "group sizes");
-    let (dshift, dgamma, dbeta) = sums;
     let plane = h.len() / shift.len();
+    assert!(
+        h.len() == plane * shift.len() && dh.len() == h.len() && dy.len() == h.len(),
+        "group sizes"
+    );
+    let (dshift, dgamma, dbeta) = sums;
     let n = h.len() as f32;
     let (mean, rstd) = group_stats(h, shift, plane, eps);
     // Pass 1: da into dh, and the per-channel sums Σda, Σda·z (z = h·rstd + z_shift).

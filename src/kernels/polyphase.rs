@@ -299,33 +299,31 @@ fn col2im_inner(
     let (n, k) = (grid.len(), g.kernel);
     let masks = shift_masks(&grid);
     let work = resized(work, 4 * n);
+    // Taps as (index, component, row shift, column shift), the unshifted ones first: each
+    // covers every position of its component, so a component's first tap is copied instead of
+    // added to zeros.
+    let mut taps: Vec<(usize, usize, isize, isize)> = (0..k * k)
+        .map(|t| {
+            let ((a, dr), (c, dc)) = (tap(g, t / k), tap(g, t % k));
+            (t, 2 * a + c, dr, dc)
+        })
+        .collect();
+    taps.sort_by_key(|&(_, _, dr, dc)| (dr, dc) != (0, 0));
     for ci in 0..g.c_in {
-        // The unshifted taps first: each covers every position of its component, so the first
-        // one of a component is copied instead of added to zeros.
         let mut started = [false; 4];
-        for unshifted in [true, false] {
-            for kh in 0..k {
-                let (a, dr) = tap(g, kh);
-                for kw in 0..k {
-                    let (c, dc) = tap(g, kw);
-                    if unshifted != (dr == 0 && dc == 0) {
-                        continue;
-                    }
-                    let row = &cols[((ci * k + kh) * k + kw) * n..][..n];
-                    let phase = &mut work[(2 * a + c) * n..][..n];
-                    if !started[2 * a + c] {
-                        if unshifted {
-                            phase.copy_from_slice(row);
-                            started[2 * a + c] = true;
-                            continue;
-                        }
-                        phase.fill(0.0);
-                        started[2 * a + c] = true;
-                    }
-                    let offset = dr * grid.cols() as isize + dc;
-                    shifted_add(phase, row, -offset, &masks[mask_index(-dr, -dc)]);
+        for &(t, p, dr, dc) in &taps {
+            let row = &cols[(ci * k * k + t) * n..][..n];
+            let phase = &mut work[p * n..][..n];
+            if !started[p] && (dr, dc) == (0, 0) {
+                phase.copy_from_slice(row);
+            } else {
+                if !started[p] {
+                    phase.fill(0.0);
                 }
+                let offset = dr * grid.cols() as isize + dc;
+                shifted_add(phase, row, -offset, &masks[mask_index(-dr, -dc)]);
             }
+            started[p] = true;
         }
         for (p, started) in started.iter().enumerate() {
             if !started {
