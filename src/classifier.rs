@@ -151,12 +151,20 @@ impl Classifier {
 }
 
 /// Features and class probabilities of a set of images.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Embedding {
     /// `n` rows of [`FEATURES`] values.
     pub features: Vec<Vec<f32>>,
     /// `n` rows of [`CLASSES`] probabilities.
     pub probs: Vec<Vec<f32>>,
+}
+
+impl Embedding {
+    /// Appends the rows of `other`.
+    pub fn extend(&mut self, other: Embedding) {
+        self.features.extend(other.features);
+        self.probs.extend(other.probs);
+    }
 }
 
 fn rows(t: Tensor<2>) -> Vec<Vec<f32>> {

@@ -12,11 +12,10 @@ use serde::Serialize;
 use crate::classifier::{Classifier, Embedding, argmax, embed};
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
-use crate::guidance::{Guided, class_rows};
 use crate::likelihood::{Divergence, bits_per_dim, dequantize, log_density, to_bytes};
 use crate::metrics::{Quality, quality};
 use crate::model::SimpleUNet;
-use crate::sampling::{initial_noise, to_vec};
+use crate::sampling::{ClassPlan, Generation, NoiseSource, generate, initial_noise, to_vec};
 use crate::solver::{Solver, TimeGrid, solve};
 
 /// One evaluated sampler setting.
@@ -53,6 +52,8 @@ pub struct EvalPlan {
     pub n: usize,
     /// Seed of the starting noise (the same noise for every setting).
     pub seed: u64,
+    /// Images per network call (memory is bounded by this, not by `n`).
+    pub chunk: usize,
 }
 
 /// Splits the held-out set into a reference half and a floor half of `n` images each.
@@ -95,8 +96,7 @@ pub fn sample_quality(
     plan: &EvalPlan,
     device: &Device,
     mut on_row: impl FnMut(&EvalRow),
-) -> Vec<EvalRow> {
-    let x1 = initial_noise(model, plan.n, plan.seed, device);
+) -> Result<Vec<EvalRow>> {
     let mut settings: Vec<(Solver, usize, Option<f32>)> = Vec::new();
     for &solver in &plan.solvers {
         match solver.stages() {
@@ -124,21 +124,41 @@ pub fn sample_quality(
     let mut rows = Vec::new();
     for (solver, steps, tol) in settings {
         let started = Instant::now();
-        let solution = solve(model, solver, x1.clone(), steps, plan.grid, |_, _, _| {});
-        let samples = to_vec(&solution.x);
+        let generation = Generation {
+            solver,
+            steps,
+            grid: plan.grid,
+            guidance: 1.0,
+            chunk: plan.chunk,
+        };
+        // The same starting noise for every setting.
+        let mut noise = NoiseSource::seeded(plan.seed);
+        let mut samples = Embedding::default();
+        let stats = generate(
+            model,
+            plan.n,
+            &ClassPlan::Unconditional,
+            &mut noise,
+            &generation,
+            device,
+            |_, values| {
+                samples.extend(embed(classifier, &values, device));
+                Ok(())
+            },
+        )?;
         let seconds = started.elapsed().as_secs_f64();
         let row = EvalRow {
             solver: solver.to_string(),
-            steps: solution.steps,
-            nfe: solution.nfe,
+            steps: stats.steps,
+            nfe: stats.nfe_per_chunk.iter().max().copied().unwrap_or(0),
             tol,
             seconds,
-            quality: quality(&embed(classifier, &samples, device), reference),
+            quality: quality(&samples, reference),
         };
         on_row(&row);
         rows.push(row);
     }
-    rows
+    Ok(rows)
 }
 
 /// Likelihood of held-out images.
@@ -236,18 +256,27 @@ pub fn guided_accuracy(
         .config()
         .num_classes
         .ok_or_else(|| Error::invalid("guidance", "the model is unconditional"))?;
-    let labels = class_rows(0..classes, per_class);
-    let guided = Guided::new(model, &labels, scale)?;
-    let x1 = initial_noise(model, labels.len(), seed, device);
-    let solution = solve(
-        &guided,
-        Solver::Euler,
-        x1,
-        steps,
-        TimeGrid::Uniform,
-        |_, _, _| {},
-    );
-    let probs = embed(classifier, &to_vec(&solution.x), device).probs;
+    let plan = ClassPlan::Rows {
+        classes: (0..classes).collect(),
+        per_class,
+    };
+    let generation = Generation {
+        guidance: scale,
+        ..Generation::euler(steps)
+    };
+    let mut probs = Vec::new();
+    let stats = generate(
+        model,
+        classes * per_class,
+        &plan,
+        &mut NoiseSource::seeded(seed),
+        &generation,
+        device,
+        |_, values| {
+            probs.extend(embed(classifier, &values, device).probs);
+            Ok(())
+        },
+    )?;
     let per_class: Vec<f64> = (0..classes)
         .map(|c| {
             let rows = &probs[c * per_class..(c + 1) * per_class];
@@ -256,7 +285,7 @@ pub fn guided_accuracy(
         .collect();
     Ok(GuidedAccuracy {
         guidance: scale,
-        nfe: solution.nfe,
+        nfe: stats.nfe_per_chunk.first().copied().unwrap_or(0),
         mean: per_class.iter().sum::<f64>() / classes as f64,
         per_class,
     })

@@ -77,6 +77,9 @@ pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
     write_atomic(path, bytes.get_ref())
 }
 
+/// Most tiles a sample grid shows; larger sample sets go to a tensor file as well.
+pub const GRID_MAX_TILES: usize = 1024;
+
 /// Writes the sample grid PNG (square-ish: `ceil(sqrt(n))` columns, 2 px padding).
 pub fn save_grid(images: Images, path: &Path) -> Result<()> {
     let cols = (images.count() as f64).sqrt().ceil() as usize;

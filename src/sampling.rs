@@ -1,11 +1,13 @@
-//! Generating images: seeded starting noise, the sampler, and trajectory capture.
+//! Generating images: seeded starting noise, chunked sampling in bounded memory, and
+//! trajectory capture.
 
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::error::{Error, Result};
-use crate::flow::gaussian_noise;
+use crate::flow::{gaussian_noise, gaussian_values};
+use crate::guidance::Guided;
 use crate::image_out::TrajectoryFrame;
 use crate::model::SimpleUNet;
 use crate::solver::{Solution, Solver, TimeGrid, solve};
@@ -34,6 +36,153 @@ pub fn check_noise_shape(model: &SimpleUNet, shape: &[usize]) -> Result<[usize; 
             format!("shape {shape:?}, expected [N, {c}, {IMAGE_SIZE}, {IMAGE_SIZE}] with N > 0"),
         )),
     }
+}
+
+/// Images generated per network call when the caller does not say: large enough to keep the
+/// CPU kernels busy, small enough that the reference-width model stays well under 2 GB.
+pub const DEFAULT_CHUNK: usize = 256;
+
+/// Where starting noise comes from, chunk after chunk.
+pub enum NoiseSource<'a> {
+    /// A seeded normal stream: the first `k` images are the same whatever the chunk size (and
+    /// the same as [`initial_noise`] with this seed).
+    Seeded(Box<StdRng>),
+    /// Values given by the caller (`[n, c, h, w]` row-major), consumed in order.
+    Given(&'a [f32]),
+}
+
+impl NoiseSource<'_> {
+    /// The seeded stream of `seed`.
+    pub fn seeded(seed: u64) -> Self {
+        NoiseSource::Seeded(Box::new(StdRng::seed_from_u64(seed)))
+    }
+
+    /// The next `count` images of `image_len` values each.
+    fn take(&mut self, count: usize, image_len: usize) -> Vec<f32> {
+        match self {
+            NoiseSource::Seeded(rng) => gaussian_values(rng.as_mut(), count * image_len),
+            NoiseSource::Given(values) => {
+                let (head, rest) = values.split_at((count * image_len).min(values.len()));
+                *values = rest;
+                head.to_vec()
+            }
+        }
+    }
+}
+
+/// Which class each sample is drawn for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassPlan {
+    /// No labels (an unconditional model, or the unconditional branch of a conditional one).
+    Unconditional,
+    /// `per_class` samples of each class in turn (one grid row per class).
+    Rows {
+        /// The classes, in row order.
+        classes: Vec<usize>,
+        /// Samples of each.
+        per_class: usize,
+    },
+}
+
+impl ClassPlan {
+    /// The label of sample `i` (`None` when unconditional).
+    pub fn label(&self, i: usize) -> Option<usize> {
+        match self {
+            ClassPlan::Unconditional => None,
+            ClassPlan::Rows { classes, per_class } => Some(classes[i / per_class]),
+        }
+    }
+}
+
+/// How to generate: solver, steps, time grid, guidance scale and chunk size.
+#[derive(Debug, Clone, Copy)]
+pub struct Generation {
+    /// The ODE solver.
+    pub solver: Solver,
+    /// Steps of a fixed-step solver.
+    pub steps: usize,
+    /// Time grid of a fixed-step solver.
+    pub grid: TimeGrid,
+    /// Classifier-free guidance scale (conditional plans only; 1 is plain conditional).
+    pub guidance: f32,
+    /// Images per network call; peak memory is set by this, not by the number of samples.
+    pub chunk: usize,
+}
+
+impl Generation {
+    /// Euler with `steps` uniform steps, no guidance, default chunk.
+    pub fn euler(steps: usize) -> Self {
+        Generation {
+            solver: Solver::Euler,
+            steps,
+            grid: TimeGrid::Uniform,
+            guidance: 1.0,
+            chunk: DEFAULT_CHUNK,
+        }
+    }
+}
+
+/// What a chunked generation did.
+#[derive(Debug, Clone, Default)]
+pub struct GenerationStats {
+    /// Velocity evaluations of each chunk (equal for fixed-step solvers).
+    pub nfe_per_chunk: Vec<usize>,
+    /// Accepted steps of the last chunk.
+    pub steps: usize,
+}
+
+/// Generates `count` samples from `model` in chunks of `generation.chunk`, starting from
+/// `noise` and drawn for `classes`; `sink(start, values)` receives each chunk's final states
+/// (`[len, c, 28, 28]` row-major) as soon as it is done, so memory stays bounded by the chunk.
+pub fn generate(
+    model: &SimpleUNet,
+    count: usize,
+    classes: &ClassPlan,
+    noise: &mut NoiseSource,
+    generation: &Generation,
+    device: &Device,
+    mut sink: impl FnMut(usize, Vec<f32>) -> Result<()>,
+) -> Result<GenerationStats> {
+    if generation.chunk == 0 {
+        return Err(Error::invalid("batch size", "must be positive"));
+    }
+    if *classes == ClassPlan::Unconditional && generation.guidance != 1.0 {
+        return Err(Error::invalid(
+            "guidance",
+            "a guidance scale needs class labels (--digit or --digits)",
+        ));
+    }
+    let shape = [model.config().in_channels, IMAGE_SIZE, IMAGE_SIZE];
+    let image_len: usize = shape.iter().product();
+    let mut stats = GenerationStats::default();
+    let mut start = 0;
+    while start < count {
+        let len = generation.chunk.min(count - start);
+        let values = noise.take(len, image_len);
+        if values.len() != len * image_len {
+            return Err(Error::invalid(
+                "initial noise",
+                format!("holds fewer than the {count} samples asked for"),
+            ));
+        }
+        let x1 = from_vec(values, [len, shape[0], shape[1], shape[2]], device);
+        let (solver, steps, grid) = (generation.solver, generation.steps, generation.grid);
+        let solution = match classes {
+            ClassPlan::Unconditional => solve(model, solver, x1, steps, grid, |_, _, _| {}),
+            plan => {
+                let labels: Vec<usize> = (start..start + len)
+                    .map(|i| plan.label(i).expect("conditional plan"))
+                    .collect();
+                let guided = Guided::new(model, &labels, generation.guidance)?;
+                solve(&guided, solver, x1, steps, grid, |_, _, _| {})
+            }
+        };
+        stats.nfe_per_chunk.push(solution.nfe);
+        stats.steps = solution.steps;
+        sink(start, to_vec(&solution.x))?;
+        start += len;
+    }
+    Ok(stats)
 }
 
 /// The state indices captured for a trajectory of `steps` steps: the reference's

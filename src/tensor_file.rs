@@ -1,8 +1,9 @@
 //! Reading and writing named f32 tensors as safetensors, with atomic writes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
@@ -26,9 +27,15 @@ impl TensorFile {
     /// Reads a safetensors file whose tensors are all float32.
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let parsed = SafeTensors::deserialize(&bytes)
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses the bytes of a safetensors file (`path` names it in errors). Every tensor is
+    /// float32 or a one-dimensional byte blob; nothing larger than `bytes` is allocated.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let parsed = SafeTensors::deserialize(bytes)
             .map_err(|e| Error::bad_file(path, format!("not a valid safetensors file ({e})")))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)
+        let (_, header) = SafeTensors::read_metadata(bytes)
             .map_err(|e| Error::bad_file(path, format!("not a valid safetensors file ({e})")))?;
         let mut tensors = BTreeMap::new();
         let mut blobs = BTreeMap::new();
@@ -79,6 +86,13 @@ impl TensorFile {
         })
     }
 
+    /// The tensor called `name`, checked to hold only finite values.
+    pub fn get_finite(&self, name: &str, path: &Path) -> Result<&NamedTensor> {
+        let tensor = self.get(name, path)?;
+        tensor.check_finite(path)?;
+        Ok(tensor)
+    }
+
     /// Writes the tensors and metadata to `path` atomically (temp file, then rename).
     pub fn write(&self, path: &Path) -> Result<()> {
         let bytes: Vec<Vec<u8>> = self
@@ -111,34 +125,136 @@ impl TensorFile {
 
 /// Writes `bytes` to `path` so that a reader (or a crash) sees either the old or the new file,
 /// never a partial one: the data goes to a temporary file in the same folder, is synced, and is
-/// renamed over `path`.
+/// renamed over `path`. On failure (a full disk, say) the temporary file is removed and `path`
+/// is left as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let file_name = path.file_name().ok_or_else(|| {
-        Error::invalid(
-            "output path",
-            format!("{} has no file name", path.display()),
-        )
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    let mut file = AtomicFile::create(path)?;
+    file.write_all(bytes)?;
+    file.commit()
+}
+
+/// A file written under a temporary name beside its destination and renamed over it by
+/// [`commit`](Self::commit) once complete and synced; dropped uncommitted, it is removed.
+pub struct AtomicFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<BufWriter<File>>,
+}
+
+impl AtomicFile {
+    /// Starts writing `path` (its folder is created when missing).
+    pub fn create(path: &Path) -> Result<Self> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let file_name = path.file_name().ok_or_else(|| {
+            Error::invalid(
+                "output path",
+                format!("{} has no file name", path.display()),
+            )
+        })?;
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            file_name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file = File::create(&tmp).map_err(|error| Error::Write {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Ok(AtomicFile {
+            path: path.to_path_buf(),
+            tmp,
+            file: Some(BufWriter::new(file)),
+        })
+    }
+
+    /// Appends `bytes`.
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        let file = self.file.as_mut().expect("not yet committed");
+        file.write_all(bytes).map_err(|error| Error::Write {
+            path: self.path.clone(),
+            error,
+        })
+    }
+
+    /// Flushes, syncs and renames the file over its destination.
+    pub fn commit(mut self) -> Result<()> {
+        let file = self.file.take().expect("committed once");
+        let result = file
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .and_then(|_| std::fs::rename(&self.tmp, &self.path));
+        result.map_err(|error| Error::Write {
+            path: self.path.clone(),
+            error,
+        })
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        // After a successful commit the temporary name no longer exists.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// One float32 tensor streamed into a safetensors file chunk by chunk (its shape known
+/// up front), so that writing N samples needs memory for one chunk only. Written atomically.
+pub struct TensorStream {
+    file: AtomicFile,
+    remaining: usize,
+}
+
+impl TensorStream {
+    /// Starts `path` holding the tensor `name` of `shape`.
+    pub fn create(path: &Path, name: &str, shape: &[usize]) -> Result<Self> {
+        let len: usize = shape.iter().product();
+        let header = serde_json::json!({
+            name: {"dtype": "F32", "shape": shape, "data_offsets": [0, len * 4]}
+        })
+        .to_string();
+        // The header is padded with spaces so that the data starts 8-byte aligned.
+        let padded = header.len().div_ceil(8) * 8;
+        let mut file = AtomicFile::create(path)?;
+        file.write_all(&(padded as u64).to_le_bytes())?;
+        file.write_all(header.as_bytes())?;
+        file.write_all(&vec![b' '; padded - header.len()])?;
+        Ok(TensorStream {
+            file,
+            remaining: len,
+        })
+    }
+
+    /// Appends the next `values`.
+    pub fn write(&mut self, values: &[f32]) -> Result<()> {
+        if values.len() > self.remaining {
+            return Err(Error::invalid(
+                "tensor stream",
+                format!(
+                    "{} values more than the declared shape",
+                    values.len() - self.remaining
+                ),
+            ));
+        }
+        self.remaining -= values.len();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.file.write_all(&bytes)
+    }
+
+    /// Completes the file; every declared value must have been written.
+    pub fn finish(self) -> Result<()> {
+        if self.remaining != 0 {
+            return Err(Error::invalid(
+                "tensor stream",
+                format!("{} values missing", self.remaining),
+            ));
+        }
+        self.file.commit()
+    }
 }
 
 /// Parameters read from a tensor file while a module is built; every name and shape is checked.
@@ -175,6 +291,7 @@ impl ParamSource for FileParams<'_> {
                 ),
             ));
         }
+        stored.check_finite(self.path)?;
         Ok(Tensor::from_data(
             TensorData::new(stored.values.clone(), shape),
             device,
