@@ -17,6 +17,15 @@ pub enum Error {
         /// The underlying I/O error.
         error: std::io::Error,
     },
+    /// Writing an output file failed (a full disk, a size limit, no permission); the file is
+    /// written under a temporary name and renamed, so any earlier version is untouched.
+    #[error("{}: cannot write ({error}); any previous version of this file is unchanged", path.display())]
+    Write {
+        /// The file that was being written.
+        path: PathBuf,
+        /// The underlying I/O error.
+        error: std::io::Error,
+    },
     /// A file's content is not what it should be (bad IDX header, truncated data, bad tensor).
     #[error("{}: {reason}", path.display())]
     BadFile {
@@ -40,6 +49,18 @@ pub enum Error {
         what: String,
         /// Why the value is rejected.
         reason: String,
+    },
+    /// Another process holds the lock of a run folder.
+    #[error(
+        "{}: another flowmatch process ({holder}) is training into this folder; wait for it to \
+         finish or choose another --out",
+        dir.display()
+    )]
+    Locked {
+        /// The run folder.
+        dir: PathBuf,
+        /// Who holds the lock (its process id, as written in the lock file).
+        holder: String,
     },
     /// Training produced a non-finite loss.
     #[error(

@@ -80,6 +80,21 @@ pub enum TimeSampling {
 }
 
 impl TimeSampling {
+    /// Rejects a logit-normal with a non-finite mean or a non-positive deviation.
+    pub fn validate(&self) -> crate::Result<()> {
+        match *self {
+            TimeSampling::LogitNormal { mean, std }
+                if !(mean.is_finite() && std > 0.0 && std.is_finite()) =>
+            {
+                Err(crate::Error::invalid(
+                    "logit-normal",
+                    format!("mean {mean}, std {std}: need a finite mean and a positive std"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// `batch` times drawn from `rng`.
     pub fn sample<R: Rng>(&self, rng: &mut R, batch: usize, device: &Device) -> Tensor<1> {
         let values: Vec<f32> = (0..batch)

@@ -25,10 +25,10 @@ use flowmatch::image_out::{self, Images};
 use flowmatch::likelihood::Divergence;
 use flowmatch::lr_schedule::LrSchedule;
 use flowmatch::metrics::Quality;
-use flowmatch::model::{NamedTensor, SimpleUNet, UNetConfig};
-use flowmatch::sampling::{self, IMAGE_SIZE};
-use flowmatch::solver::{Solver, TimeGrid, euler, solve};
-use flowmatch::tensor_file::TensorFile;
+use flowmatch::model::{SimpleUNet, UNetConfig};
+use flowmatch::sampling::{self, ClassPlan, Generation, IMAGE_SIZE, NoiseSource};
+use flowmatch::solver::{Solver, TimeGrid, euler};
+use flowmatch::tensor_file::{TensorFile, TensorStream};
 use flowmatch::train::{self, EpochReport, StepReport, TrainConfig, TrainObserver};
 
 #[derive(Parser)]
@@ -411,6 +411,9 @@ struct EvalArgs {
     /// Also measure the straightness of the sampling paths (100 samples, 20 Euler steps).
     #[arg(long)]
     straightness: bool,
+    /// Images generated per network call (memory depends on this, not on --n).
+    #[arg(long, default_value_t = sampling::DEFAULT_CHUNK)]
+    batch_size: usize,
 }
 
 #[derive(Args)]
@@ -427,7 +430,8 @@ struct SampleArgs {
     /// Seed of the starting noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output grid PNG.
+    /// Output grid PNG (of at most the first 1024 samples; with more, all of them also go to a
+    /// tensor file: --save-tensor, or the grid's name with .safetensors).
     #[arg(long, default_value = "samples.png")]
     out: PathBuf,
     /// Read the starting noise from this safetensors file (tensor `x1`, [N,1,28,28] f32).
@@ -439,6 +443,9 @@ struct SampleArgs {
     /// Use the raw weights even when the checkpoint holds an EMA.
     #[arg(long)]
     no_ema: bool,
+    /// Images generated per network call: peak memory depends on this, not on --n.
+    #[arg(long, default_value_t = sampling::DEFAULT_CHUNK)]
+    batch_size: usize,
     #[command(flatten)]
     solver: SolverArgs,
     /// Conditional models: generate this digit (class).
@@ -505,6 +512,9 @@ struct TrajectoryArgs {
     solver: SolverArgs,
 }
 
+/// Most samples a trajectory view shows (it keeps every frame of each in memory).
+const MAX_TRAJECTORY_ROWS: usize = 64;
+
 #[derive(Args)]
 struct BenchArgs {
     /// Widths to measure (default: the reference 64,128,256 and the half 32,64,128, each in its
@@ -532,6 +542,7 @@ fn parse_widths(s: &str) -> std::result::Result<[usize; 3], String> {
 }
 
 fn main() -> ExitCode {
+    set_signal_dispositions();
     flowmatch::device::reuse_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -555,6 +566,22 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Signals that would otherwise end the program badly:
+/// - output piped into a reader that stops early (`flowmatch info CKPT | head -3`) ends the
+///   process quietly, as other command-line tools do, instead of a panic in `println!`: SIGPIPE
+///   gets its default action back (Rust's runtime ignores it; sockets are not affected, the
+///   standard library sends with MSG_NOSIGNAL);
+/// - a file-size limit (`ulimit -f`) makes a write fail with an error that is reported, like a
+///   full disk, instead of killing the process with SIGXFSZ.
+fn set_signal_dispositions() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to a default or to "ignore" has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 
@@ -626,6 +653,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Trajectory(args) => {
             let model = load_model(&args.checkpoint, &device, args.no_ema)?;
             check_counts(args.n, args.steps)?;
+            if args.n > MAX_TRAJECTORY_ROWS {
+                bail!(
+                    "invalid --n: a trajectory keeps every frame of every sample; at most \
+                     {MAX_TRAJECTORY_ROWS} rows (use `sample` for many samples)"
+                );
+            }
             let x1 = sampling::initial_noise(&model, args.n, args.seed, &device);
             let (solver, grid) = (args.solver.solver()?, args.solver.grid()?);
             write_trajectory(&model, x1, solver, args.steps, grid, &args.out, &args.gif)
@@ -732,74 +765,150 @@ fn sample(args: SampleArgs, device: &Device) -> Result<()> {
     let model = load_model(&args.checkpoint, device, args.no_ema)?;
     check_counts(args.n, args.steps)?;
     // Class labels per sample (conditional models) and the grid's columns.
-    let (labels, cols) = match (args.digit, &args.digits) {
-        (Some(d), _) => (Some(vec![d; args.n]), None),
-        (None, Some(Digits(rows))) => {
-            (Some(class_rows(rows.iter().copied(), args.n)), Some(args.n))
-        }
-        (None, None) => (None, None),
+    let (classes, cols) = match (args.digit, &args.digits) {
+        (Some(d), _) => (
+            ClassPlan::Rows {
+                classes: vec![d],
+                per_class: args.n,
+            },
+            None,
+        ),
+        (None, Some(Digits(rows))) => (
+            ClassPlan::Rows {
+                classes: rows.clone(),
+                per_class: args.n,
+            },
+            Some(args.n),
+        ),
+        (None, None) => (ClassPlan::Unconditional, None),
     };
-    let count = labels.as_ref().map_or(args.n, Vec::len);
-    let x1 = match &args.init_noise {
-        Some(path) => {
-            let file = TensorFile::read(path)?;
-            let noise = file.get("x1", path)?;
+    let generation = Generation {
+        solver: args.solver.solver()?,
+        steps: args.steps,
+        grid: args.solver.grid()?,
+        guidance: args.guidance,
+        chunk: args.batch_size,
+    };
+    if args.batch_size == 0 {
+        bail!("invalid --batch-size: must be positive");
+    }
+    let mut count = match &classes {
+        ClassPlan::Rows { classes, per_class } => {
+            // Checks the model, the classes and the scale before anything is written.
+            Guided::new(&model, classes, args.guidance)?;
+            classes.len() * per_class
+        }
+        ClassPlan::Unconditional if args.guidance != 1.0 => {
+            bail!("invalid --guidance: it needs --digit or --digits")
+        }
+        ClassPlan::Unconditional => args.n,
+    };
+    let noise_file = match &args.init_noise {
+        Some(path) => Some((TensorFile::read(path)?, path)),
+        None => None,
+    };
+    let mut noise = match &noise_file {
+        Some((file, path)) => {
+            let noise = file.get_finite("x1", path)?;
             let shape = sampling::check_noise_shape(&model, &noise.shape)
                 .with_context(|| format!("{}: tensor 'x1'", path.display()))?;
-            if labels.is_some() && shape[0] != count {
+            if classes != ClassPlan::Unconditional && shape[0] != count {
                 bail!(
                     "{}: tensor 'x1' holds {} samples, the labels ask for {count}",
                     path.display(),
                     shape[0]
                 );
             }
-            sampling::from_vec(noise.values.clone(), shape, device)
+            count = shape[0];
+            NoiseSource::Given(&noise.values)
         }
-        None => sampling::initial_noise(&model, count, args.seed, device),
+        None => NoiseSource::seeded(args.seed),
     };
+    let in_grid = count.min(image_out::GRID_MAX_TILES);
+    let tensor_path = match &args.save_tensor {
+        Some(path) => Some(path.clone()),
+        None if count > in_grid => Some(args.out.with_extension("safetensors")),
+        None => None,
+    };
+    let shape = [count, model.config().in_channels, IMAGE_SIZE, IMAGE_SIZE];
+    let mut stream = match &tensor_path {
+        Some(path) => Some(TensorStream::create(path, "x0", &shape)?),
+        None => None,
+    };
+    let image_len = shape[1] * shape[2] * shape[3];
+    let mut grid_values = Vec::with_capacity(in_grid * image_len);
+    let bar = progress_bar(count as u64, "samples");
     let started = Instant::now();
-    let solver = args.solver.solver()?;
-    let grid = args.solver.grid()?;
-    let solution = match &labels {
-        Some(labels) => {
-            let guided = Guided::new(&model, labels, args.guidance)?;
-            solve(&guided, solver, x1, args.steps, grid, |_, _, _| {})
-        }
-        None if args.guidance != 1.0 => bail!("invalid --guidance: it needs --digit or --digits"),
-        None => solve(&model, solver, x1, args.steps, grid, |_, _, _| {}),
-    };
-    let dims = solution.x.dims();
-    let values = sampling::to_vec(&solution.x);
+    let stats = sampling::generate(
+        &model,
+        count,
+        &classes,
+        &mut noise,
+        &generation,
+        device,
+        |start, values| {
+            if start < in_grid {
+                let take = (in_grid - start).min(values.len() / image_len);
+                grid_values.extend_from_slice(&values[..take * image_len]);
+            }
+            bar.inc((values.len() / image_len) as u64);
+            match &mut stream {
+                Some(stream) => stream.write(&values),
+                None => Ok(()),
+            }
+        },
+    )?;
+    bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let images = Images {
-        pixels: &values,
-        height: dims[2],
-        width: dims[3],
+        pixels: &grid_values,
+        height: IMAGE_SIZE,
+        width: IMAGE_SIZE,
     };
     match cols {
         Some(cols) => image_out::save_png(&image_out::grid(images, cols, 1, 2), &args.out)?,
         None => image_out::save_grid(images, &args.out)?,
     }
-    println!(
-        "{} samples, {solver}, {} steps, NFE {}, {:.1} s: {}",
-        dims[0],
-        solution.steps,
-        solution.nfe,
-        seconds,
-        args.out.display()
+    if let Some(stream) = stream {
+        stream.finish()?;
+    }
+    let (low, high) = (
+        stats.nfe_per_chunk.iter().min().copied().unwrap_or(0),
+        stats.nfe_per_chunk.iter().max().copied().unwrap_or(0),
     );
-    if let Some(path) = &args.save_tensor {
-        let mut file = TensorFile::default();
-        let tensor = NamedTensor {
-            name: "x0".into(),
-            shape: dims.to_vec(),
-            values,
-        };
-        file.tensors.insert(tensor.name.clone(), tensor);
-        file.write(path)?;
-        println!("raw samples (tensor x0): {}", path.display());
+    let nfe = if low == high {
+        low.to_string()
+    } else {
+        format!("{low}-{high} (per chunk)")
+    };
+    println!(
+        "{count} samples, {}, {} steps, NFE {nfe}, {seconds:.1} s ({:.1} img/s)",
+        generation.solver,
+        stats.steps,
+        count as f64 / seconds
+    );
+    if in_grid < count {
+        println!(
+            "grid (the first {in_grid} of {count} samples): {}",
+            args.out.display()
+        );
+    } else {
+        println!("grid: {}", args.out.display());
+    }
+    if let Some(path) = &tensor_path {
+        println!("raw samples (tensor x0, all {count}): {}", path.display());
     }
     Ok(())
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+fn progress_bar(len: u64, unit: &str) -> ProgressBar {
+    ProgressBar::new(len).with_style(
+        ProgressStyle::with_template(&format!(
+            "{{bar:30}} {{pos}}/{{len}} {unit} [{{elapsed_precise}}<{{eta_precise}}]"
+        ))
+        .expect("valid template"),
+    )
 }
 
 fn write_trajectory(
@@ -965,9 +1074,14 @@ fn info(path: &Path) -> Result<()> {
         .map(|t| t.values.len())
         .sum();
     println!("checkpoint: {}", path.display());
+    let classes = match config.num_classes {
+        Some(n) => format!("class-conditional, {n} classes"),
+        None => "unconditional".into(),
+    };
     println!(
-        "network:    SimpleUNet widths {:?}, time embedding {}, {} parameters",
-        config.widths, config.time_dim, params
+        "network:    SimpleUNet widths {}, time embedding {}, {classes}, {params} parameters",
+        config.widths.map(|w| w.to_string()).join("/"),
+        config.time_dim,
     );
     match loaded.ema_info() {
         Some(e) => println!(
@@ -977,10 +1091,15 @@ fn info(path: &Path) -> Result<()> {
         None => println!("weights:    raw (no EMA)"),
     }
     match loaded.progress() {
-        Some(p) => println!(
-            "progress:   {} epochs, {} steps, last epoch loss {:?}",
-            p.epoch, p.step, p.last_epoch_loss
-        ),
+        Some(p) => {
+            let loss = p
+                .last_epoch_loss
+                .map_or("none yet".into(), |l| format!("{l:.5}"));
+            println!(
+                "progress:   {} epochs, {} steps, last epoch loss {loss}",
+                p.epoch, p.step
+            )
+        }
         None => println!("progress:   not recorded (e.g. a PyTorch export)"),
     }
     if let Some(toml) = loaded.metadata.get(checkpoint::META_TRAIN_CONFIG) {
@@ -1041,6 +1160,9 @@ fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
         grid_shift: args.grid_shift,
     }
     .grid()?;
+    if args.batch_size == 0 {
+        bail!("invalid --batch-size: must be positive");
+    }
     if args.nfe.contains(&0) || args.dopri_tols.iter().any(|t| t.is_nan() || *t <= 0.0) {
         bail!("invalid --nfe / --dopri-tols: values must be positive");
     }
@@ -1051,6 +1173,7 @@ fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
         grid,
         n: args.n,
         seed: args.seed,
+        chunk: args.batch_size,
     };
     let (floor, reference) = eval::real_floor(&classifier, &test, args.n, device)?;
     println!(
@@ -1077,7 +1200,7 @@ fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
             None => row.solver.clone(),
         };
         print_quality_row(&name, &row.nfe.to_string(), &row.quality);
-    });
+    })?;
     lines.extend(
         rows.iter()
             .map(|r| serde_json::to_string(r).expect("serialises")),

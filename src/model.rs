@@ -4,6 +4,8 @@
 //! Linear `[out, in]`) and, through [`pytorch_name`], PyTorch's `state_dict` names, so weights
 //! trained by the reference code load unchanged.
 
+use std::path::Path;
+
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -20,6 +22,13 @@ use crate::kernels::{
 /// Number of GroupNorm groups in every block (as in the reference).
 pub const NORM_GROUPS: usize = 8;
 const NORM_EPS: f32 = 1e-5;
+
+/// Most channels of any layer (a bound on what a configuration can ask to allocate).
+pub const MAX_WIDTH: usize = 4096;
+/// Most image channels.
+pub const MAX_CHANNELS: usize = 64;
+/// Most classes of a conditional model.
+pub const MAX_CLASSES: usize = 100_000;
 
 /// The shape of a SimpleUNet: channel widths of the three levels and the time-embedding size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,8 +88,26 @@ impl UNetConfig {
                 "a conditional model needs at least one class",
             ));
         }
-        if self.in_channels == 0 {
-            return Err(Error::invalid("in_channels", "must be positive"));
+        if self.in_channels == 0 || self.in_channels > MAX_CHANNELS {
+            return Err(Error::invalid(
+                "in_channels",
+                format!("{}: must be 1 to {MAX_CHANNELS}", self.in_channels),
+            ));
+        }
+        if self.widths.iter().any(|&w| w > MAX_WIDTH) || self.time_dim > MAX_WIDTH {
+            return Err(Error::invalid(
+                "widths",
+                format!(
+                    "{:?} / time embedding {}: at most {MAX_WIDTH} channels",
+                    self.widths, self.time_dim
+                ),
+            ));
+        }
+        if self.num_classes.is_some_and(|c| c > MAX_CLASSES) {
+            return Err(Error::invalid(
+                "classes",
+                format!("{:?}: at most {MAX_CLASSES}", self.num_classes),
+            ));
         }
         Ok(())
     }
@@ -551,6 +578,23 @@ pub struct NamedTensor {
     pub shape: Vec<usize>,
     /// Row-major values.
     pub values: Vec<f32>,
+}
+
+impl NamedTensor {
+    /// An error naming `path` and the tensor when any value is NaN or infinite.
+    pub fn check_finite(&self, path: &Path) -> Result<()> {
+        match self.values.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(i) => Err(Error::bad_file(
+                path,
+                format!(
+                    "tensor '{}' holds a non-finite value ({} at index {i}); \
+                     the file is damaged or came from a diverged run",
+                    self.name, self.values[i]
+                ),
+            )),
+        }
+    }
 }
 
 /// Every parameter of `module` as (PyTorch name, shape, values), in module order.

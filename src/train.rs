@@ -108,6 +108,20 @@ impl TrainConfig {
             }
         };
         positive("batch size", self.batch_size > 0)?;
+        if self.batch_size > MAX_BATCH {
+            return Err(Error::invalid(
+                "batch size",
+                format!("{}: at most {MAX_BATCH}", self.batch_size),
+            ));
+        }
+        positive("AdamW epsilon", self.eps > 0.0 && self.eps.is_finite())?;
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return Err(Error::invalid(
+                "weight decay",
+                format!("{}: must be finite and not negative", self.weight_decay),
+            ));
+        }
+        self.time_sampling.validate()?;
         positive("epochs", self.epochs > 0)?;
         positive("learning rate", self.lr > 0.0 && self.lr.is_finite())?;
         positive("max steps", self.max_steps != Some(0))?;
@@ -138,6 +152,9 @@ impl TrainConfig {
         toml::to_string(self).expect("config serialises to TOML")
     }
 }
+
+/// Largest batch a configuration may ask for.
+pub const MAX_BATCH: usize = 1 << 16;
 
 fn default_label_dropout() -> f32 {
     0.1
@@ -234,6 +251,56 @@ const METRICS: &str = "metrics.jsonl";
 pub const CONFIG: &str = "config.toml";
 const LOSS_CURVE: &str = "loss_curve.png";
 
+/// Name of the lock file a running `train` holds in its output folder.
+pub const LOCK_FILE: &str = "train.lock";
+
+/// An exclusive lock on a run folder, held while training writes into it, so that a second
+/// `train` into the same folder refuses instead of interleaving its files. The operating
+/// system releases it when the process ends, however it ends.
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Takes the lock of `dir` (which must exist), or fails at once if another process has it.
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        let path = dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        #[cfg(unix)]
+        {
+            use std::io::{Read, Seek};
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on a file descriptor this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let error = std::io::Error::last_os_error();
+                if error.kind() != std::io::ErrorKind::WouldBlock {
+                    return Err(Error::io(&path, error));
+                }
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(Error::Locked {
+                    dir: dir.to_path_buf(),
+                    holder: match holder.trim() {
+                        "" => "unknown pid".into(),
+                        pid => format!("pid {pid}"),
+                    },
+                });
+            }
+            file.set_len(0)
+                .and_then(|_| file.rewind())
+                .and_then(|_| write!(file, "{}", std::process::id()))
+                .map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(RunLock { _file: file })
+    }
+}
+
 /// Everything that changes while training runs.
 struct RunState {
     model: SimpleUNet,
@@ -254,6 +321,7 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     config.validate()?;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let _lock = RunLock::acquire(out_dir)?;
     let device = device.clone().autodiff();
     let model = SimpleUNet::init(config.model, config.seed, &device)?;
     let state = RunState {
@@ -294,6 +362,7 @@ pub fn resume(
     device: &Device,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainOutcome> {
+    let _lock = RunLock::acquire(out_dir)?;
     let path = out_dir.join(RESUME_CHECKPOINT);
     let mut file = TensorFile::read(&path)?;
     let config = stored_config(&file, &path)?;

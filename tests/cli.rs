@@ -1,47 +1,16 @@
 //! The command line end to end: happy paths on tiny models and the reference weights, and
 //! every kind of bad input giving a one-line error, a non-zero exit and no overwritten file.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::path::Path;
+
+use common::{
+    assert_clean_error, assert_success, fixture as parity, run as flowmatch, s, temp_dir,
+};
 
 use flowmatch::model::NamedTensor;
 use flowmatch::tensor_file::TensorFile;
-
-fn flowmatch(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flowmatch"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("runs the flowmatch binary")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("flowmatch-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn parity(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/parity/seed-unet")
-        .join(file)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Asserts a clean failure: exit code non-zero, one line on stderr containing every `needle`.
-fn assert_clean_error(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "not one line: {stderr}");
-    for needle in needles {
-        assert!(stderr.contains(needle), "'{needle}' not in: {stderr}");
-    }
-}
 
 #[test]
 fn a_pytorch_export_loads_and_samples_like_the_reference() {
@@ -61,11 +30,7 @@ fn a_pytorch_export_loads_and_samples_like_the_reference() {
         "--save-tensor",
         s(&raw),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let ours = TensorFile::read(&raw).unwrap();
     let reference = TensorFile::read(&parity("cases.safetensors")).unwrap();
     let (a, b) = (&ours.tensors["x0"], &reference.tensors["x0_steps10"]);
@@ -99,11 +64,7 @@ fn train_sample_trajectory_and_info_on_a_tiny_model() {
         "--out",
         s(&run),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let ckpt = run.join("final.safetensors");
     assert!(
         ckpt.is_file()
@@ -123,11 +84,7 @@ fn train_sample_trajectory_and_info_on_a_tiny_model() {
         "--out",
         s(&grid),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let img = image::open(&grid).unwrap();
     assert_eq!((img.width(), img.height()), (92, 92));
 
@@ -145,11 +102,7 @@ fn train_sample_trajectory_and_info_on_a_tiny_model() {
         "--gif",
         s(&gif),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let strip_img = image::open(&strip).unwrap();
     // 7 captured states (0,1,2,4,6,8,9 of 10) plus t=0: 8 columns; 2 rows of 84-px images.
     assert_eq!(strip_img.width() % 8, 0);
@@ -189,11 +142,66 @@ fn train_sample_trajectory_and_info_on_a_tiny_model() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
-        stdout.contains("[8, 16, 32]")
+        stdout.contains("widths 8/16/32")
+            && stdout.contains("unconditional")
             && stdout.contains("2 steps")
+            && stdout.contains("last epoch loss 1.")
+            && !stdout.contains("Some(")
             && stdout.contains("batch_size = 32"),
         "{stdout}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn many_samples_are_generated_in_chunks_with_a_grid_of_the_first() {
+    let dir = temp_dir("chunks");
+    let (grid, small) = (dir.join("grid.png"), dir.join("small.safetensors"));
+    let ckpt = parity("weights.safetensors");
+    let out = flowmatch(&[
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--n",
+        "1030",
+        "--steps",
+        "1",
+        "--batch-size",
+        "400",
+        "--out",
+        s(&grid),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_success(&out);
+    assert!(stdout.contains("the first 1024 of 1030"), "{stdout}");
+    // 1024 tiles in 32 columns; every sample in the tensor file named after the grid.
+    let img = image::open(&grid).unwrap();
+    assert_eq!((img.width(), img.height()), (2 + 32 * 30, 2 + 32 * 30));
+    let all = TensorFile::read(&dir.join("grid.safetensors")).unwrap();
+    assert_eq!(all.tensors["x0"].shape, vec![1030, 1, 28, 28]);
+    // The chunks continue one noise stream: the first samples are those of a small run.
+    let out = flowmatch(&[
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--n",
+        "9",
+        "--steps",
+        "1",
+        "--out",
+        s(&dir.join("nine.png")),
+        "--save-tensor",
+        s(&small),
+    ]);
+    assert!(out.status.success());
+    let nine = &TensorFile::read(&small).unwrap().tensors["x0"];
+    let err = nine
+        .values
+        .iter()
+        .zip(&all.tensors["x0"].values)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(err < 1e-4, "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -344,11 +352,7 @@ fn a_runs_config_file_reproduces_the_run() {
         "--out",
         s(&first),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let config = first.join("config.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(
@@ -356,11 +360,7 @@ fn a_runs_config_file_reproduces_the_run() {
         "{text}"
     );
     let out = flowmatch(&["train", "--config", s(&config), "--out", s(&second)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let a = TensorFile::read(&first.join("final.safetensors")).unwrap();
     let b = TensorFile::read(&second.join("final.safetensors")).unwrap();
     for (name, t) in &a.tensors {

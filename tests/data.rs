@@ -1,9 +1,11 @@
 //! Data sets: the embedded subset, IDX folders, and the verified downloader against a local
 //! HTTP server on 127.0.0.1.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -12,23 +14,8 @@ use flowmatch::data::download::{
 };
 use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("flowmatch-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{idx_bytes, temp_dir};
 
-fn idx_bytes(dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0, 0, 8, dims.len() as u8];
-    for d in dims {
-        out.extend(d.to_be_bytes());
-    }
-    out.extend(data);
-    out
-}
-
-/// A tiny IDX data set: `n` 28x28 images and labels.
 fn tiny_idx_files(n: usize) -> Vec<(&'static str, Vec<u8>)> {
     let images: Vec<u8> = (0..n * 784).map(|i| (i % 256) as u8).collect();
     let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();

@@ -4,6 +4,7 @@
 use burn::tensor::Device;
 use flowmatch::classifier::{Classifier, ClassifierInfo, embed, train_classifier};
 use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split};
+use flowmatch::eval::{self, EvalPlan};
 use flowmatch::metrics::quality;
 use flowmatch::model::{SimpleUNet, UNetConfig};
 use flowmatch::sampling::{initial_noise, trajectory};
@@ -119,4 +120,31 @@ fn trajectories_work_with_every_solver() {
             assert_eq!(traj.solution.nfe, 6 * stages);
         }
     }
+}
+
+#[test]
+fn quality_does_not_depend_on_the_chunk_size() {
+    let device = Device::flex();
+    let model = SimpleUNet::init(UNetConfig::with_widths([8, 16, 32]), 0, &device).unwrap();
+    let classifier =
+        Classifier::build(&mut flowmatch::model::RandomInit::new(1), &device).unwrap();
+    let (_, reference) = eval::real_floor(&classifier, &embedded(Split::Test), 40, &device).unwrap();
+    let rows = |chunk| {
+        let plan = EvalPlan {
+            solvers: vec![Solver::Euler],
+            nfe: vec![2],
+            dopri_tolerances: vec![],
+            grid: TimeGrid::Uniform,
+            n: 40,
+            seed: 3,
+            chunk,
+        };
+        eval::sample_quality(&model, &classifier, &reference, &plan, &device, |_| {}).unwrap()
+    };
+    let (whole, chunked) = (rows(40), rows(7));
+    assert_eq!(whole.len(), 1);
+    assert_eq!(whole[0].nfe, 2);
+    assert_eq!(whole[0].quality.n, 40);
+    assert!((whole[0].quality.fid - chunked[0].quality.fid).abs() < 1e-3 * whole[0].quality.fid);
+    assert_eq!(whole[0].quality.histogram, chunked[0].quality.histogram);
 }

@@ -23,48 +23,75 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
     parse_idx(&bytes).map_err(|reason| Error::bad_file(path, reason))
 }
 
-/// Parses IDX bytes (gzip or raw); the error says what is wrong.
+/// Largest data section accepted (4 GiB): a header claiming more is rejected before anything
+/// is allocated.
+pub const MAX_IDX_BYTES: usize = 1 << 32;
+
+/// Parses IDX bytes (gzip or raw); the error says what is wrong. The header is read first and
+/// checked, and the data is read up to the size it declares, so a header claiming huge
+/// dimensions costs nothing and memory never exceeds what the stream really holds.
 pub fn parse_idx(bytes: &[u8]) -> std::result::Result<IdxArray, String> {
-    let raw;
-    let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(bytes)
-            .read_to_end(&mut out)
-            .map_err(|e| format!("corrupt gzip data ({e})"))?;
-        raw = out;
-        &raw[..]
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        parse_stream(flate2::read::GzDecoder::new(bytes), true)
     } else {
-        bytes
-    };
-    if bytes.len() < 4 {
-        return Err(format!("too short for an IDX file ({} bytes)", bytes.len()));
+        parse_stream(bytes, false)
     }
-    if bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
+}
+
+/// Up to `n` bytes of `reader` (fewer at the end of the stream).
+fn read_up_to(
+    reader: &mut impl Read,
+    n: usize,
+    gzip: bool,
+) -> std::result::Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    reader
+        .take(n as u64)
+        .read_to_end(&mut out)
+        .map_err(|e| match gzip {
+            true => format!("corrupt gzip data ({e})"),
+            false => format!("cannot read ({e})"),
+        })?;
+    Ok(out)
+}
+
+fn parse_stream(mut reader: impl Read, gzip: bool) -> std::result::Result<IdxArray, String> {
+    let magic = read_up_to(&mut reader, 4, gzip)?;
+    if magic.len() < 4 {
+        return Err(format!("too short for an IDX file ({} bytes)", magic.len()));
+    }
+    if magic[0] != 0 || magic[1] != 0 || magic[2] != 0x08 {
         return Err(format!(
             "bad IDX magic number {:02x}{:02x}{:02x}{:02x} (expected 000008NN: unsigned bytes)",
-            bytes[0], bytes[1], bytes[2], bytes[3]
+            magic[0], magic[1], magic[2], magic[3]
         ));
     }
-    let rank = bytes[3] as usize;
+    let rank = magic[3] as usize;
     if rank == 0 {
         return Err("IDX header declares zero dimensions".into());
     }
-    let header = 4 + 4 * rank;
-    if bytes.len() < header {
+    let header = read_up_to(&mut reader, 4 * rank, gzip)?;
+    if header.len() < 4 * rank {
         return Err(format!(
-            "truncated IDX header ({} of {header} bytes)",
-            bytes.len()
+            "truncated IDX header ({} of {} bytes)",
+            4 + header.len(),
+            4 + 4 * rank
         ));
     }
-    let dims: Vec<usize> = bytes[4..header]
+    let dims: Vec<usize> = header
         .chunks_exact(4)
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .collect();
     let expected = dims
         .iter()
         .try_fold(1usize, |acc, d| acc.checked_mul(*d))
-        .ok_or("IDX dimensions overflow")?;
-    let available = bytes.len() - header;
+        .filter(|&n| n <= MAX_IDX_BYTES)
+        .ok_or_else(|| {
+            format!("IDX dimensions {dims:?} are implausibly large (over {MAX_IDX_BYTES} bytes)")
+        })?;
+    // One byte more than declared reveals trailing data.
+    let data = read_up_to(&mut reader, expected + 1, gzip)?;
+    let available = data.len();
     if available < expected {
         return Err(format!(
             "truncated: dimensions {dims:?} need {expected} data bytes, the file has {available}"
@@ -72,14 +99,10 @@ pub fn parse_idx(bytes: &[u8]) -> std::result::Result<IdxArray, String> {
     }
     if available > expected {
         return Err(format!(
-            "{} bytes of trailing data after the {expected} declared by dimensions {dims:?}",
-            available - expected
+            "trailing data after the {expected} bytes declared by dimensions {dims:?}"
         ));
     }
-    Ok(IdxArray {
-        dims,
-        data: bytes[header..].to_vec(),
-    })
+    Ok(IdxArray { dims, data })
 }
 
 #[cfg(test)]
