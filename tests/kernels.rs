@@ -275,3 +275,49 @@ fn group_norm_silu_matches_burn() {
     );
     assert!(max_diff(y3, y2) < 1e-5, "in-place forward differs");
 }
+
+#[test]
+fn modulated_group_norm_silu_matches_burn() {
+    let device = Device::flex().autodiff();
+    let (b, c, h, w, groups) = (3, 16, 5, 7, 8);
+    let x = random([b, c, h, w], &device) * 2.0 + 0.5;
+    let gamma = random([b, c], &device) + 1.0;
+    let beta = random([b, c], &device);
+    let r = random([b, c, h, w], &device);
+    type NormOp = fn(Tensor<4>, Tensor<2>, Tensor<2>, usize, f32) -> Tensor<4>;
+    let run = |op: NormOp| {
+        let (x, g, bt) = (
+            x.clone().require_grad(),
+            gamma.clone().require_grad(),
+            beta.clone().require_grad(),
+        );
+        let y = op(x.clone(), g.clone(), bt.clone(), groups, 1e-5);
+        let grads = (y.clone() * r.clone()).sum().backward();
+        (
+            y,
+            x.grad(&grads).unwrap(),
+            g.grad(&grads).unwrap(),
+            bt.grad(&grads).unwrap(),
+        )
+    };
+    let (y1, dx1, dg1, db1) = run(kernels::group_norm_silu_modulated);
+    let (y2, dx2, dg2, db2) = run(kernels::plain_group_norm_silu_modulated);
+    assert!(max_diff(y1, y2) < 1e-5, "forward differs");
+    assert!(max_diff(dx1, dx2) < 1e-4, "input gradient differs");
+    assert!(
+        max_diff(dg1, dg2) < 1e-3,
+        "per-image gamma gradient differs"
+    );
+    assert!(max_diff(db1, db2) < 1e-3, "per-image beta gradient differs");
+
+    let flex = Device::flex();
+    let (x, gamma, beta) = (
+        x.to_device(&flex),
+        gamma.to_device(&flex),
+        beta.to_device(&flex),
+    );
+    let unique = x.clone() * 1.0;
+    let y1 = kernels::group_norm_silu_modulated(unique, gamma.clone(), beta.clone(), groups, 1e-5);
+    let y2 = kernels::plain_group_norm_silu_modulated(x, gamma, beta, groups, 1e-5);
+    assert!(max_diff(y1, y2) < 1e-5, "in-place forward differs");
+}

@@ -163,6 +163,42 @@ pub fn group_norm_silu(
     }
 }
 
+/// `silu(gamma · group_norm(h) + beta)` with a `gamma` and `beta` per image and channel
+/// (`[batch, channels]`): the modulated normalisation of a residual block, where the time (and
+/// class) embedding sets scale and shift (`gamma = weight · (1 + scale)`,
+/// `beta = bias · (1 + scale) + shift`). The same fused kernel as [`group_norm_silu`] on `flex`.
+pub fn group_norm_silu_modulated(
+    h: Tensor<4>,
+    gamma: Tensor<2>,
+    beta: Tensor<2>,
+    groups: usize,
+    eps: f32,
+) -> Tensor<4> {
+    let [b, c, ..] = h.dims();
+    if on_flex(&h) {
+        let shift = Tensor::<2>::zeros([b, c], &h.device());
+        Tensor::from_dispatch(<Dispatch as NormKernelOps>::group_norm_silu_fused(
+            h.into_dispatch(),
+            shift.into_dispatch(),
+            gamma.into_dispatch(),
+            beta.into_dispatch(),
+            groups,
+            eps,
+        ))
+    } else {
+        plain_group_norm_silu_modulated(h, gamma, beta, groups, eps)
+    }
+}
+
+/// `group_norm(h)` over `groups` groups, without the affine map: burn's composition (used where
+/// no SiLU follows, e.g. before attention, and by the tests).
+pub fn group_norm(h: Tensor<4>, groups: usize, eps: f32) -> Tensor<4> {
+    let [b, c, height, width] = h.dims();
+    let grouped = h.reshape([b, groups, (c / groups) * height * width]);
+    let (var, mean) = grouped.clone().var_mean_bias(2);
+    ((grouped - mean) / (var + eps as f64).sqrt()).reshape([b, c, height, width])
+}
+
 /// [`group_norm_silu`] as burn's own composition (what the kernel is tested against).
 pub fn plain_group_norm_silu(
     h: Tensor<4>,
@@ -172,12 +208,22 @@ pub fn plain_group_norm_silu(
     groups: usize,
     eps: f32,
 ) -> Tensor<4> {
-    let [b, c, height, width] = h.dims();
-    let grouped =
-        (h + shift.reshape([b, c, 1, 1])).reshape([b, groups, (c / groups) * height * width]);
-    let (var, mean) = grouped.clone().var_mean_bias(2);
-    let normed = ((grouped - mean) / (var + eps as f64).sqrt()).reshape([b, c, height, width]);
+    let [b, c, ..] = h.dims();
+    let normed = group_norm(h + shift.reshape([b, c, 1, 1]), groups, eps);
     silu(normed * gamma.reshape([1, c, 1, 1]) + beta.reshape([1, c, 1, 1]))
+}
+
+/// [`group_norm_silu_modulated`] as burn's own composition (what the kernel is tested against).
+pub fn plain_group_norm_silu_modulated(
+    h: Tensor<4>,
+    gamma: Tensor<2>,
+    beta: Tensor<2>,
+    groups: usize,
+    eps: f32,
+) -> Tensor<4> {
+    let [b, c, ..] = h.dims();
+    let normed = group_norm(h, groups, eps);
+    silu(normed * gamma.reshape([b, c, 1, 1]) + beta.reshape([b, c, 1, 1]))
 }
 
 /// Whether the kernels serve `x`: `f32` values on the `flex` backend.

@@ -92,14 +92,15 @@ impl Backward<Flex, 4> for GroupNormSiluBackward {
         let ([h, shift, gamma, beta], groups, eps) = ops.state;
         let shape = norm_shape(&h, groups);
         let dims = h.layout().shape().to_vec();
+        let affine_dims = gamma.layout().shape().to_vec();
         let g = with_params([&shift, &gamma, &beta], eps, |params| {
             norm_silu::backward(&shape, &values(&h), params, &values(&grad))
         });
         let outputs = [
             TensorData::new(g.input, dims),
             TensorData::new(g.shift, [shape.batch, shape.channels]),
-            TensorData::new(g.gamma, [shape.channels]),
-            TensorData::new(g.beta, [shape.channels]),
+            TensorData::new(g.gamma, affine_dims.clone()),
+            TensorData::new(g.beta, affine_dims),
         ];
         for (node, data) in ops.parents.into_iter().zip(outputs) {
             if let Some(node) = node {

@@ -47,9 +47,9 @@ impl NormShape {
 pub struct NormParams<'a> {
     /// Per-(image, channel) shift added before normalising, `[batch, channels]`.
     pub shift: &'a [f32],
-    /// GroupNorm scale, `[channels]`.
+    /// GroupNorm scale, `[channels]`, or `[batch, channels]` for a per-image (modulated) scale.
     pub gamma: &'a [f32],
-    /// GroupNorm offset, `[channels]`.
+    /// GroupNorm offset, of the same shape as `gamma`.
     pub beta: &'a [f32],
     /// Variance epsilon.
     pub eps: f32,
@@ -62,9 +62,9 @@ pub struct NormGrads {
     pub input: Vec<f32>,
     /// With respect to the shift, `[batch, channels]`.
     pub shift: Vec<f32>,
-    /// With respect to gamma, `[channels]`.
+    /// With respect to gamma (of its shape).
     pub gamma: Vec<f32>,
-    /// With respect to beta, `[channels]`.
+    /// With respect to beta (of its shape).
     pub beta: Vec<f32>,
 }
 
@@ -314,6 +314,7 @@ simd_dispatch!(group_backward_simd => group_backward::<FMA>(
 /// The fused forward pass: `silu(group_norm(h + shift))`.
 pub fn forward(s: &NormShape, h: &[f32], p: &NormParams) -> Vec<f32> {
     assert_eq!(h.len(), s.batch * s.channels * s.plane, "input size");
+    per_image(s, p);
     // SAFETY: `group_forward` writes every value of its group.
     let (y, _) = unsafe {
         par_written(h.len(), s.group_len(), |i, y| {
@@ -328,12 +329,25 @@ pub fn forward(s: &NormShape, h: &[f32], p: &NormParams) -> Vec<f32> {
 /// [`forward`] in place: `hy` holds `h` and receives the output (no new buffer to fill).
 pub fn forward_in_place(s: &NormShape, hy: &mut [f32], p: &NormParams) {
     assert_eq!(hy.len(), s.batch * s.channels * s.plane, "input size");
+    per_image(s, p);
     hy.par_chunks_mut(s.group_len())
         .enumerate()
         .for_each(|(i, hy)| {
             let (shift, gamma, beta) = group_params(s, p, i);
             group_forward_in_place_simd(hy, shift, gamma, beta, p.eps);
         });
+}
+
+/// Whether `p` holds a gamma and beta per image (`[batch, channels]`) rather than per channel;
+/// panics on any other length.
+fn per_image(s: &NormShape, p: &NormParams) -> bool {
+    let per_image = p.gamma.len() == s.batch * s.channels && s.batch != 1;
+    assert!(
+        (per_image || p.gamma.len() == s.channels) && p.beta.len() == p.gamma.len(),
+        "gamma / beta sizes"
+    );
+    assert_eq!(p.shift.len(), s.batch * s.channels, "shift size");
+    per_image
 }
 
 /// The shift, gamma and beta of group `i` (image `i / groups`).
@@ -344,14 +358,20 @@ fn group_params<'a>(
 ) -> (&'a [f32], &'a [f32], &'a [f32]) {
     let cg = s.group_channels();
     let (b, c0) = (i / s.groups, (i % s.groups) * cg);
-    let shift = &p.shift[b * s.channels + c0..][..cg];
-    (shift, &p.gamma[c0..c0 + cg], &p.beta[c0..c0 + cg])
+    let row = b * s.channels + c0;
+    let affine = if p.gamma.len() == s.channels { c0 } else { row };
+    (
+        &p.shift[row..][..cg],
+        &p.gamma[affine..][..cg],
+        &p.beta[affine..][..cg],
+    )
 }
 
 /// The fused backward pass, given the output gradient `dy`.
 pub fn backward(s: &NormShape, h: &[f32], p: &NormParams, dy: &[f32]) -> NormGrads {
     assert_eq!(h.len(), s.batch * s.channels * s.plane, "input size");
     assert_eq!(dy.len(), h.len(), "output gradient size");
+    let per_image = per_image(s, p);
     let cg = s.group_channels();
     // Per group: the input gradient, and the group's channels' sums for shift, gamma and beta.
     // SAFETY: `group_backward` writes every value of `dh` (its first pass).
@@ -382,11 +402,16 @@ pub fn backward(s: &NormShape, h: &[f32], p: &NormParams, dy: &[f32]) -> NormGra
         }
         total
     };
+    // Per-image parameters keep their per-image sums; shared ones sum over the images.
+    let (gamma, beta) = match per_image {
+        true => (gamma_parts, beta_parts),
+        false => (per_channel(&gamma_parts), per_channel(&beta_parts)),
+    };
     NormGrads {
         input,
         shift,
-        gamma: per_channel(&gamma_parts),
-        beta: per_channel(&beta_parts),
+        gamma,
+        beta,
     }
 }
 
