@@ -10,16 +10,16 @@ use rand::rngs::StdRng;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::model::{SimpleUNet, UNetConfig};
-use crate::sampling::{IMAGE_SIZE, initial_noise};
+use crate::model::{Network, NetworkConfig, UNetConfig};
+use crate::sampling::initial_noise;
 use crate::solver::euler;
 use crate::train::{TrainConfig, adamw, train_step};
 
 /// What to measure and for how long.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
-    /// Network widths.
-    pub widths: [usize; 3],
+    /// The network measured.
+    pub network: NetworkConfig,
     /// Training batch size (reference: 128).
     pub train_batch: usize,
     /// Untimed training steps first (reference: 3).
@@ -41,10 +41,15 @@ pub struct BenchConfig {
 }
 
 impl BenchConfig {
-    /// The reference benchmark's settings for the given widths.
+    /// The reference benchmark's settings for a SimpleUNet of the given widths.
     pub fn reference(widths: [usize; 3]) -> Self {
+        Self::for_network(NetworkConfig::Simple(UNetConfig::with_widths(widths)))
+    }
+
+    /// The reference benchmark's settings for any network.
+    pub fn for_network(network: NetworkConfig) -> Self {
         BenchConfig {
-            widths,
+            network,
             train_batch: 128,
             train_warmup: 3,
             train_min_steps: 10,
@@ -64,8 +69,10 @@ pub struct BenchResult {
     /// Implementation tag.
     #[serde(rename = "impl")]
     pub implementation: &'static str,
-    /// Network widths.
-    pub widths: [usize; 3],
+    /// Architecture (`simple` or `resunet`).
+    pub arch: &'static str,
+    /// The network measured, in words.
+    pub network: String,
     /// Training images per second.
     pub train_img_s: f64,
     /// Sampled images per second.
@@ -103,17 +110,16 @@ fn timed<F: FnMut()>(
 /// Runs the benchmark on `device`.
 pub fn run(config: &BenchConfig, device: &Device) -> Result<BenchResult> {
     let train_config = TrainConfig {
-        model: UNetConfig::with_widths(config.widths),
+        model: config.network.clone(),
         ..TrainConfig::default()
     };
     let ad_device = device.clone().autodiff();
-    let mut model = Some(SimpleUNet::init(train_config.model, 0, &ad_device)?);
-    let params = model.as_ref().map_or(0, |m| {
-        m.named_parameters().iter().map(|t| t.values.len()).sum()
-    });
+    let mut model = Some(Network::init(&train_config.model, 0, &ad_device)?);
+    let params = model.as_ref().map_or(0, Network::parameter_count);
     let mut optimizer = adamw(&train_config);
+    let [c, h, w] = config.network.image_shape();
     let x0 = Tensor::<4>::random(
-        [config.train_batch, 1, IMAGE_SIZE, IMAGE_SIZE],
+        [config.train_batch, c, h, w],
         Distribution::Uniform(-1.0, 1.0),
         &ad_device,
     );
@@ -139,7 +145,7 @@ pub fn run(config: &BenchConfig, device: &Device) -> Result<BenchResult> {
     );
     drop((model, optimizer));
 
-    let sampler = SimpleUNet::init(train_config.model, 0, device)?;
+    let sampler = Network::init(&train_config.model, 0, device)?;
     let x1 = initial_noise(&sampler, config.sample_batch, 0, device);
     let (sample_runs, sample_secs) = timed(
         config.sample_warmup,
@@ -153,7 +159,8 @@ pub fn run(config: &BenchConfig, device: &Device) -> Result<BenchResult> {
 
     Ok(BenchResult {
         implementation: "flowmatch",
-        widths: config.widths,
+        arch: config.network.arch(),
+        network: config.network.describe(),
         train_img_s: round2(config.train_batch as f64 * train_steps as f64 / train_secs),
         sample_img_s: round2(config.sample_batch as f64 * sample_runs as f64 / sample_secs),
         peak_rss_mb: peak_rss_mb(),

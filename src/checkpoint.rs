@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::ema::Ema;
 use crate::error::{Error, Result};
-use crate::model::{SimpleUNet, UNetConfig};
+use crate::model::{Network, NetworkConfig, UNetConfig};
 use crate::tensor_file::{FileParams, TensorFile};
 
-/// Metadata key of the network shape (JSON of [`UNetConfig`]).
-pub const META_UNET: &str = "flowmatch.unet";
+/// Metadata key of the network's architecture and shape (JSON of [`NetworkConfig`]).
+pub const META_NETWORK: &str = "flowmatch.network";
 /// Metadata key of the training progress (JSON of [`Progress`]).
 pub const META_PROGRESS: &str = "flowmatch.progress";
 /// Metadata key of the training configuration (TOML).
@@ -67,7 +67,7 @@ pub struct Progress {
 #[derive(Debug)]
 pub struct LoadedModel {
     /// The network.
-    pub model: SimpleUNet,
+    pub model: Network,
     /// The file's metadata (empty for a plain PyTorch export).
     pub metadata: HashMap<String, String>,
     /// Whether `model` holds the EMA weights.
@@ -93,7 +93,7 @@ impl LoadedModel {
 /// Writes the model's parameters (and, when given, their EMA as `ema.*` and the optimiser state
 /// as a byte tensor) and `metadata` to `path` atomically.
 pub fn save(
-    model: &SimpleUNet,
+    model: &Network,
     ema: Option<&Ema>,
     optimizer_state: Option<Vec<u8>>,
     metadata: HashMap<String, String>,
@@ -103,8 +103,8 @@ pub fn save(
         metadata,
         ..Default::default()
     };
-    let unet = serde_json::to_string(&model.config()).expect("config serialises");
-    file.metadata.insert(META_UNET.into(), unet);
+    let network = serde_json::to_string(&model.config()).expect("config serialises");
+    file.metadata.insert(META_NETWORK.into(), network);
     file.metadata.insert("format".into(), "pt".into());
     for tensor in model.named_parameters() {
         file.tensors.insert(tensor.name.clone(), tensor);
@@ -129,13 +129,13 @@ pub fn save(
     file.write(path)
 }
 
-/// Loads a SimpleUNet checkpoint onto `device` (its EMA weights when it has them), checking
+/// Loads a network checkpoint onto `device` (its EMA weights when it has them), checking
 /// every tensor's name and shape.
 pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
     load_weights(path, device, Weights::PreferEma)
 }
 
-/// Loads the chosen weights of a SimpleUNet checkpoint onto `device`.
+/// Loads the chosen weights of a network checkpoint onto `device`.
 pub fn load_weights(path: &Path, device: &Device, weights: Weights) -> Result<LoadedModel> {
     model_from_file(&TensorFile::read(path)?, path, device, weights)
 }
@@ -147,18 +147,18 @@ pub fn model_from_file(
     device: &Device,
     weights: Weights,
 ) -> Result<LoadedModel> {
-    let config = infer_config(file, path)?;
+    let config = network_config(file, path)?;
     let has_ema = file.tensors.keys().any(|k| k.starts_with(EMA_PREFIX));
     let is_ema = has_ema && weights == Weights::PreferEma;
     let mut source = FileParams {
         file,
         path,
         prefix: if is_ema { EMA_PREFIX } else { "" },
-        kind: "SimpleUNet checkpoint",
+        kind: CHECKPOINT_KIND,
     };
-    let model = SimpleUNet::build(config, &mut source, device).map_err(|e| match e {
+    let model = Network::build(&config, &mut source, device).map_err(|e| match e {
         Error::Invalid { reason, .. } => {
-            Error::bad_file(path, format!("not a SimpleUNet checkpoint: {reason}"))
+            Error::bad_file(path, format!("not a {CHECKPOINT_KIND}: {reason}"))
         }
         other => other,
     })?;
@@ -182,7 +182,7 @@ pub fn model_from_file(
         return Err(Error::bad_file(
             path,
             format!(
-                "not a SimpleUNet checkpoint: unexpected tensors {}",
+                "not a {CHECKPOINT_KIND}: unexpected tensors {}",
                 extra.join(", ")
             ),
         ));
@@ -194,20 +194,46 @@ pub fn model_from_file(
     })
 }
 
-/// Reads the widths and time-embedding size from the tensor shapes.
-fn infer_config(file: &TensorFile, path: &Path) -> Result<UNetConfig> {
+/// What a checkpoint must be, for error messages.
+const CHECKPOINT_KIND: &str = "SimpleUNet or ResUNet checkpoint";
+
+/// The network of a checkpoint: from its metadata when flowmatch wrote it, else (a PyTorch
+/// export of the reference SimpleUNet) from the tensor shapes.
+fn network_config(file: &TensorFile, path: &Path) -> Result<NetworkConfig> {
+    if let Some(json) = file.metadata.get(META_NETWORK) {
+        return serde_json::from_str(json).map_err(|e| {
+            Error::bad_file(
+                path,
+                format!("bad network description in the metadata: {e}"),
+            )
+        });
+    }
+    if file.tensors.contains_key("conv_in.weight") {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "a ResUNet export needs its shape in the metadata ('{META_NETWORK}', as \
+                 scripts/torch_models.py writes it)"
+            ),
+        ));
+    }
+    infer_simple_config(file, path).map(NetworkConfig::Simple)
+}
+
+/// Reads a SimpleUNet's widths and time-embedding size from the tensor shapes.
+fn infer_simple_config(file: &TensorFile, path: &Path) -> Result<UNetConfig> {
     let dims = |name: &str, rank: usize| -> Result<Vec<usize>> {
         let tensor = file.tensors.get(name).ok_or_else(|| {
             Error::bad_file(
                 path,
-                format!("not a SimpleUNet checkpoint: missing tensor '{name}'"),
+                format!("not a {CHECKPOINT_KIND}: missing tensor '{name}'"),
             )
         })?;
         if tensor.shape.len() != rank {
             return Err(Error::bad_file(
                 path,
                 format!(
-                    "not a SimpleUNet checkpoint: tensor '{name}' has shape {:?}",
+                    "not a {CHECKPOINT_KIND}: tensor '{name}' has shape {:?}",
                     tensor.shape
                 ),
             ));
@@ -227,5 +253,6 @@ fn infer_config(file: &TensorFile, path: &Path) -> Result<UNetConfig> {
         widths: [d1[0], d2[0], d3[0]],
         time_dim: t[1],
         num_classes,
+        ..UNetConfig::REFERENCE
     })
 }

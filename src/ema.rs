@@ -7,19 +7,19 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 
-use crate::model::SimpleUNet;
+use crate::model::Network;
 
 /// The averaged weights and the number of updates so far.
 #[derive(Debug, Clone)]
 pub struct Ema {
-    model: SimpleUNet,
+    model: Network,
     decay: f64,
     updates: u64,
 }
 
 impl Ema {
     /// Starts the average at the current weights of `model`.
-    pub fn new(model: &SimpleUNet, decay: f64) -> Self {
+    pub fn new(model: &Network, decay: f64) -> Self {
         Ema {
             model: model.valid(),
             decay,
@@ -28,7 +28,7 @@ impl Ema {
     }
 
     /// Resumes an average (from a checkpoint) that has seen `updates` updates.
-    pub fn resume(model: SimpleUNet, decay: f64, updates: u64) -> Self {
+    pub fn resume(model: Network, decay: f64, updates: u64) -> Self {
         Ema {
             model,
             decay,
@@ -43,7 +43,7 @@ impl Ema {
     }
 
     /// Moves the average towards the weights of `model`.
-    pub fn update(&mut self, model: &SimpleUNet) {
+    pub fn update(&mut self, model: &Network) {
         let mut weights = Flatten(Vec::new());
         model.visit(&mut weights);
         let mut blend = Blend {
@@ -55,7 +55,7 @@ impl Ema {
     }
 
     /// The averaged model.
-    pub fn model(&self) -> &SimpleUNet {
+    pub fn model(&self) -> &Network {
         &self.model
     }
 
@@ -104,15 +104,15 @@ impl ModuleMapper for Blend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::UNetConfig;
+    use crate::model::{NetworkConfig, UNetConfig};
     use burn::tensor::Device;
 
     #[test]
     fn average_follows_the_formula() {
         let device = Device::flex();
-        let config = UNetConfig::with_widths([8, 16, 32]);
-        let a = SimpleUNet::init(config, 1, &device).unwrap();
-        let b = SimpleUNet::init(config, 2, &device).unwrap();
+        let config = NetworkConfig::Simple(UNetConfig::with_widths([8, 16, 32]));
+        let a = Network::init(&config, 1, &device).unwrap();
+        let b = Network::init(&config, 2, &device).unwrap();
         let mut ema = Ema::new(&a, 0.5);
         assert!((ema.current_decay() - 0.1).abs() < 1e-12);
         ema.update(&b);

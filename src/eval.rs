@@ -14,7 +14,7 @@ use crate::data::ImageSet;
 use crate::error::{Error, Result};
 use crate::likelihood::{Divergence, bits_per_dim, dequantize, log_density, to_bytes};
 use crate::metrics::{Quality, quality};
-use crate::model::SimpleUNet;
+use crate::model::Network;
 use crate::sampling::{ClassPlan, Generation, NoiseSource, generate, initial_noise, to_vec};
 use crate::solver::{Solver, TimeGrid, solve};
 
@@ -90,7 +90,7 @@ pub fn real_floor(
 
 /// Samples with every setting of `plan` and measures each against `reference`.
 pub fn sample_quality(
-    model: &SimpleUNet,
+    model: &Network,
     classifier: &Classifier,
     reference: &Embedding,
     plan: &EvalPlan,
@@ -180,7 +180,7 @@ pub struct NllReport {
 
 /// Bits/dim of the first `images` held-out digits (dequantised with `seed`), in batches.
 pub fn nll(
-    model: &SimpleUNet,
+    model: &Network,
     test: &ImageSet,
     images: usize,
     steps: usize,
@@ -244,7 +244,7 @@ pub struct GuidedAccuracy {
 /// Samples `per_class` images of every class with Euler `steps` at guidance `scale` and
 /// classifies them.
 pub fn guided_accuracy(
-    model: &SimpleUNet,
+    model: &Network,
     classifier: &Classifier,
     scale: f32,
     per_class: usize,
@@ -253,8 +253,7 @@ pub fn guided_accuracy(
     device: &Device,
 ) -> Result<GuidedAccuracy> {
     let classes = model
-        .config()
-        .num_classes
+        .num_classes()
         .ok_or_else(|| Error::invalid("guidance", "the model is unconditional"))?;
     let plan = ClassPlan::Rows {
         classes: (0..classes).collect(),
@@ -294,7 +293,7 @@ pub fn guided_accuracy(
 /// Straightness of the sampling paths: with Euler velocities `v_i` over `steps` uniform steps
 /// and the net velocity `v = x(t=1) - x(t=0)`, the mean over samples of
 /// `mean_i |v_i - v|^2 / |v|^2`. Zero for straight paths travelled at constant speed.
-pub fn straightness(model: &SimpleUNet, n: usize, steps: usize, seed: u64, device: &Device) -> f64 {
+pub fn straightness(model: &Network, n: usize, steps: usize, seed: u64, device: &Device) -> f64 {
     let x1 = initial_noise(model, n, seed, device);
     let mut states = vec![to_vec(&x1)];
     let solution = solve(

@@ -4,7 +4,7 @@
 use burn::tensor::Tensor;
 
 use crate::error::{Error, Result};
-use crate::model::{SimpleUNet, one_hot_labels};
+use crate::model::{Network, one_hot_labels};
 use crate::solver::VelocityField;
 
 /// Labels for a grid with one row per class: each of `classes` repeated `per_class` times.
@@ -20,7 +20,7 @@ pub fn class_rows(classes: impl IntoIterator<Item = usize>, per_class: usize) ->
 /// `w = 0` is the unconditional model and `w = 1` the plain conditional one (one evaluation per
 /// call); any other `w` evaluates both branches (two evaluations per call, counted as such).
 pub struct Guided<'a> {
-    model: &'a SimpleUNet,
+    model: &'a Network,
     /// One-hot labels: conditional rows, then "no label" rows.
     both: Tensor<2>,
     scale: f32,
@@ -28,8 +28,8 @@ pub struct Guided<'a> {
 
 impl<'a> Guided<'a> {
     /// Guides `model` towards `labels` (one per sample) with scale `scale`.
-    pub fn new(model: &'a SimpleUNet, labels: &[usize], scale: f32) -> Result<Self> {
-        let classes = model.config().num_classes.ok_or_else(|| {
+    pub fn new(model: &'a Network, labels: &[usize], scale: f32) -> Result<Self> {
+        let classes = model.num_classes().ok_or_else(|| {
             Error::invalid(
                 "guidance",
                 "the checkpoint is an unconditional model (trained without --classes)",
@@ -44,7 +44,7 @@ impl<'a> Guided<'a> {
         if !scale.is_finite() {
             return Err(Error::invalid("guidance scale", "must be finite"));
         }
-        let device = model.out.weight.val().device();
+        let device = model.device();
         let rows: Vec<Option<usize>> = labels
             .iter()
             .map(|&l| Some(l))

@@ -13,8 +13,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use flowmatch::bench::{self, BenchConfig};
 use flowmatch::checkpoint::{self, Weights};
-use flowmatch::classifier::{Classifier, ClassifierInfo, train_classifier};
+use flowmatch::classifier::{Classifier, ClassifierInfo, ClassifierRecipe, train_classifier};
 use flowmatch::coupling::Coupling;
+use flowmatch::data::augment::Augment;
 use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split, default_cache_dir};
 use flowmatch::device::device_from_name;
 use flowmatch::eval::{self, EvalPlan};
@@ -25,8 +26,8 @@ use flowmatch::image_out::{self, Images};
 use flowmatch::likelihood::Divergence;
 use flowmatch::lr_schedule::LrSchedule;
 use flowmatch::metrics::Quality;
-use flowmatch::model::{SimpleUNet, UNetConfig};
-use flowmatch::sampling::{self, ClassPlan, Generation, IMAGE_SIZE, NoiseSource};
+use flowmatch::model::{Network, NetworkConfig, ResUNetConfig, UNetConfig};
+use flowmatch::sampling::{self, ClassPlan, Generation, NoiseSource};
 use flowmatch::solver::{Solver, TimeGrid, euler};
 use flowmatch::tensor_file::{TensorFile, TensorStream};
 use flowmatch::train::{self, EpochReport, StepReport, TrainConfig, TrainObserver};
@@ -107,13 +108,6 @@ impl DataArgs {
             );
         }
         let set = ImageSet::load(&source, split, &download)?;
-        if set.height != IMAGE_SIZE || set.width != IMAGE_SIZE {
-            bail!(
-                "data set {source}: images are {}x{}, the model needs {IMAGE_SIZE}x{IMAGE_SIZE}",
-                set.height,
-                set.width
-            );
-        }
         Ok(match (self.limit, split) {
             (Some(0), _) => bail!("invalid --limit: must be positive"),
             (Some(n), Split::Train) => set.take(n),
@@ -173,12 +167,8 @@ struct TrainArgs {
     /// Global gradient-norm clip (0 disables).
     #[arg(long, default_value_t = 1.0)]
     grad_clip: f32,
-    /// Channel widths of the three levels, e.g. 64,128,256 (each a multiple of 8).
-    #[arg(long, value_parser = parse_widths, default_value = "64,128,256")]
-    widths: [usize; 3],
-    /// Size of the time embedding.
-    #[arg(long, default_value_t = 32)]
-    time_dim: usize,
+    #[command(flatten)]
+    network: NetworkArgs,
     /// Train a class-conditional model with this many classes (10 for digits; 0: unconditional).
     #[arg(long, default_value_t = 0)]
     classes: usize,
@@ -194,14 +184,11 @@ struct TrainArgs {
 }
 
 impl TrainArgs {
-    fn config(&self) -> TrainConfig {
-        TrainConfig {
-            model: UNetConfig {
-                widths: self.widths,
-                time_dim: self.time_dim,
-                num_classes: (self.classes > 0).then_some(self.classes),
-                ..UNetConfig::REFERENCE
-            },
+    fn config(&self) -> Result<TrainConfig> {
+        Ok(TrainConfig {
+            model: self
+                .network
+                .config((self.classes > 0).then_some(self.classes))?,
             label_dropout: self.label_dropout,
             data: self.data.data.clone(),
             data_limit: self.data.limit,
@@ -232,8 +219,92 @@ impl TrainArgs {
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
             ..TrainConfig::default()
-        }
+        })
     }
+}
+
+/// The network's architecture and shape.
+#[derive(Args)]
+struct NetworkArgs {
+    /// Network architecture.
+    #[arg(long, value_enum, default_value_t = ArchArg::Simple)]
+    arch: ArchArg,
+    /// SimpleUNet: channel widths of the three levels, e.g. 64,128,256 (each a multiple of 8)
+    /// [default: 64,128,256, the reference].
+    #[arg(long, value_parser = parse_widths)]
+    widths: Option<[usize; 3]>,
+    /// SimpleUNet: size of the time embedding.
+    #[arg(long, default_value_t = 32)]
+    time_dim: usize,
+    /// Residual U-Net: its size, tiny, small or base.
+    #[arg(long, default_value = "small")]
+    size: String,
+    /// Residual U-Net: base width (overrides the size's).
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Residual U-Net: width multiplier per level, e.g. 1,2,2.
+    #[arg(long, value_parser = parse_list)]
+    channel_mult: Option<Vec<usize>>,
+    /// Residual U-Net: residual blocks per level.
+    #[arg(long)]
+    res_blocks: Option<usize>,
+    /// Residual U-Net: resolutions with self-attention, e.g. 14,7 (or none).
+    #[arg(long, value_parser = parse_list)]
+    attention: Option<Vec<usize>>,
+    /// Residual U-Net: dropout in the residual blocks.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f32,
+}
+
+impl NetworkArgs {
+    fn config(&self, classes: Option<usize>) -> Result<NetworkConfig> {
+        let config = match self.arch {
+            ArchArg::Simple => NetworkConfig::Simple(UNetConfig {
+                widths: self.widths.unwrap_or(UNetConfig::REFERENCE.widths),
+                time_dim: self.time_dim,
+                num_classes: classes,
+                ..UNetConfig::REFERENCE
+            }),
+            ArchArg::Resunet => {
+                let mut c = ResUNetConfig::preset(&self.size)?;
+                if let Some(channels) = self.channels {
+                    c.channels = channels;
+                }
+                if let Some(mult) = &self.channel_mult {
+                    c.channel_mult = mult.clone();
+                }
+                if let Some(blocks) = self.res_blocks {
+                    c.res_blocks = blocks;
+                }
+                if let Some(attention) = &self.attention {
+                    c.attention = attention.clone();
+                }
+                c.dropout = self.dropout;
+                c.num_classes = classes;
+                NetworkConfig::Res(c)
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ArchArg {
+    /// The reference SimpleUNet (--widths, --time-dim).
+    Simple,
+    /// The residual U-Net with attention (--size and its overrides).
+    Resunet,
+}
+
+fn parse_list(s: &str) -> std::result::Result<Vec<usize>, String> {
+    if s == "none" {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|p| p.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| format!("'{s}': expected integers like 1,2,2 (or none)"))
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -341,8 +412,14 @@ enum ClassifierCommand {
         #[command(flatten)]
         data: DataArgs,
         /// Training epochs.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = ClassifierRecipe::PINNED.epochs)]
         epochs: usize,
+        /// Peak learning rate (warm-up, then cosine decay).
+        #[arg(long, default_value_t = ClassifierRecipe::PINNED.lr)]
+        lr: f64,
+        /// Train on the images as they are, without random rotations, scalings and shifts.
+        #[arg(long)]
+        no_augment: bool,
         /// Seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -517,10 +594,10 @@ const MAX_TRAJECTORY_ROWS: usize = 64;
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Widths to measure (default: the reference 64,128,256 and the half 32,64,128, each in its
-    /// own process so that peak memory is per width).
-    #[arg(long, value_parser = parse_widths)]
-    widths: Option<[usize; 3]>,
+    /// The network to measure (default: SimpleUNet at the reference widths 64,128,256 and the
+    /// half 32,64,128, each in its own process so that peak memory is per width).
+    #[command(flatten)]
+    network: NetworkArgs,
     /// Shorter runs (1 warm-up, 2 timed steps, 1 sampling run), for a quick look.
     #[arg(long)]
     quick: bool,
@@ -618,7 +695,7 @@ fn run(cli: Cli) -> Result<()> {
                 None => {
                     let config = match &args.config {
                         Some(path) => read_config(path)?,
-                        None => args.config(),
+                        None => args.config()?,
                     };
                     let data = DataArgs {
                         data: config.data.clone(),
@@ -696,7 +773,7 @@ fn check_counts(n: usize, steps: usize) -> Result<()> {
     Ok(())
 }
 
-fn load_model(path: &Path, device: &Device, no_ema: bool) -> Result<SimpleUNet> {
+fn load_model(path: &Path, device: &Device, no_ema: bool) -> Result<Network> {
     let weights = if no_ema {
         Weights::Raw
     } else {
@@ -830,7 +907,8 @@ fn sample(args: SampleArgs, device: &Device) -> Result<()> {
         None if count > in_grid => Some(args.out.with_extension("safetensors")),
         None => None,
     };
-    let shape = [count, model.config().in_channels, IMAGE_SIZE, IMAGE_SIZE];
+    let [c, height, width] = model.image_shape();
+    let shape = [count, c, height, width];
     let mut stream = match &tensor_path {
         Some(path) => Some(TensorStream::create(path, "x0", &shape)?),
         None => None,
@@ -862,8 +940,8 @@ fn sample(args: SampleArgs, device: &Device) -> Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     let images = Images {
         pixels: &grid_values,
-        height: IMAGE_SIZE,
-        width: IMAGE_SIZE,
+        height,
+        width,
     };
     match cols {
         Some(cols) => image_out::save_png(&image_out::grid(images, cols, 1, 2), &args.out)?,
@@ -912,7 +990,7 @@ fn progress_bar(len: u64, unit: &str) -> ProgressBar {
 }
 
 fn write_trajectory(
-    model: &SimpleUNet,
+    model: &Network,
     x1: burn::tensor::Tensor<4>,
     solver: Solver,
     steps: usize,
@@ -921,8 +999,9 @@ fn write_trajectory(
     gif: &Path,
 ) -> Result<()> {
     let trajectory = sampling::trajectory(model, x1, solver, steps, grid);
-    image_out::save_trajectory_strip(&trajectory.key_frames(), IMAGE_SIZE, IMAGE_SIZE, strip)?;
-    image_out::save_trajectory_gif(&trajectory.frames, IMAGE_SIZE, IMAGE_SIZE, gif)?;
+    let [_, height, width] = model.image_shape();
+    image_out::save_trajectory_strip(&trajectory.key_frames(), height, width, strip)?;
+    image_out::save_trajectory_gif(&trajectory.frames, height, width, gif)?;
     println!("trajectory strip: {}", strip.display());
     println!("trajectory GIF:   {}", gif.display());
     Ok(())
@@ -931,10 +1010,10 @@ fn write_trajectory(
 fn demo(args: DemoArgs, device: &Device) -> Result<()> {
     let data = args.data.load()?;
     let config = TrainConfig {
-        model: UNetConfig {
+        model: NetworkConfig::Simple(UNetConfig {
             num_classes: (args.classes > 0).then_some(args.classes),
             ..UNetConfig::with_widths(DEMO_WIDTHS)
-        },
+        }),
         data: args.data.data.clone(),
         epochs: (args.steps as usize * DEMO_BATCH)
             .div_ceil(data.len())
@@ -990,8 +1069,8 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
     image_out::save_grid(
         Images {
             pixels: &values,
-            height: IMAGE_SIZE,
-            width: IMAGE_SIZE,
+            height: 28,
+            width: 28,
         },
         &grid,
     )?;
@@ -1015,8 +1094,8 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
         let values = sampling::to_vec(&solution.x);
         let images = Images {
             pixels: &values,
-            height: IMAGE_SIZE,
-            width: IMAGE_SIZE,
+            height: 28,
+            width: 28,
         };
         let path = args.out.join("digits.png");
         image_out::save_png(&image_out::grid(images, per_row, 1, 2), &path)?;
@@ -1032,7 +1111,7 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
 }
 
 fn run_bench(args: BenchArgs, device: &Device) -> Result<()> {
-    let Some(widths) = args.widths else {
+    if args.network.arch == ArchArg::Simple && args.network.widths.is_none() {
         // One process per width, so that each peak-memory figure is its own.
         let exe = std::env::current_exe().context("locating the flowmatch executable")?;
         for widths in [[64, 128, 256], [32, 64, 128]] {
@@ -1049,8 +1128,8 @@ fn run_bench(args: BenchArgs, device: &Device) -> Result<()> {
             }
         }
         return Ok(());
-    };
-    let mut config = BenchConfig::reference(widths);
+    }
+    let mut config = BenchConfig::for_network(args.network.config(None)?);
     if args.quick {
         config.train_warmup = 1;
         config.train_min_steps = 2;
@@ -1074,15 +1153,7 @@ fn info(path: &Path) -> Result<()> {
         .map(|t| t.values.len())
         .sum();
     println!("checkpoint: {}", path.display());
-    let classes = match config.num_classes {
-        Some(n) => format!("class-conditional, {n} classes"),
-        None => "unconditional".into(),
-    };
-    println!(
-        "network:    SimpleUNet widths {}, time embedding {}, {classes}, {params} parameters",
-        config.widths.map(|w| w.to_string()).join("/"),
-        config.time_dim,
-    );
+    println!("network:    {}, {params} parameters", config.describe());
     match loaded.ema_info() {
         Some(e) => println!(
             "weights:    EMA (decay {}, {} updates) and raw",
@@ -1112,23 +1183,37 @@ fn classifier(args: ClassifierArgs, device: &Device) -> Result<()> {
     let ClassifierCommand::Train {
         data,
         epochs,
+        lr,
+        no_augment,
         seed,
         out,
     } = args.command;
     let train = data.load()?;
     let test = data.load_split(Split::Test)?;
+    let recipe = ClassifierRecipe {
+        epochs,
+        lr,
+        augment: (!no_augment).then_some(Augment::DIGITS),
+        seed,
+        ..ClassifierRecipe::PINNED
+    };
     println!(
-        "training the evaluation classifier on {} images ({}), {epochs} epochs",
+        "training the evaluation classifier on {} images ({}), {epochs} epochs{}",
         train.len(),
-        data.data
+        data.data,
+        if no_augment { "" } else { ", augmented" }
     );
-    let (model, accuracy) =
-        train_classifier(&train, &test, epochs, seed, device, |epoch, loss| {
-            println!("epoch {:>2}: mean loss {loss:.4}", epoch + 1);
-        })?;
+    let started = Instant::now();
+    let (model, accuracy) = train_classifier(&train, &test, &recipe, device, |epoch, loss| {
+        println!(
+            "epoch {:>2}: mean loss {loss:.4} ({:.0} s)",
+            epoch + 1,
+            started.elapsed().as_secs_f64()
+        );
+    })?;
     let info = ClassifierInfo {
         data: data.data.clone(),
-        epochs,
+        recipe,
         test_accuracy: accuracy,
         test_images: test.len(),
     };

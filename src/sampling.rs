@@ -9,31 +9,27 @@ use crate::error::{Error, Result};
 use crate::flow::{gaussian_noise, gaussian_values};
 use crate::guidance::Guided;
 use crate::image_out::TrajectoryFrame;
-use crate::model::SimpleUNet;
+use crate::model::Network;
 use crate::solver::{Solution, Solver, TimeGrid, solve};
-
-/// Height and width of the images the models work on (the reference's `image_size`).
-pub const IMAGE_SIZE: usize = 28;
 
 /// The frames the reference's trajectory view captures for 50 steps.
 pub const REFERENCE_CAPTURE: [usize; 7] = [0, 5, 10, 20, 30, 40, 49];
 
 /// Starting noise (t = 1) for `n` images of `model`, reproducible from `seed`.
-pub fn initial_noise(model: &SimpleUNet, n: usize, seed: u64, device: &Device) -> Tensor<4> {
-    let shape = [n, model.config().in_channels, IMAGE_SIZE, IMAGE_SIZE];
+pub fn initial_noise(model: &Network, n: usize, seed: u64, device: &Device) -> Tensor<4> {
+    let [c, h, w] = model.image_shape();
+    let shape = [n, c, h, w];
     gaussian_noise(&mut StdRng::seed_from_u64(seed), shape, device)
 }
 
 /// Checks that user-supplied starting noise has the shape `model` expects.
-pub fn check_noise_shape(model: &SimpleUNet, shape: &[usize]) -> Result<[usize; 4]> {
-    let c = model.config().in_channels;
+pub fn check_noise_shape(model: &Network, shape: &[usize]) -> Result<[usize; 4]> {
+    let [c, height, width] = model.image_shape();
     match shape {
-        &[n, ch, h, w] if n > 0 && ch == c && h == IMAGE_SIZE && w == IMAGE_SIZE => {
-            Ok([n, ch, h, w])
-        }
+        &[n, ch, h, w] if n > 0 && ch == c && h == height && w == width => Ok([n, ch, h, w]),
         _ => Err(Error::invalid(
             "initial noise",
-            format!("shape {shape:?}, expected [N, {c}, {IMAGE_SIZE}, {IMAGE_SIZE}] with N > 0"),
+            format!("shape {shape:?}, expected [N, {c}, {height}, {width}] with N > 0"),
         )),
     }
 }
@@ -133,9 +129,9 @@ pub struct GenerationStats {
 
 /// Generates `count` samples from `model` in chunks of `generation.chunk`, starting from
 /// `noise` and drawn for `classes`; `sink(start, values)` receives each chunk's final states
-/// (`[len, c, 28, 28]` row-major) as soon as it is done, so memory stays bounded by the chunk.
+/// (`[len, c, h, w]` row-major) as soon as it is done, so memory stays bounded by the chunk.
 pub fn generate(
-    model: &SimpleUNet,
+    model: &Network,
     count: usize,
     classes: &ClassPlan,
     noise: &mut NoiseSource,
@@ -152,7 +148,7 @@ pub fn generate(
             "a guidance scale needs class labels (--digit or --digits)",
         ));
     }
-    let shape = [model.config().in_channels, IMAGE_SIZE, IMAGE_SIZE];
+    let shape = model.image_shape();
     let image_len: usize = shape.iter().product();
     let mut stats = GenerationStats::default();
     let mut start = 0;
@@ -234,7 +230,7 @@ impl Trajectory {
 /// Integrates from `x1` with `solver` (`steps` steps on `grid` for fixed-step solvers),
 /// recording every state.
 pub fn trajectory(
-    model: &SimpleUNet,
+    model: &Network,
     x1: Tensor<4>,
     solver: Solver,
     steps: usize,

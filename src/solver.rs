@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use burn::tensor::Tensor;
 
-use crate::model::SimpleUNet;
+use crate::model::Network;
 
 /// Anything that predicts a velocity for a batch of states at one time.
 pub trait VelocityField {
@@ -24,7 +24,7 @@ pub trait VelocityField {
     }
 }
 
-impl VelocityField for SimpleUNet {
+impl VelocityField for Network {
     fn velocity(&self, x: Tensor<4>, t: f32) -> Tensor<4> {
         let [b, ..] = x.dims();
         let times = Tensor::<1>::full([b], t, &x.device());

@@ -23,14 +23,14 @@ use crate::error::{Error, Result};
 use crate::flow::{self, TimeSampling};
 use crate::image_out;
 use crate::lr_schedule::LrSchedule;
-use crate::model::{SimpleUNet, UNetConfig, one_hot_labels};
+use crate::model::{Network, NetworkConfig, UNetConfig, one_hot_labels};
 use crate::tensor_file::{TensorFile, write_atomic};
 
 /// Every training choice; stored in each checkpoint's metadata (as TOML).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// The network's shape.
-    pub model: UNetConfig,
+    /// The network: architecture and shape.
+    pub model: NetworkConfig,
     /// Data set (`embedded`, `mnist`, `fashion-mnist` or a folder).
     pub data: String,
     /// Only the first this many training images were used.
@@ -74,7 +74,7 @@ impl Default for TrainConfig {
     /// The reference settings (train.py), with 100 epochs.
     fn default() -> Self {
         TrainConfig {
-            model: UNetConfig::REFERENCE,
+            model: NetworkConfig::Simple(UNetConfig::REFERENCE),
             data: "embedded".into(),
             data_limit: None,
             epochs: 100,
@@ -303,7 +303,7 @@ impl RunLock {
 
 /// Everything that changes while training runs.
 struct RunState {
-    model: SimpleUNet,
+    model: Network,
     optimizer: ModuleOptimizer,
     ema: Option<Ema>,
     progress: Progress,
@@ -323,7 +323,7 @@ pub fn train(
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let _lock = RunLock::acquire(out_dir)?;
     let device = device.clone().autodiff();
-    let model = SimpleUNet::init(config.model, config.seed, &device)?;
+    let model = Network::init(&config.model, config.seed, &device)?;
     let state = RunState {
         ema: config.ema_decay.map(|decay| Ema::new(&model, decay)),
         model,
@@ -473,7 +473,7 @@ fn run(
         let step = state.progress.step + 1;
         let (x0, labels) = data.batch(indices, device);
         let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step));
-        let labels = config.model.num_classes.map(|classes| {
+        let labels = config.model.num_classes().map(|classes| {
             dropped_labels(&labels, classes, config.label_dropout, &mut rng, device)
         });
         let lr = config.lr_schedule.rate(config.lr, step, total_steps);
@@ -577,14 +577,14 @@ pub fn adamw(config: &TrainConfig) -> ModuleOptimizer {
 /// Returns the updated model, the loss and the gradient norm before clipping, or the loss
 /// when it is not finite (the model is then not updated).
 pub fn train_step(
-    model: SimpleUNet,
+    model: Network,
     optimizer: &mut ModuleOptimizer,
     x0: Tensor<4>,
     labels: Option<Tensor<2>>,
     rng: &mut StdRng,
     lr: f64,
     config: &TrainConfig,
-) -> std::result::Result<(SimpleUNet, f32, f32), f32> {
+) -> std::result::Result<(Network, f32, f32), f32> {
     let device = x0.device();
     let [batch, ..] = x0.dims();
     let x1 = match config.coupling {
@@ -603,7 +603,7 @@ pub fn train_step(
     };
     let t = config.time_sampling.sample(rng, batch, &device);
     let tuple = flow::training_tuple(x0, x1, t);
-    let predicted = model.forward_labeled(tuple.x_t, tuple.t, labels);
+    let predicted = model.forward_train(tuple.x_t, tuple.t, labels, rng.random());
     let loss = flow::velocity_loss(predicted, tuple.target);
     let loss_value = loss.clone().into_scalar::<f32>();
     if !loss_value.is_finite() {

@@ -273,7 +273,13 @@ fn bad_checkpoints_and_noise_fail_without_overwriting_outputs() {
     file.tensors.insert(t.name.clone(), t);
     file.write(&other).unwrap();
     let out = flowmatch(&["sample", "--checkpoint", s(&other), "--out", keep]);
-    assert_clean_error(&out, &["other.safetensors", "not a SimpleUNet checkpoint"]);
+    assert_clean_error(
+        &out,
+        &[
+            "other.safetensors",
+            "not a SimpleUNet or ResUNet checkpoint",
+        ],
+    );
 
     // Wrong-shaped starting noise.
     let noise = dir.join("noise.safetensors");

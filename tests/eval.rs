@@ -2,11 +2,13 @@
 //! the trajectory view works with every solver.
 
 use burn::tensor::Device;
-use flowmatch::classifier::{Classifier, ClassifierInfo, embed, train_classifier};
+use flowmatch::classifier::{
+    Classifier, ClassifierInfo, ClassifierRecipe, embed, train_classifier,
+};
 use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split};
 use flowmatch::eval::{self, EvalPlan};
 use flowmatch::metrics::quality;
-use flowmatch::model::{SimpleUNet, UNetConfig};
+use flowmatch::model::{Network, UNetConfig};
 use flowmatch::sampling::{initial_noise, trajectory};
 use flowmatch::solver::{Solver, TimeGrid};
 use rand::rngs::StdRng;
@@ -44,7 +46,13 @@ fn metrics_rank_real_below_blurred_below_noise() {
     let device = Device::flex();
     let train = embedded(Split::Train).take(3000);
     let test = embedded(Split::Test);
-    let (classifier, accuracy) = train_classifier(&train, &test, 2, 0, &device, |_, _| {}).unwrap();
+    let recipe = ClassifierRecipe {
+        epochs: 2,
+        augment: None,
+        ..ClassifierRecipe::PINNED
+    };
+    let (classifier, accuracy) =
+        train_classifier(&train, &test, &recipe, &device, |_, _| {}).unwrap();
     assert!(accuracy > 0.8, "classifier accuracy {accuracy}");
 
     // Save and load keep the weights and the record.
@@ -54,7 +62,7 @@ fn metrics_rank_real_below_blurred_below_noise() {
     ));
     let info = ClassifierInfo {
         data: "embedded".into(),
-        epochs: 1,
+        recipe,
         test_accuracy: accuracy,
         test_images: test.len(),
     };
@@ -95,7 +103,7 @@ fn metrics_rank_real_below_blurred_below_noise() {
 #[test]
 fn trajectories_work_with_every_solver() {
     let device = Device::flex();
-    let model = SimpleUNet::init(UNetConfig::with_widths([8, 16, 32]), 0, &device).unwrap();
+    let model = Network::init(&UNetConfig::with_widths([8, 16, 32]).into(), 0, &device).unwrap();
     for solver in ["euler", "midpoint", "heun", "rk4", "dopri5"] {
         let solver: Solver = solver.parse().unwrap();
         let solver = match solver {
@@ -125,10 +133,10 @@ fn trajectories_work_with_every_solver() {
 #[test]
 fn quality_does_not_depend_on_the_chunk_size() {
     let device = Device::flex();
-    let model = SimpleUNet::init(UNetConfig::with_widths([8, 16, 32]), 0, &device).unwrap();
-    let classifier =
-        Classifier::build(&mut flowmatch::model::RandomInit::new(1), &device).unwrap();
-    let (_, reference) = eval::real_floor(&classifier, &embedded(Split::Test), 40, &device).unwrap();
+    let model = Network::init(&UNetConfig::with_widths([8, 16, 32]).into(), 0, &device).unwrap();
+    let classifier = Classifier::build(&mut flowmatch::model::RandomInit::new(1), &device).unwrap();
+    let (_, reference) =
+        eval::real_floor(&classifier, &embedded(Split::Test), 40, &device).unwrap();
     let rows = |chunk| {
         let plan = EvalPlan {
             solvers: vec![Solver::Euler],

@@ -14,6 +14,7 @@ use std::path::Path;
 use burn::tensor::Device;
 use flowmatch::checkpoint::{self, Weights};
 use flowmatch::data::idx::parse_idx;
+use flowmatch::model::UNetConfig;
 use flowmatch::tensor_file::TensorFile;
 use flowmatch::train::TrainConfig;
 use rand::rngs::StdRng;
@@ -232,7 +233,10 @@ fn checkpoint_loader_survives_mutated_files() {
         );
         match result {
             Ok(model) => {
-                assert_eq!(model.model.config().widths, [8, 16, 32]);
+                assert_eq!(
+                    model.model.config(),
+                    UNetConfig::with_widths([8, 16, 32]).into()
+                );
                 loaded += 1;
             }
             Err(e) => {
@@ -289,13 +293,7 @@ fn training_configuration_reader_survives_mutated_toml() {
         match result {
             Ok(config) => {
                 // What validation lets through is a network one can build.
-                assert!(
-                    config
-                        .model
-                        .widths
-                        .iter()
-                        .all(|&w| w <= flowmatch::model::MAX_WIDTH)
-                );
+                assert!(config.model.validate().is_ok());
                 assert!(config.batch_size <= flowmatch::train::MAX_BATCH);
                 accepted += 1;
             }

@@ -4,7 +4,7 @@
 use burn::tensor::Device;
 use flowmatch::data::ImageSet;
 use flowmatch::guidance::Guided;
-use flowmatch::model::UNetConfig;
+use flowmatch::model::{NetworkConfig, UNetConfig};
 use flowmatch::sampling::{initial_noise, to_vec};
 use flowmatch::solver::{Solver, TimeGrid, solve};
 use flowmatch::train::{self, TrainConfig};
@@ -48,10 +48,10 @@ fn guidance_steers_samples_to_the_requested_class() {
     let device = Device::flex();
     let out = std::env::temp_dir().join(format!("flowmatch-guidance-{}", std::process::id()));
     let config = TrainConfig {
-        model: UNetConfig {
+        model: NetworkConfig::Simple(UNetConfig {
             num_classes: Some(CLASSES),
             ..UNetConfig::with_widths([8, 16, 32])
-        },
+        }),
         epochs: 1000,
         max_steps: Some(150),
         batch_size: 32,
@@ -63,7 +63,7 @@ fn guidance_steers_samples_to_the_requested_class() {
     };
     let outcome = train::train(&config, &quadrant_images(128), &out, &device, &mut ()).unwrap();
     let loaded = checkpoint::load(&outcome.checkpoint, &device).unwrap();
-    assert_eq!(loaded.model.config().num_classes, Some(CLASSES));
+    assert_eq!(loaded.model.config().num_classes(), Some(CLASSES));
     let model = loaded.model;
 
     let per_class = 8;

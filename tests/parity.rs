@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use flowmatch::checkpoint;
-use flowmatch::model::UNetConfig;
+use flowmatch::model::{UNetConfig, one_hot_labels};
 use flowmatch::solver::euler;
 use flowmatch::tensor_file::TensorFile;
 
@@ -31,7 +31,7 @@ fn max_abs_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
 fn assert_euler_matches(dir: &Path, expected: UNetConfig) {
     let device = Device::flex();
     let loaded = checkpoint::load(&dir.join("weights.safetensors"), &device).unwrap();
-    assert_eq!(loaded.model.config(), expected);
+    assert_eq!(loaded.model.config(), expected.into());
     let cases_path = dir.join("cases.safetensors");
     let cases = TensorFile::read(&cases_path).unwrap();
     let x1 = tensor4(&cases, "x1", &cases_path, &device);
@@ -78,5 +78,34 @@ fn checkpoint_round_trip_keeps_pytorch_names_and_values() {
         let copy = &saved.tensors[name];
         assert_eq!(copy.shape, tensor.shape, "{name}");
         assert_eq!(copy.values, tensor.values, "{name}");
+    }
+}
+
+#[test]
+fn resunet_matches_its_pytorch_twin() {
+    let device = Device::flex();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity-resunet");
+    let loaded = checkpoint::load(&dir.join("weights.safetensors"), &device).unwrap();
+    let model = loaded.model;
+    assert_eq!(model.config().arch(), "resunet");
+    assert_eq!(model.num_classes(), Some(3));
+    let cases_path = dir.join("cases.safetensors");
+    let cases = TensorFile::read(&cases_path).unwrap();
+    let x1 = tensor4(&cases, "x1", &cases_path, &device);
+    let t = Tensor::<1>::full([2], 0.7, &device);
+    let labels = one_hot_labels(&[Some(0), Some(2)], 3, &device);
+    let checks = [
+        (
+            "v_labels",
+            model.forward_labeled(x1.clone(), t.clone(), Some(labels)),
+        ),
+        ("v_none", model.forward(x1.clone(), t)),
+        ("x0_steps4", euler(&model, x1, 4, |_, _, _| {}).x),
+    ];
+    for (name, ours) in checks {
+        let expected = tensor4(&cases, name, &cases_path, &device);
+        let err = max_abs_diff(ours, expected);
+        println!("resunet {name}: max abs error {err:e}");
+        assert!(err <= 1e-3, "{name}: max abs error {err} > 1e-3");
     }
 }
