@@ -12,9 +12,14 @@ use burn::tensor::activation::{log_softmax, relu, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::data::augment::Augment;
 use crate::data::{EpochOrder, ImageSet};
 use crate::error::{Error, Result};
 use crate::kernels::conv2d;
+use crate::lr_schedule::LrSchedule;
 use crate::model::{ConvParams, Dense, Init, ParamSource, RandomInit, named_parameters, param};
 use crate::tensor_file::{FileParams, TensorFile};
 
@@ -25,13 +30,40 @@ pub const FEATURES: usize = 128;
 /// Metadata key of the classifier's record (JSON of [`ClassifierInfo`]).
 pub const META_CLASSIFIER: &str = "flowmatch.classifier";
 
+/// How a classifier is trained: AdamW (weight decay 1e-4) with a warm-up + cosine schedule,
+/// on randomly distorted copies of the training images.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierRecipe {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Random distortions of every training image (none: the images as they are).
+    pub augment: Option<Augment>,
+    /// Seed of initialisation, order and distortions.
+    pub seed: u64,
+}
+
+impl ClassifierRecipe {
+    /// The recipe of the pinned digit classifier that `flowmatch eval` uses by default.
+    pub const PINNED: ClassifierRecipe = ClassifierRecipe {
+        epochs: 60,
+        lr: 2e-3,
+        batch_size: 128,
+        augment: Some(Augment::DIGITS),
+        seed: 0,
+    };
+}
+
 /// What a stored classifier was trained on and how well it does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassifierInfo {
     /// Data set name.
     pub data: String,
-    /// Training epochs.
-    pub epochs: usize,
+    /// How it was trained.
+    pub recipe: ClassifierRecipe,
     /// Accuracy on the held-out split.
     pub test_accuracy: f64,
     /// Held-out images it was measured on.
@@ -216,26 +248,40 @@ pub fn argmax(values: &[f32]) -> usize {
         .map_or(0, |(i, _)| i)
 }
 
-/// Trains a classifier on `train` (AdamW, lr 1e-3, batch 128) and measures it on `test`.
+/// Trains a classifier on `train` with `recipe` and measures it on `test`; `on_epoch(epoch,
+/// mean loss)` after every epoch.
 pub fn train_classifier(
     train: &ImageSet,
     test: &ImageSet,
-    epochs: usize,
-    seed: u64,
+    recipe: &ClassifierRecipe,
     device: &Device,
     mut on_epoch: impl FnMut(usize, f32),
 ) -> Result<(Classifier, f64)> {
-    if epochs == 0 {
-        return Err(Error::invalid("epochs", "must be positive"));
+    if recipe.epochs == 0 || recipe.batch_size == 0 || recipe.lr.is_nan() || recipe.lr <= 0.0 {
+        return Err(Error::invalid(
+            "classifier recipe",
+            "epochs, batch size and learning rate must be positive",
+        ));
     }
     let ad = device.clone().autodiff();
-    let mut model = Classifier::build(&mut RandomInit::new(seed), &ad)?;
+    let mut model = Classifier::build(&mut RandomInit::new(recipe.seed), &ad)?;
     let mut optimizer = AdamWConfig::new().with_weight_decay(1e-4).init();
-    for epoch in 0..epochs {
-        let order = EpochOrder::new(train.len(), 128, seed, epoch);
-        let mut total = 0.0;
+    let mut rng = StdRng::seed_from_u64(recipe.seed ^ 0xA5A5_5A5A);
+    let per_epoch = train.len().div_ceil(recipe.batch_size) as u64;
+    let total = per_epoch * recipe.epochs as u64;
+    let schedule = LrSchedule::WarmupCosine {
+        warmup_steps: per_epoch.min(200),
+    };
+    let mut step = 0;
+    for epoch in 0..recipe.epochs {
+        let order = EpochOrder::new(train.len(), recipe.batch_size, recipe.seed, epoch);
+        let mut sum = 0.0;
         for b in 0..order.num_batches() {
-            let (x, labels) = train.batch(order.batch(b), &ad);
+            let (mut values, labels) = train.batch_values(order.batch(b));
+            if let Some(augment) = &recipe.augment {
+                augment.apply(&mut values, train.height, train.width, &mut rng);
+            }
+            let x = train.tensor(values, &ad);
             let mut one_hot = vec![0.0f32; labels.len() * CLASSES];
             for (i, &l) in labels.iter().enumerate() {
                 one_hot[i * CLASSES + l as usize] = 1.0;
@@ -246,11 +292,12 @@ pub fn train_classifier(
                 .sum_dim(1)
                 .mean()
                 .neg();
-            total += loss.clone().into_scalar::<f32>();
+            sum += loss.clone().into_scalar::<f32>();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optimizer.step(1e-3, model, grads);
+            step += 1;
+            model = optimizer.step(schedule.rate(recipe.lr, step, total), model, grads);
         }
-        on_epoch(epoch, total / order.num_batches() as f32);
+        on_epoch(epoch, sum / order.num_batches() as f32);
     }
     let model = model.valid();
     let accuracy = accuracy(&model, test, device);

@@ -45,7 +45,7 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     .unwrap()
     .take(64);
     let config = TrainConfig {
-        model: UNetConfig::with_widths([8, 16, 32]),
+        model: UNetConfig::with_widths([8, 16, 32]).into(),
         epochs: 3,
         batch_size: 16,
         lr: 2e-3,

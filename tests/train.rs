@@ -8,7 +8,7 @@ use flowmatch::Error;
 use flowmatch::checkpoint;
 use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split};
 use flowmatch::flow;
-use flowmatch::model::{SimpleUNet, UNetConfig};
+use flowmatch::model::{Network, UNetConfig};
 use flowmatch::tensor_file::TensorFile;
 use flowmatch::train::{self, TrainConfig, clip_factor, global_grad_norm, scale_grads};
 
@@ -30,7 +30,7 @@ fn tiny_data(n: usize) -> ImageSet {
 
 fn tiny_config() -> TrainConfig {
     TrainConfig {
-        model: UNetConfig::with_widths([8, 16, 32]),
+        model: UNetConfig::with_widths([8, 16, 32]).into(),
         epochs: 2,
         batch_size: 32,
         lr: 1e-3,
@@ -134,7 +134,7 @@ fn divergence_stops_with_an_error_and_keeps_the_last_checkpoint() {
 #[test]
 fn gradient_clipping_uses_the_global_norm() {
     let device = Device::flex().autodiff();
-    let model = SimpleUNet::init(UNetConfig::with_widths([8, 16, 32]), 0, &device).unwrap();
+    let model = Network::init(&UNetConfig::with_widths([8, 16, 32]).into(), 0, &device).unwrap();
     let data = tiny_data(4);
     let (x0, _) = data.batch(&[0, 1, 2, 3], &device);
     let x1 = Tensor::<4>::ones(x0.dims(), &device);
@@ -184,7 +184,7 @@ fn gradient_clipping_uses_the_global_norm() {
     assert_eq!(clip_factor(0.5, 1.0), 1.0);
 }
 
-fn collect_ids(model: &SimpleUNet) -> Vec<(burn::module::ParamId, usize)> {
+fn collect_ids(model: &Network) -> Vec<(burn::module::ParamId, usize)> {
     use burn::module::{Module, ModuleVisitor, Param};
     struct Ids(Vec<(burn::module::ParamId, usize)>);
     impl ModuleVisitor for Ids {

@@ -1,6 +1,7 @@
 //! Image data sets: IDX files from the embedded MNIST subset, a folder, Debian's Fashion-MNIST
 //! or a verified download; pixels scaled to [-1, 1]; seeded shuffling into batches.
 
+pub mod augment;
 pub mod batches;
 pub mod download;
 pub mod idx;
@@ -191,17 +192,24 @@ impl ImageSet {
 
     /// The images at `indices` as a `[batch, 1, h, w]` tensor, with their labels.
     pub fn batch(&self, indices: &[usize], device: &Device) -> (Tensor<4>, Vec<u8>) {
+        let (values, labels) = self.batch_values(indices);
+        (self.tensor(values, device), labels)
+    }
+
+    /// The pixel values of the images at `indices`, with their labels.
+    pub fn batch_values(&self, indices: &[usize]) -> (Vec<f32>, Vec<u8>) {
         let len = self.image_len();
         let mut values = Vec::with_capacity(indices.len() * len);
         for &i in indices {
             values.extend_from_slice(&self.pixels[i * len..(i + 1) * len]);
         }
-        let labels = indices.iter().map(|&i| self.labels[i]).collect();
-        let shape = [indices.len(), 1, self.height, self.width];
-        (
-            Tensor::from_data(TensorData::new(values, shape), device),
-            labels,
-        )
+        (values, indices.iter().map(|&i| self.labels[i]).collect())
+    }
+
+    /// Images of this set's shape as a `[n, 1, h, w]` tensor.
+    pub fn tensor(&self, values: Vec<f32>, device: &Device) -> Tensor<4> {
+        let shape = [values.len() / self.image_len(), 1, self.height, self.width];
+        Tensor::from_data(TensorData::new(values, shape), device)
     }
 }
 
