@@ -12,8 +12,8 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::model::{Network, NetworkConfig, UNetConfig};
 use crate::sampling::initial_noise;
-use crate::solver::euler;
-use crate::train::{TrainConfig, adamw, train_step};
+use crate::sampling::solvers::euler;
+use crate::training::{TrainConfig, adamw, train_step};
 
 /// What to measure and for how long.
 #[derive(Debug, Clone)]

@@ -9,10 +9,10 @@ use std::path::Path;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::ema::Ema;
 use crate::error::{Error, Result};
 use crate::model::{Network, NetworkConfig, UNetConfig};
 use crate::tensor_file::{FileParams, TensorFile};
+use crate::training::ema::Ema;
 
 /// Metadata key of the network's architecture and shape (JSON of [`NetworkConfig`]).
 pub const META_NETWORK: &str = "flowmatch.network";
@@ -61,6 +61,9 @@ pub struct Progress {
     /// Steps of the current (unfinished) epoch.
     #[serde(default)]
     pub epoch_steps: usize,
+    /// Wall-clock seconds spent in training steps so far (over all resumed sessions).
+    #[serde(default)]
+    pub train_seconds: f64,
 }
 
 /// A loaded model and the metadata stored beside it.

@@ -1,39 +1,34 @@
 //! flowmatch: flow-matching generative models on images, built on burn.
 //!
-//! - [`flow`]: the linear probability path, the training tuple and the velocity loss;
-//!   [`coupling`]: independent or minibatch-OT pairing of data and noise.
-//! - [`model`]: the reference SimpleUNet with PyTorch-compatible parameter names.
-//! - [`solver`]: ODE solvers from noise (t = 1) to data (t = 0).
-//! - [`data`]: IDX reading, data sets (embedded, directories, downloads) and batching.
-//! - [`train`]: the training loop (AdamW, global gradient clipping, logging, checkpoints),
-//!   with [`ema`] weight averaging and [`lr_schedule`] schedules.
+//! - [`flow`]: the linear probability path, the training tuple and the velocity loss, time
+//!   sampling, and the pairing of data and noise ([`flow::coupling`]).
+//! - [`model`]: the velocity networks, the reference SimpleUNet and a residual U-Net, with
+//!   PyTorch-compatible parameter names.
+//! - [`sampling`]: starting noise, chunked generation, trajectories; the ODE solvers
+//!   ([`sampling::solvers`]) and classifier-free guidance ([`sampling::guidance`]).
+//! - [`training`]: the training loop (AdamW, global gradient clipping, logging, checkpoints),
+//!   with EMA weight averaging, learning-rate schedules and named recipes.
+//! - [`evaluation`]: sample quality (classifier-FID and friends, with the pinned classifier),
+//!   memorisation, likelihood and straightness.
+//! - [`data`]: IDX reading, data sets (embedded, folders, downloads), batching, augmentation.
+//! - [`kernels`]: hand-written CPU kernels behind burn's backend extension.
 //! - [`checkpoint`], [`tensor_file`]: safetensors files, written atomically.
-//! - [`image_out`]: sample grids, trajectory strips, GIFs and loss curves.
-//! - [`sampling`]: starting noise, sampling and trajectories.
-//! - [`device`]: choosing the CPU (`flex`) or CUDA backend.
-//! - [`classifier`], [`metrics`], [`likelihood`], [`eval`]: sample quality and likelihood.
-//! - [`bench`]: throughput and memory measurements.
+//! - [`image_out`]: sample grids, trajectory strips, GIFs and plots.
+//! - [`demo`]: the few-minute demonstration run.
+//! - [`bench`]: throughput and memory measurements; [`device`]: choosing the backend.
 
 pub mod bench;
 pub mod checkpoint;
-pub mod classifier;
-pub mod coupling;
 pub mod data;
 pub mod device;
-pub mod ema;
 pub mod error;
-pub mod eval;
+pub mod evaluation;
 pub mod flow;
-pub mod guidance;
 pub mod image_out;
 pub mod kernels;
-pub mod likelihood;
-pub mod lr_schedule;
-pub mod metrics;
 pub mod model;
 pub mod sampling;
-pub mod solver;
 pub mod tensor_file;
-pub mod train;
+pub mod training;
 
 pub use error::{Error, Result};

@@ -13,24 +13,26 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use flowmatch::bench::{self, BenchConfig};
 use flowmatch::checkpoint::{self, Weights};
-use flowmatch::classifier::{Classifier, ClassifierInfo, ClassifierRecipe, train_classifier};
-use flowmatch::coupling::Coupling;
 use flowmatch::data::augment::Augment;
 use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split, default_cache_dir};
 use flowmatch::device::device_from_name;
-use flowmatch::eval::{self, EvalPlan};
+use flowmatch::evaluation::classifier::{
+    Classifier, ClassifierInfo, ClassifierRecipe, train_classifier,
+};
+use flowmatch::evaluation::likelihood::Divergence;
+use flowmatch::evaluation::metrics::Quality;
+use flowmatch::evaluation::quality::EvalPlan;
+use flowmatch::evaluation::{self, EvalEvent, EvalOptions, LikelihoodOptions};
 use flowmatch::flow::TimeSampling;
-use flowmatch::guidance::{Guided, class_rows};
-use flowmatch::image_out::QualityCurve;
+use flowmatch::flow::coupling::Coupling;
 use flowmatch::image_out::{self, Images};
-use flowmatch::likelihood::Divergence;
-use flowmatch::lr_schedule::LrSchedule;
-use flowmatch::metrics::Quality;
 use flowmatch::model::{Network, NetworkConfig, ResUNetConfig, UNetConfig};
+use flowmatch::sampling::guidance::{Guided, class_rows};
+use flowmatch::sampling::solvers::{Solver, TimeGrid, euler};
 use flowmatch::sampling::{self, ClassPlan, Generation, NoiseSource};
-use flowmatch::solver::{Solver, TimeGrid, euler};
 use flowmatch::tensor_file::{TensorFile, TensorStream};
-use flowmatch::train::{self, EpochReport, StepReport, TrainConfig, TrainObserver};
+use flowmatch::training::lr_schedule::LrSchedule;
+use flowmatch::training::{self, EpochReport, StepReport, TrainConfig, TrainObserver};
 
 #[derive(Parser)]
 #[command(
@@ -181,6 +183,9 @@ struct TrainArgs {
     /// Save a checkpoint every N epochs (0: only the final one).
     #[arg(long, default_value_t = 10)]
     checkpoint_every: usize,
+    /// Also save a checkpoint when training time reaches each of these minutes, e.g. 2,5,10,30.
+    #[arg(long, value_delimiter = ',')]
+    checkpoint_minutes: Vec<f64>,
 }
 
 impl TrainArgs {
@@ -218,6 +223,7 @@ impl TrainArgs {
             grad_clip: (self.grad_clip > 0.0).then_some(self.grad_clip),
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
+            checkpoint_minutes: self.checkpoint_minutes.clone(),
             ..TrainConfig::default()
         })
     }
@@ -239,9 +245,9 @@ struct NetworkArgs {
     /// Residual U-Net: its size, tiny, small or base.
     #[arg(long, default_value = "small")]
     size: String,
-    /// Residual U-Net: base width (overrides the size's).
+    /// Residual U-Net: width of the first level (overrides the size's).
     #[arg(long)]
-    channels: Option<usize>,
+    base_channels: Option<usize>,
     /// Residual U-Net: width multiplier per level, e.g. 1,2,2.
     #[arg(long, value_parser = parse_list)]
     channel_mult: Option<Vec<usize>>,
@@ -254,6 +260,12 @@ struct NetworkArgs {
     /// Residual U-Net: dropout in the residual blocks.
     #[arg(long, default_value_t = 0.0)]
     dropout: f32,
+    /// Height and width of the images the network works on.
+    #[arg(long, default_value_t = 28)]
+    image_size: usize,
+    /// Image channels: 1 (grey) or 3 (colour).
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
 }
 
 impl NetworkArgs {
@@ -263,11 +275,12 @@ impl NetworkArgs {
                 widths: self.widths.unwrap_or(UNetConfig::REFERENCE.widths),
                 time_dim: self.time_dim,
                 num_classes: classes,
-                ..UNetConfig::REFERENCE
+                image_size: self.image_size,
+                in_channels: self.channels,
             }),
             ArchArg::Resunet => {
                 let mut c = ResUNetConfig::preset(&self.size)?;
-                if let Some(channels) = self.channels {
+                if let Some(channels) = self.base_channels {
                     c.channels = channels;
                 }
                 if let Some(mult) = &self.channel_mult {
@@ -281,6 +294,8 @@ impl NetworkArgs {
                 }
                 c.dropout = self.dropout;
                 c.num_classes = classes;
+                c.image_size = self.image_size;
+                c.in_channels = self.channels;
                 NetworkConfig::Res(c)
             }
         };
@@ -434,9 +449,10 @@ struct EvalArgs {
     /// Model checkpoint.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Classifier written by `flowmatch classifier train`.
-    #[arg(long, default_value = "runs/classifier.safetensors")]
-    classifier: PathBuf,
+    /// Classifier written by `flowmatch classifier train` [default: the pinned digit classifier
+    /// shipped with flowmatch, for MNIST data].
+    #[arg(long)]
+    classifier: Option<PathBuf>,
     #[command(flatten)]
     data: DataArgs,
     /// Solvers to compare.
@@ -479,12 +495,16 @@ struct EvalArgs {
     /// Exact divergence (one VJP per dimension; slow) instead of Hutchinson's estimate.
     #[arg(long)]
     nll_exact: bool,
-    /// Conditional models: per-class accuracy of guided samples at these guidance scales.
+    /// Conditional models: class-balanced sampling (--n samples in all) at these guidance
+    /// scales (1: plain conditional), with quality and per-class accuracy.
     #[arg(long, value_delimiter = ',')]
     guidance_scales: Vec<f32>,
-    /// Samples per class for the guided accuracy.
-    #[arg(long, default_value_t = 50)]
-    per_class: usize,
+    /// Euler steps of the conditional sampling.
+    #[arg(long, default_value_t = 10)]
+    conditional_steps: usize,
+    /// Also check whether samples copy training images (nearest-neighbour distances).
+    #[arg(long)]
+    memorisation: bool,
     /// Also measure the straightness of the sampling paths (100 samples, 20 Euler steps).
     #[arg(long)]
     straightness: bool,
@@ -678,7 +698,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => {
             let outcome = match &args.resume {
                 Some(dir) => {
-                    let config = train::resume_config(dir)?;
+                    let config = training::resume_config(dir)?;
                     let data = DataArgs {
                         data: config.data.clone(),
                         limit: config.data_limit,
@@ -690,7 +710,7 @@ fn run(cli: Cli) -> Result<()> {
                         dir.display(),
                         config.max_steps.map_or("all".into(), |s| s.to_string())
                     );
-                    with_progress(|observer| train::resume(&data, dir, &device, observer))?
+                    with_progress(|observer| training::resume(&data, dir, &device, observer))?
                 }
                 None => {
                     let config = match &args.config {
@@ -704,7 +724,7 @@ fn run(cli: Cli) -> Result<()> {
                     }
                     .load()?;
                     with_progress(|observer| {
-                        train::train(&config, &data, &args.out, &device, observer)
+                        training::train(&config, &data, &args.out, &device, observer)
                     })?
                 }
             };
@@ -820,8 +840,8 @@ impl TrainObserver for ProgressObserver {
 
 /// Runs `train` with a progress bar; Ctrl-C or SIGTERM asks it to save and stop.
 fn with_progress(
-    train: impl FnOnce(&mut dyn TrainObserver) -> flowmatch::Result<train::TrainOutcome>,
-) -> Result<train::TrainOutcome> {
+    train: impl FnOnce(&mut dyn TrainObserver) -> flowmatch::Result<training::TrainOutcome>,
+) -> Result<training::TrainOutcome> {
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template(
             "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
@@ -1050,7 +1070,7 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
     );
     let started = Instant::now();
     let outcome =
-        with_progress(|observer| train::train(&config, &data, &args.out, device, observer))?;
+        with_progress(|observer| training::train(&config, &data, &args.out, device, observer))?;
     if outcome.interrupted {
         println!("interrupted: saved {}", outcome.checkpoint.display());
         return Ok(());
@@ -1236,8 +1256,30 @@ fn print_quality_row(name: &str, nfe: &str, q: &Quality) {
 
 fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
     let model = load_model(&args.checkpoint, device, false)?;
-    let (classifier, info) = Classifier::load(&args.classifier, device)?;
+    let source = DataSource::parse(&args.data.data);
+    let (classifier, info) = match &args.classifier {
+        Some(path) => Classifier::load(path, device)?,
+        None if matches!(source, DataSource::Embedded | DataSource::Mnist) => {
+            Classifier::pinned(device)?
+        }
+        None => bail!(
+            "the pinned classifier knows MNIST digits, not '{}': train one with `flowmatch \
+             classifier train --data {}` and pass it with --classifier",
+            args.data.data,
+            args.data.data
+        ),
+    };
+    let classifier_name = args
+        .classifier
+        .as_ref()
+        .map_or("pinned digit classifier".to_string(), |p| {
+            p.display().to_string()
+        });
     let test = args.data.load_split(Split::Test)?;
+    let train = match args.memorisation {
+        true => Some(args.data.load()?),
+        false => None,
+    };
     let grid = SolverArgs {
         solver: Solver::Euler,
         tol: 1e-5,
@@ -1245,25 +1287,38 @@ fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
         grid_shift: args.grid_shift,
     }
     .grid()?;
-    if args.batch_size == 0 {
-        bail!("invalid --batch-size: must be positive");
+    if args.batch_size == 0 || args.conditional_steps == 0 {
+        bail!("invalid --batch-size / --conditional-steps: must be positive");
     }
     if args.nfe.contains(&0) || args.dopri_tols.iter().any(|t| t.is_nan() || *t <= 0.0) {
         bail!("invalid --nfe / --dopri-tols: values must be positive");
     }
-    let plan = EvalPlan {
-        solvers: args.solvers.clone(),
-        nfe: args.nfe.clone(),
-        dopri_tolerances: args.dopri_tols.clone(),
-        grid,
-        n: args.n,
-        seed: args.seed,
-        chunk: args.batch_size,
+    let options = EvalOptions {
+        plan: EvalPlan {
+            solvers: args.solvers.clone(),
+            nfe: args.nfe.clone(),
+            dopri_tolerances: args.dopri_tols.clone(),
+            grid,
+            n: args.n,
+            seed: args.seed,
+            chunk: args.batch_size,
+        },
+        guidance_scales: args.guidance_scales.clone(),
+        conditional_steps: args.conditional_steps,
+        likelihood: (args.nll_images > 0).then_some(LikelihoodOptions {
+            images: args.nll_images,
+            steps: args.nll_steps,
+            divergence: match args.nll_exact {
+                true => Divergence::Exact { chunk: 112 },
+                false => Divergence::Hutchinson,
+            },
+        }),
+        straightness: args.straightness,
+        memorisation: args.memorisation,
     };
-    let (floor, reference) = eval::real_floor(&classifier, &test, args.n, device)?;
     println!(
-        "classifier: {} ({:.2}% held-out accuracy); {} samples per setting vs {} held-out digits",
-        args.classifier.display(),
+        "classifier: {classifier_name} ({:.2}% held-out accuracy); {} samples per setting vs {} \
+         held-out images",
         100.0 * info.test_accuracy,
         args.n,
         args.n
@@ -1272,98 +1327,80 @@ fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
         "{:<18} {:>5} {:>9} {:>20} {:>9} {:>8}",
         "solver", "NFE", "cFID", "KID", "confident", "H(bits)"
     );
-    print_quality_row("real data (floor)", "-", &floor);
-    let mut lines = vec![
-        serde_json::json!({"solver": "real-data-floor", "nfe": 0, "n": floor.n,
-        "fid": floor.fid, "kid": floor.kid, "kid_std": floor.kid_std, "confident": floor.confident,
-        "histogram": floor.histogram, "class_entropy_bits": floor.class_entropy_bits})
-        .to_string(),
-    ];
-    let rows = eval::sample_quality(&model, &classifier, &reference, &plan, device, |row| {
-        let name = match row.tol {
-            Some(tol) => format!("{} tol={tol:.0e}", row.solver),
-            None => row.solver.clone(),
-        };
-        print_quality_row(&name, &row.nfe.to_string(), &row.quality);
-    })?;
-    lines.extend(
-        rows.iter()
-            .map(|r| serde_json::to_string(r).expect("serialises")),
-    );
-    if args.nll_images > 0 {
-        let divergence = if args.nll_exact {
-            Divergence::Exact { chunk: 112 }
-        } else {
-            Divergence::Hutchinson
-        };
-        let report = eval::nll(
-            &model,
-            &test,
-            args.nll_images,
-            args.nll_steps,
-            divergence,
-            args.seed,
-            device,
-        )?;
-        println!(
-            "likelihood: {:.3} ± {:.3} bits/dim on {} held-out digits ({} divergence, RK4 {} steps, uniform dequantisation)",
-            report.bits_per_dim, report.std_error, report.images, report.divergence, report.steps
-        );
-        lines.push(serde_json::to_string(&report)?);
-    }
-    if args.straightness {
-        let value = eval::straightness(&model, 100, 20, args.seed, device);
-        println!(
-            "straightness (mean |v_i - v|^2 / |v|^2 along 20 Euler steps; 0 = straight): {value:.4}"
-        );
-        lines.push(
-            serde_json::json!({ "straightness": value, "samples": 100, "steps": 20 }).to_string(),
-        );
-    }
-    if !args.guidance_scales.is_empty() {
-        println!(
-            "guided samples classified as their class (Euler, 50 steps, {} per class):",
-            args.per_class
-        );
-        for &scale in &args.guidance_scales {
-            let acc = eval::guided_accuracy(
-                &model,
-                &classifier,
-                scale,
-                args.per_class,
-                50,
-                args.seed,
-                device,
-            )?;
-            let per: Vec<String> = acc.per_class.iter().map(|a| format!("{:.2}", a)).collect();
-            println!(
-                "  w={scale:<4} NFE {:>3}  mean {:.3}  per class [{}]",
-                acc.nfe,
-                acc.mean,
-                per.join(" ")
-            );
-            lines.push(serde_json::to_string(&acc)?);
-        }
-    }
-    flowmatch::tensor_file::write_atomic(&args.out, (lines.join("\n") + "\n").as_bytes())?;
+    let report = evaluation::evaluate(
+        &model,
+        &classifier,
+        train.as_ref(),
+        &test,
+        &options,
+        device,
+        print_event,
+    )?;
+    flowmatch::tensor_file::write_atomic(&args.out, report.json_lines().as_bytes())?;
     println!("results: {}", args.out.display());
     if let Some(plot) = &args.plot {
-        let mut curves: Vec<QualityCurve> = Vec::new();
-        for row in &rows {
-            let point = (row.nfe as f64, row.quality.fid, row.quality.confident);
-            match curves.iter_mut().find(|c| c.label == row.solver) {
-                Some(curve) => curve.points.push(point),
-                None => curves.push(QualityCurve {
-                    label: row.solver.clone(),
-                    points: vec![point],
-                }),
-            }
-        }
-        for curve in &mut curves {
-            curve.points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        }
-        image_out::quality_plot(&curves, floor.fid, floor.confident, plot)?;
+        image_out::quality_plot(
+            &report.curves(),
+            report.floor.fid,
+            report.floor.confident,
+            plot,
+        )?;
         println!("plot: {}", plot.display());
     }
     Ok(())
+}
+
+/// Prints one evaluation result as it comes.
+fn print_event(event: EvalEvent) {
+    match event {
+        EvalEvent::Floor(q) => print_quality_row("real data (floor)", "-", q),
+        EvalEvent::Sampler(row) => {
+            let name = match row.tol {
+                Some(tol) => format!("{} tol={tol:.0e}", row.solver),
+                None => row.solver.clone(),
+            };
+            print_quality_row(&name, &row.nfe.to_string(), &row.quality);
+        }
+        EvalEvent::Conditional(c) => {
+            let per: Vec<String> = c.per_class.iter().map(|a| format!("{a:.2}")).collect();
+            print_quality_row(
+                &format!("labels, w={}", c.guidance),
+                &c.nfe.to_string(),
+                &c.quality,
+            );
+            println!(
+                "{:<24} accuracy {:.3}, per class [{}]",
+                "",
+                c.accuracy,
+                per.join(" ")
+            );
+        }
+        EvalEvent::Likelihood(r) => println!(
+            "likelihood: {:.3} ± {:.3} bits/dim on {} held-out images ({} divergence, RK4 {} steps, \
+             uniform dequantisation)",
+            r.bits_per_dim, r.std_error, r.images, r.divergence, r.steps
+        ),
+        EvalEvent::Straightness(value) => println!(
+            "straightness (mean |v_i - v|^2 / |v|^2 along {} Euler steps; 0 = straight): {value:.4}",
+            evaluation::STRAIGHTNESS_STEPS
+        ),
+        EvalEvent::Memorisation(m) => println!(
+            "memorisation: nearest training image at median {:.2} (5% {:.2}, min {:.2}) for {} \
+             samples, {:.2} (5% {:.2}, min {:.2}) for held-out images; {:.1}% of samples closer \
+             than 99% of held-out images ({})",
+            m.sample_distances.median,
+            m.sample_distances.p05,
+            m.sample_distances.min,
+            m.samples,
+            m.held_out_distances.median,
+            m.held_out_distances.p05,
+            m.held_out_distances.min,
+            100.0 * m.near_copies,
+            if m.near_copies < 0.05 {
+                "no sign of copying"
+            } else {
+                "the model copies training images"
+            }
+        ),
+    }
 }

@@ -2,15 +2,17 @@
 //! the trajectory view works with every solver.
 
 use burn::tensor::Device;
-use flowmatch::classifier::{
+use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split};
+use flowmatch::evaluation::classifier::{
     Classifier, ClassifierInfo, ClassifierRecipe, embed, train_classifier,
 };
-use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split};
-use flowmatch::eval::{self, EvalPlan};
-use flowmatch::metrics::quality;
+use flowmatch::evaluation::memorisation::memorisation;
+use flowmatch::evaluation::metrics::quality;
+use flowmatch::evaluation::quality::{self, EvalPlan};
+use flowmatch::evaluation::{self, EvalOptions};
 use flowmatch::model::{Network, UNetConfig};
+use flowmatch::sampling::solvers::{Solver, TimeGrid};
 use flowmatch::sampling::{initial_noise, trajectory};
-use flowmatch::solver::{Solver, TimeGrid};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -136,7 +138,7 @@ fn quality_does_not_depend_on_the_chunk_size() {
     let model = Network::init(&UNetConfig::with_widths([8, 16, 32]).into(), 0, &device).unwrap();
     let classifier = Classifier::build(&mut flowmatch::model::RandomInit::new(1), &device).unwrap();
     let (_, reference) =
-        eval::real_floor(&classifier, &embedded(Split::Test), 40, &device).unwrap();
+        quality::real_floor(&classifier, &embedded(Split::Test), 40, &device).unwrap();
     let rows = |chunk| {
         let plan = EvalPlan {
             solvers: vec![Solver::Euler],
@@ -147,7 +149,7 @@ fn quality_does_not_depend_on_the_chunk_size() {
             seed: 3,
             chunk,
         };
-        eval::sample_quality(&model, &classifier, &reference, &plan, &device, |_| {}).unwrap()
+        quality::sample_quality(&model, &classifier, &reference, &plan, &device, |_| {}).unwrap()
     };
     let (whole, chunked) = (rows(40), rows(7));
     assert_eq!(whole.len(), 1);
@@ -155,4 +157,77 @@ fn quality_does_not_depend_on_the_chunk_size() {
     assert_eq!(whole[0].quality.n, 40);
     assert!((whole[0].quality.fid - chunked[0].quality.fid).abs() < 1e-3 * whole[0].quality.fid);
     assert_eq!(whole[0].quality.histogram, chunked[0].quality.histogram);
+}
+
+#[test]
+fn memorisation_check_tells_copies_from_new_images() {
+    let device = Device::flex();
+    let (train, test) = (embedded(Split::Train), embedded(Split::Test));
+    let len = train.image_len();
+    let held_out = &test.pixels[..400 * len];
+    // Training images themselves: every one is a copy.
+    let copies = &train.pixels[1000 * len..1200 * len];
+    let m = memorisation(copies, &train, held_out, &device).unwrap();
+    assert_eq!(m.samples, 200);
+    assert!(m.sample_distances.median < 1e-2, "{:?}", m.sample_distances);
+    assert_eq!(m.near_copies, 1.0);
+    // New real images are as far from the training set as the held-out yardstick.
+    let fresh = &test.pixels[1000 * len..1400 * len];
+    let m = memorisation(fresh, &train, held_out, &device).unwrap();
+    assert!(m.near_copies < 0.05, "{}", m.near_copies);
+    let ratio = m.sample_distances.median / m.held_out_distances.median;
+    assert!((0.9..1.1).contains(&ratio), "{ratio}");
+}
+
+#[test]
+fn the_evaluation_driver_reports_every_measure() {
+    let device = Device::flex();
+    let config = UNetConfig {
+        num_classes: Some(10),
+        ..UNetConfig::with_widths([8, 16, 32])
+    };
+    let model = Network::init(&config.into(), 0, &device).unwrap();
+    let classifier = Classifier::build(&mut flowmatch::model::RandomInit::new(1), &device).unwrap();
+    let (train, test) = (embedded(Split::Train).take(500), embedded(Split::Test));
+    let options = EvalOptions {
+        plan: EvalPlan {
+            solvers: vec![Solver::Euler, Solver::Midpoint],
+            nfe: vec![2, 4],
+            dopri_tolerances: vec![],
+            grid: TimeGrid::Uniform,
+            n: 120,
+            seed: 0,
+            chunk: 50,
+        },
+        guidance_scales: vec![1.0, 2.0],
+        conditional_steps: 3,
+        likelihood: None,
+        straightness: true,
+        memorisation: true,
+    };
+    let mut events = 0;
+    let report = evaluation::evaluate(
+        &model,
+        &classifier,
+        Some(&train),
+        &test,
+        &options,
+        &device,
+        |_| events += 1,
+    )
+    .unwrap();
+    // Euler at 2 and 4, midpoint at 4 (2 steps) and 2 (1 step); two scales; straightness;
+    // memorisation; the floor.
+    assert_eq!(report.samplers.len(), 4);
+    assert_eq!(events, 1 + 4 + 2 + 1 + 1);
+    let nfe: Vec<usize> = report.conditional.iter().map(|c| c.nfe).collect();
+    assert_eq!(nfe, vec![3, 6], "w = 2 evaluates both branches");
+    assert!(
+        report
+            .conditional
+            .iter()
+            .all(|c| c.per_class.len() == 10 && c.quality.n == 120)
+    );
+    assert!(report.memorisation.is_some() && report.straightness.is_some());
+    assert_eq!(report.json_lines().lines().count(), 1 + 4 + 2 + 1 + 1);
 }

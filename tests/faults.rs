@@ -13,7 +13,7 @@ use common::{assert_clean_error, assert_success, fixture, flowmatch, run, s, tem
 
 use flowmatch::model::NamedTensor;
 use flowmatch::tensor_file::TensorFile;
-use flowmatch::train::RunLock;
+use flowmatch::training::RunLock;
 
 const TINY: [&str; 8] = [
     "--widths",

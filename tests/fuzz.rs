@@ -16,7 +16,7 @@ use flowmatch::checkpoint::{self, Weights};
 use flowmatch::data::idx::parse_idx;
 use flowmatch::model::UNetConfig;
 use flowmatch::tensor_file::TensorFile;
-use flowmatch::train::TrainConfig;
+use flowmatch::training::TrainConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -294,7 +294,7 @@ fn training_configuration_reader_survives_mutated_toml() {
             Ok(config) => {
                 // What validation lets through is a network one can build.
                 assert!(config.model.validate().is_ok());
-                assert!(config.batch_size <= flowmatch::train::MAX_BATCH);
+                assert!(config.batch_size <= flowmatch::training::MAX_BATCH);
                 accepted += 1;
             }
             Err(message) => {

@@ -2,13 +2,14 @@
 //! rule can read: class k lights up quadrant k of the image.
 
 use burn::tensor::Device;
+use flowmatch::checkpoint;
 use flowmatch::data::ImageSet;
-use flowmatch::guidance::Guided;
 use flowmatch::model::{NetworkConfig, UNetConfig};
+use flowmatch::sampling::guidance::Guided;
+use flowmatch::sampling::solvers::{Solver, TimeGrid, solve};
 use flowmatch::sampling::{initial_noise, to_vec};
-use flowmatch::solver::{Solver, TimeGrid, solve};
-use flowmatch::train::{self, TrainConfig};
-use flowmatch::{checkpoint, lr_schedule::LrSchedule};
+use flowmatch::training::lr_schedule::LrSchedule;
+use flowmatch::training::{self, TrainConfig};
 
 const CLASSES: usize = 4;
 
@@ -61,7 +62,7 @@ fn guidance_steers_samples_to_the_requested_class() {
         checkpoint_every: 0,
         ..TrainConfig::default()
     };
-    let outcome = train::train(&config, &quadrant_images(128), &out, &device, &mut ()).unwrap();
+    let outcome = training::train(&config, &quadrant_images(128), &out, &device, &mut ()).unwrap();
     let loaded = checkpoint::load(&outcome.checkpoint, &device).unwrap();
     assert_eq!(loaded.model.config().num_classes(), Some(CLASSES));
     let model = loaded.model;

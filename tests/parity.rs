@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor, TensorData};
 use flowmatch::checkpoint;
 use flowmatch::model::{UNetConfig, one_hot_labels};
-use flowmatch::solver::euler;
+use flowmatch::sampling::solvers::euler;
 use flowmatch::tensor_file::TensorFile;
 
 fn fixture_dir() -> PathBuf {

@@ -9,10 +9,10 @@ use burn::tensor::Device;
 use flowmatch::checkpoint;
 use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split};
 use flowmatch::flow::TimeSampling;
-use flowmatch::lr_schedule::LrSchedule;
 use flowmatch::model::UNetConfig;
 use flowmatch::tensor_file::TensorFile;
-use flowmatch::train::{self, TrainConfig, TrainObserver};
+use flowmatch::training::lr_schedule::LrSchedule;
+use flowmatch::training::{self, TrainConfig, TrainObserver};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("flowmatch-resume-{name}-{}", std::process::id()));
@@ -27,7 +27,7 @@ struct StopAfter {
 }
 
 impl TrainObserver for StopAfter {
-    fn on_step(&mut self, _: &train::StepReport) {
+    fn on_step(&mut self, _: &training::StepReport) {
         self.seen += 1;
     }
     fn should_stop(&mut self) -> bool {
@@ -61,10 +61,10 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     };
     let device = Device::flex();
     let (whole, split) = (temp_dir("whole"), temp_dir("split"));
-    train::train(&config, &data, &whole, &device, &mut ()).unwrap();
+    training::train(&config, &data, &whole, &device, &mut ()).unwrap();
 
     // Stop mid-epoch (step 6 of 12; 4 steps per epoch), then resume.
-    let stopped = train::train(
+    let stopped = training::train(
         &config,
         &data,
         &split,
@@ -75,7 +75,7 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     assert!(stopped.interrupted);
     assert_eq!(stopped.steps, 6);
     assert!(!split.join("final.safetensors").exists());
-    let resumed = train::resume(&data, &split, &device, &mut ()).unwrap();
+    let resumed = training::resume(&data, &split, &device, &mut ()).unwrap();
     assert!(!resumed.interrupted);
     assert_eq!(resumed.steps, 12);
 

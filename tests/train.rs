@@ -10,7 +10,7 @@ use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split};
 use flowmatch::flow;
 use flowmatch::model::{Network, UNetConfig};
 use flowmatch::tensor_file::TensorFile;
-use flowmatch::train::{self, TrainConfig, clip_factor, global_grad_norm, scale_grads};
+use flowmatch::training::{self, TrainConfig, clip_factor, global_grad_norm, scale_grads};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("flowmatch-train-{name}-{}", std::process::id()));
@@ -43,7 +43,7 @@ fn tiny_config() -> TrainConfig {
 #[test]
 fn a_tiny_run_writes_checkpoints_metrics_and_curve() {
     let out = temp_dir("outputs");
-    let outcome = train::train(
+    let outcome = training::train(
         &tiny_config(),
         &tiny_data(64),
         &out,
@@ -92,7 +92,7 @@ fn training_is_reproducible_from_the_seed() {
     };
     let data = tiny_data(64);
     for dir in [&a, &b] {
-        train::train(&config, &data, dir, &Device::flex(), &mut ()).unwrap();
+        training::train(&config, &data, dir, &Device::flex(), &mut ()).unwrap();
     }
     let read = |dir: &PathBuf| {
         TensorFile::read(&dir.join("final.safetensors"))
@@ -119,7 +119,7 @@ fn divergence_stops_with_an_error_and_keeps_the_last_checkpoint() {
         grad_clip: None,
         ..tiny_config()
     };
-    let err = train::train(&config, &tiny_data(64), &out, &Device::flex(), &mut ()).unwrap_err();
+    let err = training::train(&config, &tiny_data(64), &out, &Device::flex(), &mut ()).unwrap_err();
     let Error::Diverged { step, loss } = err else {
         panic!("expected divergence, got {err}");
     };

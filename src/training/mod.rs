@@ -1,6 +1,9 @@
 //! The training loop of the reference (train.py): AdamW, global gradient-norm clipping, loss
 //! logged per step and per epoch (JSON lines), loss curve, atomic checkpoints.
 
+pub mod ema;
+pub mod lr_schedule;
+
 use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -16,15 +19,15 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{
     self, META_PROGRESS, META_TRAIN_CONFIG, OPTIMIZER_STATE, Progress, Weights,
 };
-use crate::coupling::{Coupling, ot_assignment, reorder_rows};
 use crate::data::{EpochOrder, ImageSet};
-use crate::ema::Ema;
 use crate::error::{Error, Result};
+use crate::flow::coupling::{Coupling, ot_assignment, reorder_rows};
 use crate::flow::{self, TimeSampling};
 use crate::image_out;
-use crate::lr_schedule::LrSchedule;
 use crate::model::{Network, NetworkConfig, UNetConfig, one_hot_labels};
 use crate::tensor_file::{TensorFile, write_atomic};
+use crate::training::ema::Ema;
+use crate::training::lr_schedule::LrSchedule;
 
 /// Every training choice; stored in each checkpoint's metadata (as TOML).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +71,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Write a checkpoint every this many epochs (0: only the final one).
     pub checkpoint_every: usize,
+    /// Also write a checkpoint when the training time first reaches each of these minutes
+    /// (`minutes-0005.safetensors` for 5), for quality against compute from one run.
+    #[serde(default)]
+    pub checkpoint_minutes: Vec<f64>,
 }
 
 impl Default for TrainConfig {
@@ -92,6 +99,7 @@ impl Default for TrainConfig {
             grad_clip: Some(1.0),
             seed: 0,
             checkpoint_every: 10,
+            checkpoint_minutes: Vec::new(),
         }
     }
 }
@@ -136,6 +144,16 @@ impl TrainConfig {
             return Err(Error::invalid(
                 "EMA decay",
                 format!("{:?}: must be in [0, 1)", self.ema_decay),
+            ));
+        }
+        if self
+            .checkpoint_minutes
+            .iter()
+            .any(|m| !(m.is_finite() && *m > 0.0))
+        {
+            return Err(Error::invalid(
+                "checkpoint minutes",
+                format!("{:?}: each must be positive", self.checkpoint_minutes),
             ));
         }
         if !(0.0..1.0).contains(&self.betas.0) || !(0.0..1.0).contains(&self.betas.1) {
@@ -190,6 +208,8 @@ pub struct StepReport {
     pub lr: f64,
     /// Images per second of this step.
     pub img_s: f64,
+    /// Training seconds so far (wall clock of the steps, over resumed sessions).
+    pub elapsed_s: f64,
 }
 
 /// Summary of a completed epoch.
@@ -495,16 +515,28 @@ fn run(
         state.progress.epoch_loss_sum += loss as f64;
         state.progress.epoch_steps += 1;
         state.step_losses.push((step, loss));
+        let seconds = step_started.elapsed().as_secs_f64();
+        let before = state.progress.train_seconds;
+        state.progress.train_seconds += seconds;
         let report = StepReport {
             step,
             epoch,
             loss,
             grad_norm,
             lr,
-            img_s: indices.len() as f64 / step_started.elapsed().as_secs_f64(),
+            img_s: indices.len() as f64 / seconds,
+            elapsed_s: state.progress.train_seconds,
         };
         log(serde_json::to_string(&report).expect("report serialises"))?;
         observer.on_step(&report);
+        for &minutes in &config.checkpoint_minutes {
+            let mark = minutes * 60.0;
+            if before < mark && state.progress.train_seconds >= mark {
+                let path = out_dir.join(format!("minutes-{minutes:04}.safetensors"));
+                save_checkpoint(&state, config, false, &path)?;
+                observer.on_checkpoint(&path);
+            }
+        }
 
         let epoch_done = step.is_multiple_of(batches_per_epoch);
         if epoch_done || step == total_steps {

@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 
 use crate::error::{Error, Result};
 use crate::model::{Network, one_hot_labels};
-use crate::solver::VelocityField;
+use crate::sampling::solvers::VelocityField;
 
 /// Labels for a grid with one row per class: each of `classes` repeated `per_class` times.
 pub fn class_rows(classes: impl IntoIterator<Item = usize>, per_class: usize) -> Vec<usize> {

@@ -16,12 +16,13 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::data::augment::Augment;
+use crate::data::download::sha256_hex;
 use crate::data::{EpochOrder, ImageSet};
 use crate::error::{Error, Result};
 use crate::kernels::conv2d;
-use crate::lr_schedule::LrSchedule;
 use crate::model::{ConvParams, Dense, Init, ParamSource, RandomInit, named_parameters, param};
 use crate::tensor_file::{FileParams, TensorFile};
+use crate::training::lr_schedule::LrSchedule;
 
 /// Number of classes.
 pub const CLASSES: usize = 10;
@@ -56,6 +57,12 @@ impl ClassifierRecipe {
         seed: 0,
     };
 }
+
+/// Where the pinned classifier's weights come from (for messages).
+pub const PINNED_NAME: &str = "<pinned classifier assets/classifier/mnist-digits.safetensors>";
+/// SHA-256 of the pinned classifier's file.
+pub const PINNED_SHA256: &str = "6149908550116352cf529b7be07eafdd12df0797f5773ea38b9878981fee42e8";
+static PINNED_BYTES: &[u8] = include_bytes!("../../assets/classifier/mnist-digits.safetensors");
 
 /// What a stored classifier was trained on and how well it does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,7 +152,30 @@ impl Classifier {
 
     /// Loads a classifier written by [`train_classifier`].
     pub fn load(path: &Path, device: &Device) -> Result<(Self, ClassifierInfo)> {
-        let file = TensorFile::read(path)?;
+        Self::from_file(&TensorFile::read(path)?, path, device)
+    }
+
+    /// The pinned digit classifier shipped with flowmatch (`assets/classifier`), the default
+    /// yardstick of `flowmatch eval` on MNIST: trained by `flowmatch classifier train` with
+    /// [`ClassifierRecipe::PINNED`] on the embedded training digits, its bytes checked against
+    /// [`PINNED_SHA256`], so that numbers are comparable between machines and versions.
+    pub fn pinned(device: &Device) -> Result<(Self, ClassifierInfo)> {
+        let path = Path::new(PINNED_NAME);
+        let digest = sha256_hex(PINNED_BYTES);
+        if digest != PINNED_SHA256 {
+            return Err(Error::bad_file(
+                path,
+                format!("SHA-256 {digest}, expected {PINNED_SHA256}: the build is damaged"),
+            ));
+        }
+        Self::from_file(&TensorFile::from_bytes(PINNED_BYTES, path)?, path, device)
+    }
+
+    fn from_file(
+        file: &TensorFile,
+        path: &Path,
+        device: &Device,
+    ) -> Result<(Self, ClassifierInfo)> {
         let kind = "flowmatch classifier";
         let info = file
             .metadata
@@ -154,11 +184,11 @@ impl Classifier {
             .ok_or_else(|| {
                 Error::bad_file(
                     path,
-                    format!("not a {kind}: no '{META_CLASSIFIER}' metadata"),
+                    format!("not a {kind}: no readable '{META_CLASSIFIER}' metadata"),
                 )
             })?;
         let mut source = FileParams {
-            file: &file,
+            file,
             path,
             prefix: "",
             kind,

@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::seq::index::sample;
 use serde::Serialize;
 
-use crate::classifier::{CLASSES, Embedding, argmax};
+use crate::evaluation::classifier::{CLASSES, Embedding, argmax};
 
 /// Probability above which a sample counts as confidently classified.
 pub const CONFIDENT: f32 = 0.9;

@@ -4,6 +4,8 @@
 //! `x_t = (1 - t) x0 + t x1`, the target velocity is `dx_t/dt = x1 - x0`, and the loss is the
 //! mean squared error between the predicted and the target velocity.
 
+pub mod coupling;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
 use rand_distr::StandardNormal;
@@ -113,7 +115,7 @@ impl TimeSampling {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::solver::{VelocityField, euler};
+    use crate::sampling::solvers::{VelocityField, euler};
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 

@@ -1,16 +1,19 @@
 //! Generating images: seeded starting noise, chunked sampling in bounded memory, and
 //! trajectory capture.
 
+pub mod guidance;
+pub mod solvers;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::error::{Error, Result};
 use crate::flow::{gaussian_noise, gaussian_values};
-use crate::guidance::Guided;
 use crate::image_out::TrajectoryFrame;
 use crate::model::Network;
-use crate::solver::{Solution, Solver, TimeGrid, solve};
+use crate::sampling::guidance::Guided;
+use crate::sampling::solvers::{Solution, Solver, TimeGrid, solve};
 
 /// The frames the reference's trajectory view captures for 50 steps.
 pub const REFERENCE_CAPTURE: [usize; 7] = [0, 5, 10, 20, 30, 40, 49];

@@ -1,22 +1,20 @@
-//! "How good is this model?": sample quality per (solver, NFE) against held-out real digits,
-//! with the real-data floor, and the likelihood of held-out digits.
+//! Sample quality in the pinned classifier's feature space: per (solver, NFE) for unconditional
+//! sampling, and class-balanced for conditional sampling at a guidance scale, each against
+//! held-out real images, next to the real-data floor (the same metrics between two halves of
+//! the held-out images).
 
 use std::time::Instant;
 
-use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
+use burn::tensor::Device;
 use serde::Serialize;
 
-use crate::classifier::{Classifier, Embedding, argmax, embed};
+use super::classifier::{Classifier, Embedding, argmax, embed};
+use super::metrics::{Quality, quality};
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
-use crate::likelihood::{Divergence, bits_per_dim, dequantize, log_density, to_bytes};
-use crate::metrics::{Quality, quality};
 use crate::model::Network;
-use crate::sampling::{ClassPlan, Generation, NoiseSource, generate, initial_noise, to_vec};
-use crate::solver::{Solver, TimeGrid, solve};
+use crate::sampling::solvers::{Solver, TimeGrid};
+use crate::sampling::{ClassPlan, Generation, NoiseSource, generate};
 
 /// One evaluated sampler setting.
 #[derive(Debug, Clone, Serialize)]
@@ -161,97 +159,39 @@ pub fn sample_quality(
     Ok(rows)
 }
 
-/// Likelihood of held-out images.
+/// Class-conditional sampling measured: `per_class` samples of every class (class-balanced) at
+/// one guidance scale, their quality against the held-out reference and how often each is
+/// classified as the class it was drawn for.
 #[derive(Debug, Clone, Serialize)]
-pub struct NllReport {
-    /// Images measured.
-    pub images: usize,
-    /// Mean bits per dimension (8-bit scale, uniform dequantisation).
-    pub bits_per_dim: f64,
-    /// Standard error of the mean.
-    pub std_error: f64,
-    /// RK4 steps of the integration.
-    pub steps: usize,
-    /// Velocity evaluations per batch.
-    pub nfe: usize,
-    /// "exact" or "hutchinson".
-    pub divergence: String,
-}
-
-/// Bits/dim of the first `images` held-out digits (dequantised with `seed`), in batches.
-pub fn nll(
-    model: &Network,
-    test: &ImageSet,
-    images: usize,
-    steps: usize,
-    divergence: Divergence,
-    seed: u64,
-    device: &Device,
-) -> Result<NllReport> {
-    if images == 0 || images > test.len() || steps == 0 {
-        return Err(Error::invalid(
-            "likelihood",
-            format!("{images} images, {steps} steps"),
-        ));
-    }
-    let ad = device.clone().autodiff();
-    let model = model.clone().to_device(&ad).no_grad();
-    let mut rng = StdRng::seed_from_u64(seed);
-    let dims = test.image_len();
-    let bytes = to_bytes(&test.pixels[..images * dims]);
-    let mut bpd = Vec::new();
-    let mut nfe = 0;
-    let batch = match divergence {
-        Divergence::Exact { .. } => 1,
-        Divergence::Hutchinson => 32,
-    };
-    for chunk in bytes.chunks(batch * dims) {
-        let n = chunk.len() / dims;
-        let z = dequantize(chunk, &mut rng);
-        let x0 = Tensor::<4>::from_data(TensorData::new(z, [n, 1, test.height, test.width]), &ad);
-        let (densities, used) = log_density(&model, x0, steps, divergence, &mut rng);
-        nfe = used;
-        bpd.extend(densities.into_iter().map(|d| bits_per_dim(d, dims)));
-    }
-    let mean = bpd.iter().sum::<f64>() / bpd.len() as f64;
-    let var = bpd.iter().map(|b| (b - mean).powi(2)).sum::<f64>() / (bpd.len().max(2) - 1) as f64;
-    Ok(NllReport {
-        images,
-        bits_per_dim: mean,
-        std_error: (var / bpd.len() as f64).sqrt(),
-        steps,
-        nfe,
-        divergence: match divergence {
-            Divergence::Exact { .. } => "exact".into(),
-            Divergence::Hutchinson => "hutchinson".into(),
-        },
-    })
-}
-
-/// How often guided samples of each class are classified as that class.
-#[derive(Debug, Clone, Serialize)]
-pub struct GuidedAccuracy {
-    /// Guidance scale w.
+pub struct ConditionalQuality {
+    /// Guidance scale w (1: plain conditional, no guidance).
     pub guidance: f32,
+    /// Euler steps.
+    pub steps: usize,
     /// Network evaluations used (both branches counted).
     pub nfe: usize,
-    /// Accuracy per class.
+    /// Fraction classified as their class, per class.
     pub per_class: Vec<f64>,
     /// Mean over classes.
-    pub mean: f64,
+    pub accuracy: f64,
+    /// Metrics against the held-out reference.
+    #[serde(flatten)]
+    pub quality: Quality,
 }
 
-/// Samples `per_class` images of every class with Euler `steps` at guidance `scale` and
-/// classifies them.
-pub fn guided_accuracy(
+/// Samples `per_class` images of every class with Euler `steps` at guidance `scale`, and
+/// measures them against `reference`.
+#[allow(clippy::too_many_arguments)]
+pub fn conditional_quality(
     model: &Network,
     classifier: &Classifier,
+    reference: &Embedding,
     scale: f32,
     per_class: usize,
     steps: usize,
     seed: u64,
     device: &Device,
-) -> Result<GuidedAccuracy> {
+) -> Result<ConditionalQuality> {
     let classes = model
         .num_classes()
         .ok_or_else(|| Error::invalid("guidance", "the model is unconditional"))?;
@@ -263,7 +203,7 @@ pub fn guided_accuracy(
         guidance: scale,
         ..Generation::euler(steps)
     };
-    let mut probs = Vec::new();
+    let mut samples = Embedding::default();
     let stats = generate(
         model,
         classes * per_class,
@@ -272,66 +212,22 @@ pub fn guided_accuracy(
         &generation,
         device,
         |_, values| {
-            probs.extend(embed(classifier, &values, device).probs);
+            samples.extend(embed(classifier, &values, device));
             Ok(())
         },
     )?;
     let per_class: Vec<f64> = (0..classes)
         .map(|c| {
-            let rows = &probs[c * per_class..(c + 1) * per_class];
+            let rows = &samples.probs[c * per_class..(c + 1) * per_class];
             rows.iter().filter(|p| argmax(p) == c).count() as f64 / per_class as f64
         })
         .collect();
-    Ok(GuidedAccuracy {
+    Ok(ConditionalQuality {
         guidance: scale,
-        nfe: stats.nfe_per_chunk.first().copied().unwrap_or(0),
-        mean: per_class.iter().sum::<f64>() / classes as f64,
-        per_class,
-    })
-}
-
-/// Straightness of the sampling paths: with Euler velocities `v_i` over `steps` uniform steps
-/// and the net velocity `v = x(t=1) - x(t=0)`, the mean over samples of
-/// `mean_i |v_i - v|^2 / |v|^2`. Zero for straight paths travelled at constant speed.
-pub fn straightness(model: &Network, n: usize, steps: usize, seed: u64, device: &Device) -> f64 {
-    let x1 = initial_noise(model, n, seed, device);
-    let mut states = vec![to_vec(&x1)];
-    let solution = solve(
-        model,
-        Solver::Euler,
-        x1,
         steps,
-        TimeGrid::Uniform,
-        |i, _, x| {
-            if i > 0 {
-                states.push(to_vec(x));
-            }
-        },
-    );
-    states.push(to_vec(&solution.x));
-    let dim = states[0].len() / n;
-    let dt = 1.0 / steps as f64;
-    let mut total = 0.0;
-    for s in 0..n {
-        let row = |k: usize| &states[k][s * dim..(s + 1) * dim];
-        let net: Vec<f64> = row(0)
-            .iter()
-            .zip(row(steps))
-            .map(|(a, b)| (a - b) as f64)
-            .collect();
-        let net_sq: f64 = net.iter().map(|v| v * v).sum();
-        let deviation: f64 = (0..steps)
-            .map(|i| {
-                row(i)
-                    .iter()
-                    .zip(row(i + 1))
-                    .zip(&net)
-                    .map(|((a, b), v)| ((a - b) as f64 / dt - v).powi(2))
-                    .sum::<f64>()
-            })
-            .sum::<f64>()
-            / steps as f64;
-        total += deviation / net_sq.max(1e-12);
-    }
-    total / n as f64
+        nfe: stats.nfe_per_chunk.first().copied().unwrap_or(0),
+        accuracy: per_class.iter().sum::<f64>() / classes as f64,
+        per_class,
+        quality: quality(&samples, reference),
+    })
 }

@@ -1,0 +1,254 @@
+//! "How good is this model?": sample quality per (solver, NFE) and for class-conditional
+//! sampling against held-out real images, with the real-data floor; memorisation of the
+//! training set; likelihood of held-out images; straightness of the sampling paths.
+
+pub mod classifier;
+pub mod likelihood;
+pub mod memorisation;
+pub mod metrics;
+pub mod quality;
+pub mod straightness;
+
+use burn::tensor::Device;
+use serde::Serialize;
+
+use crate::data::ImageSet;
+use crate::error::{Error, Result};
+use crate::image_out::QualityCurve;
+use crate::model::Network;
+use crate::sampling::{ClassPlan, Generation, NoiseSource, generate};
+use classifier::Classifier;
+use likelihood::{Divergence, NllReport, nll};
+use memorisation::{Memorisation, memorisation};
+use metrics::Quality;
+use quality::{
+    ConditionalQuality, EvalPlan, EvalRow, conditional_quality, real_floor, sample_quality,
+};
+
+/// Everything an evaluation can measure; the sampler settings in `plan` always run.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Unconditional sampling: solvers, NFE budgets, sample count, seed, chunk size.
+    pub plan: EvalPlan,
+    /// Conditional models: class-balanced quality and per-class accuracy at these scales.
+    pub guidance_scales: Vec<f32>,
+    /// Euler steps of the conditional sampling.
+    pub conditional_steps: usize,
+    /// Held-out images whose likelihood is measured, with its integration settings.
+    pub likelihood: Option<LikelihoodOptions>,
+    /// Measure the straightness of the sampling paths.
+    pub straightness: bool,
+    /// Run the memorisation check (needs the training set).
+    pub memorisation: bool,
+}
+
+/// How the likelihood is measured.
+#[derive(Debug, Clone, Copy)]
+pub struct LikelihoodOptions {
+    /// Held-out images.
+    pub images: usize,
+    /// RK4 steps.
+    pub steps: usize,
+    /// Exact or Hutchinson divergence.
+    pub divergence: Divergence,
+}
+
+/// One result, as soon as it is measured (for progress output).
+#[derive(Debug, Clone, Copy)]
+pub enum EvalEvent<'a> {
+    /// The real-data floor.
+    Floor(&'a Quality),
+    /// One sampler setting.
+    Sampler(&'a EvalRow),
+    /// Conditional sampling at one guidance scale.
+    Conditional(&'a ConditionalQuality),
+    /// The likelihood.
+    Likelihood(&'a NllReport),
+    /// Straightness (0 = straight paths).
+    Straightness(f64),
+    /// The memorisation check.
+    Memorisation(&'a Memorisation),
+}
+
+/// Everything measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// The real-data floor.
+    pub floor: Quality,
+    /// Each sampler setting.
+    pub samplers: Vec<EvalRow>,
+    /// Each guidance scale.
+    pub conditional: Vec<ConditionalQuality>,
+    /// The likelihood, when measured.
+    pub likelihood: Option<NllReport>,
+    /// The straightness, when measured.
+    pub straightness: Option<f64>,
+    /// The memorisation check, when run.
+    pub memorisation: Option<Memorisation>,
+}
+
+/// Samples used by the straightness measure.
+pub const STRAIGHTNESS_SAMPLES: usize = 100;
+/// Euler steps of the straightness measure.
+pub const STRAIGHTNESS_STEPS: usize = 20;
+
+/// Measures `model` with `classifier` as the yardstick against the held-out images `test` (and
+/// the training images `train`, for the memorisation check), reporting each result to
+/// `on_event` as it comes.
+pub fn evaluate(
+    model: &Network,
+    classifier: &Classifier,
+    train: Option<&ImageSet>,
+    test: &ImageSet,
+    options: &EvalOptions,
+    device: &Device,
+    mut on_event: impl FnMut(EvalEvent),
+) -> Result<EvalReport> {
+    let plan = &options.plan;
+    let (floor, reference) = real_floor(classifier, test, plan.n, device)?;
+    on_event(EvalEvent::Floor(&floor));
+    let samplers = sample_quality(model, classifier, &reference, plan, device, |row| {
+        on_event(EvalEvent::Sampler(row))
+    })?;
+    let mut conditional = Vec::new();
+    if !options.guidance_scales.is_empty() {
+        let classes = model.num_classes().ok_or_else(|| {
+            Error::invalid("guidance scales", "the model is unconditional (no classes)")
+        })?;
+        for &scale in &options.guidance_scales {
+            let q = conditional_quality(
+                model,
+                classifier,
+                &reference,
+                scale,
+                plan.n / classes,
+                options.conditional_steps,
+                plan.seed,
+                device,
+            )?;
+            on_event(EvalEvent::Conditional(&q));
+            conditional.push(q);
+        }
+    }
+    let likelihood = match options.likelihood {
+        Some(l) => {
+            let report = nll(
+                model,
+                test,
+                l.images,
+                l.steps,
+                l.divergence,
+                plan.seed,
+                device,
+            )?;
+            on_event(EvalEvent::Likelihood(&report));
+            Some(report)
+        }
+        None => None,
+    };
+    let straightness = options.straightness.then(|| {
+        let value = straightness::straightness(
+            model,
+            STRAIGHTNESS_SAMPLES,
+            STRAIGHTNESS_STEPS,
+            plan.seed,
+            device,
+        );
+        on_event(EvalEvent::Straightness(value));
+        value
+    });
+    let memorisation = match (options.memorisation, train) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(Error::invalid(
+                "memorisation check",
+                "needs the training set",
+            ));
+        }
+        (true, Some(train)) => {
+            let steps = plan.nfe.iter().copied().max().unwrap_or(50);
+            let mut samples = Vec::with_capacity(plan.n * test.image_len());
+            generate(
+                model,
+                plan.n,
+                &ClassPlan::Unconditional,
+                &mut NoiseSource::seeded(plan.seed),
+                &Generation {
+                    chunk: plan.chunk,
+                    ..Generation::euler(steps)
+                },
+                device,
+                |_, values| {
+                    samples.extend(values);
+                    Ok(())
+                },
+            )?;
+            let held_out = &test.pixels[..plan.n.min(test.len()) * test.image_len()];
+            let m = memorisation(&samples, train, held_out, device)?;
+            on_event(EvalEvent::Memorisation(&m));
+            Some(m)
+        }
+    };
+    Ok(EvalReport {
+        floor,
+        samplers,
+        conditional,
+        likelihood,
+        straightness,
+        memorisation,
+    })
+}
+
+impl EvalReport {
+    /// The results as JSON lines: the floor, each sampler setting, each guidance scale, then
+    /// the likelihood, straightness and memorisation when measured.
+    pub fn json_lines(&self) -> String {
+        let mut lines = vec![
+            serde_json::json!({"solver": "real-data-floor", "nfe": 0, "quality": &self.floor})
+                .to_string(),
+        ];
+        lines.extend(
+            self.samplers
+                .iter()
+                .map(|r| serde_json::to_string(r).expect("serialises")),
+        );
+        lines.extend(
+            self.conditional
+                .iter()
+                .map(|c| serde_json::json!({"conditional": c}).to_string()),
+        );
+        if let Some(l) = &self.likelihood {
+            lines.push(serde_json::json!({"likelihood": l}).to_string());
+        }
+        if let Some(s) = self.straightness {
+            lines.push(
+                serde_json::json!({"straightness": s, "samples": STRAIGHTNESS_SAMPLES,
+                "steps": STRAIGHTNESS_STEPS})
+                .to_string(),
+            );
+        }
+        if let Some(m) = &self.memorisation {
+            lines.push(serde_json::json!({"memorisation": m}).to_string());
+        }
+        lines.join("\n") + "\n"
+    }
+
+    /// Quality against NFE, one curve per solver (fixed-step and adaptive alike).
+    pub fn curves(&self) -> Vec<QualityCurve> {
+        let mut curves: Vec<QualityCurve> = Vec::new();
+        for row in &self.samplers {
+            let point = (row.nfe as f64, row.quality.fid, row.quality.confident);
+            match curves.iter_mut().find(|c| c.label == row.solver) {
+                Some(curve) => curve.points.push(point),
+                None => curves.push(QualityCurve {
+                    label: row.solver.clone(),
+                    points: vec![point],
+                }),
+            }
+        }
+        for curve in &mut curves {
+            curve.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        curves
+    }
+}
