@@ -70,11 +70,17 @@ pub fn grid(images: Images, cols: usize, scale: usize, pad: usize) -> RgbImage {
 
 /// Saves an image as PNG, atomically.
 pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
+    let bytes = png_bytes(image).map_err(|e| Error::bad_file(path, e))?;
+    write_atomic(path, &bytes)
+}
+
+/// The bytes of an image as PNG (the error says why it could not be encoded).
+pub fn png_bytes(image: &RgbImage) -> std::result::Result<Vec<u8>, String> {
     let mut bytes = Cursor::new(Vec::new());
     image
         .write_to(&mut bytes, ImageFormat::Png)
-        .map_err(|e| Error::bad_file(path, format!("cannot encode PNG: {e}")))?;
-    write_atomic(path, bytes.get_ref())
+        .map_err(|e| format!("cannot encode PNG: {e}"))?;
+    Ok(bytes.into_inner())
 }
 
 /// Most tiles a sample grid shows; larger sample sets go to a tensor file as well.

@@ -14,12 +14,13 @@
 //! - [`kernels`]: hand-written CPU kernels behind burn's backend extension.
 //! - [`checkpoint`], [`tensor_file`]: safetensors files, written atomically.
 //! - [`image_out`]: sample grids, trajectory strips, GIFs and plots.
-//! - [`demo`]: the few-minute demonstration run.
+//! - [`demo`]: the few-minute demonstration run; [`serve`]: the local web page and its API.
 //! - [`bench`]: throughput and memory measurements; [`device`]: choosing the backend.
 
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
+pub mod demo;
 pub mod device;
 pub mod error;
 pub mod evaluation;
@@ -28,6 +29,7 @@ pub mod image_out;
 pub mod kernels;
 pub mod model;
 pub mod sampling;
+pub mod serve;
 pub mod tensor_file;
 pub mod training;
 

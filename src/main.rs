@@ -15,6 +15,7 @@ use flowmatch::bench::{self, BenchConfig};
 use flowmatch::checkpoint::{self, Weights};
 use flowmatch::data::augment::Augment;
 use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split, default_cache_dir};
+use flowmatch::demo::DemoOptions;
 use flowmatch::device::device_from_name;
 use flowmatch::evaluation::classifier::{
     Classifier, ClassifierInfo, ClassifierRecipe, train_classifier,
@@ -27,12 +28,13 @@ use flowmatch::flow::TimeSampling;
 use flowmatch::flow::coupling::Coupling;
 use flowmatch::image_out::{self, Images};
 use flowmatch::model::{Network, NetworkConfig, ResUNetConfig, UNetConfig};
-use flowmatch::sampling::guidance::{Guided, class_rows};
-use flowmatch::sampling::solvers::{Solver, TimeGrid, euler};
+use flowmatch::sampling::guidance::Guided;
+use flowmatch::sampling::solvers::{Solver, TimeGrid};
 use flowmatch::sampling::{self, ClassPlan, Generation, NoiseSource};
+use flowmatch::serve::{ServeOptions, Server};
 use flowmatch::tensor_file::{TensorFile, TensorStream};
 use flowmatch::training::lr_schedule::LrSchedule;
-use flowmatch::training::{self, EpochReport, StepReport, TrainConfig, TrainObserver};
+use flowmatch::training::{self, EpochReport, StepReport, TrainConfig, TrainObserver, recipes};
 
 #[derive(Parser)]
 #[command(
@@ -69,11 +71,29 @@ enum Command {
     Eval(EvalArgs),
     /// Measure training and sampling throughput and peak memory (one JSON line per width).
     Bench(BenchArgs),
+    /// Serve a local web page to generate samples and watch the flow (and a run's loss).
+    Serve(ServeArgs),
     /// Print a checkpoint's network shape, progress and training configuration.
     Info {
         /// The checkpoint (.safetensors).
         checkpoint: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Checkpoint to serve (repeatable: the page offers each).
+    #[arg(long, required = true)]
+    checkpoint: Vec<PathBuf>,
+    /// Address to listen on (only this machine by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0: any free one).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// A training run folder whose loss the page plots while `train` writes it.
+    #[arg(long)]
+    run: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -133,6 +153,14 @@ struct TrainArgs {
     /// Output folder (checkpoints, metrics.jsonl, loss_curve.png).
     #[arg(long, default_value = "runs/train")]
     out: PathBuf,
+    /// Train with a named recipe (reference, demo, ...: `flowmatch train --list-presets`); of
+    /// the other flags only the data, --classes, --seed, --steps and --checkpoint-minutes
+    /// apply.
+    #[arg(long, conflicts_with = "config")]
+    preset: Option<String>,
+    /// List the named recipes and exit.
+    #[arg(long)]
+    list_presets: bool,
     /// Passes over the training data.
     #[arg(long, default_value_t = 100)]
     epochs: usize,
@@ -190,6 +218,21 @@ struct TrainArgs {
 
 impl TrainArgs {
     fn config(&self) -> Result<TrainConfig> {
+        if let Some(name) = &self.preset {
+            let mut config = recipes::recipe(name)?;
+            config.model = config
+                .model
+                .with_classes((self.classes > 0).then_some(self.classes));
+            config.data = self.data.data.clone();
+            config.data_limit = self.data.limit;
+            config.seed = self.seed;
+            if self.steps.is_some() {
+                config.max_steps = self.steps;
+            }
+            config.checkpoint_minutes = self.checkpoint_minutes.clone();
+            config.validate()?;
+            return Ok(config);
+        }
         Ok(TrainConfig {
             model: self
                 .network
@@ -347,27 +390,18 @@ struct DemoArgs {
     /// Output folder.
     #[arg(long, default_value = "runs/demo")]
     out: PathBuf,
-    /// Optimiser steps (about 4 minutes on 2 CPU cores with the defaults).
-    #[arg(long, default_value_t = DEMO_STEPS)]
-    steps: u64,
-    /// Classes of the class-conditional model (labels dropped 10% of the time, so it samples
-    /// unconditionally too); it also writes a guided grid with one row per class.
-    /// 0 trains the reference's unconditional model.
-    #[arg(long, default_value_t = 10)]
+    /// Optimiser steps [default: the demo recipe's, about 5 minutes on 2 CPU cores].
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Train a class-conditional model with this many classes instead (labels dropped 10% of
+    /// the time, so it samples without labels too); it also writes a guided grid with one row
+    /// per class. 0, the default, trains an unconditional model, as the reference.
+    #[arg(long, default_value_t = 0)]
     classes: usize,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
-
-/// The demo's model and schedule, sized for a 2-core CPU.
-const DEMO_STEPS: u64 = 6000;
-const DEMO_WIDTHS: [usize; 3] = [16, 32, 64];
-const DEMO_BATCH: usize = 32;
-const DEMO_LR: f64 = 2e-3;
-const DEMO_WARMUP: u64 = 100;
-const DEMO_EMA: f64 = 0.999;
-const DEMO_GUIDANCE: f32 = 2.0;
 
 #[derive(Args)]
 struct SolverArgs {
@@ -696,6 +730,12 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(args) => demo(args, &device),
         Command::Train(args) => {
+            if args.list_presets {
+                for r in recipes::RECIPES {
+                    println!("{:<10} {}", r.name, r.summary);
+                }
+                return Ok(());
+            }
             let outcome = match &args.resume {
                 Some(dir) => {
                     let config = training::resume_config(dir)?;
@@ -764,6 +804,25 @@ fn run(cli: Cli) -> Result<()> {
         Command::Classifier(args) => classifier(args, &device),
         Command::Eval(args) => evaluate(args, &device),
         Command::Info { checkpoint } => info(&checkpoint),
+        Command::Serve(args) => {
+            let server = Server::bind(
+                &ServeOptions {
+                    checkpoints: args.checkpoint,
+                    host: args.host,
+                    port: args.port,
+                    run: args.run,
+                    workers: 4,
+                },
+                &device,
+            )?;
+            println!(
+                "serving {} on {} (Ctrl-C to stop)",
+                server.model_names().join(", "),
+                server.url()
+            );
+            server.run();
+            Ok(())
+        }
     }
 }
 
@@ -839,9 +898,9 @@ impl TrainObserver for ProgressObserver {
 }
 
 /// Runs `train` with a progress bar; Ctrl-C or SIGTERM asks it to save and stop.
-fn with_progress(
-    train: impl FnOnce(&mut dyn TrainObserver) -> flowmatch::Result<training::TrainOutcome>,
-) -> Result<training::TrainOutcome> {
+fn with_progress<T>(
+    train: impl FnOnce(&mut dyn TrainObserver) -> flowmatch::Result<T>,
+) -> Result<T> {
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template(
             "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
@@ -1029,104 +1088,61 @@ fn write_trajectory(
 
 fn demo(args: DemoArgs, device: &Device) -> Result<()> {
     let data = args.data.load()?;
-    let config = TrainConfig {
-        model: NetworkConfig::Simple(UNetConfig {
-            num_classes: (args.classes > 0).then_some(args.classes),
-            ..UNetConfig::with_widths(DEMO_WIDTHS)
-        }),
-        data: args.data.data.clone(),
-        epochs: (args.steps as usize * DEMO_BATCH)
-            .div_ceil(data.len())
-            .max(1),
-        max_steps: Some(args.steps),
-        batch_size: DEMO_BATCH,
-        lr: DEMO_LR,
-        lr_schedule: LrSchedule::WarmupCosine {
-            warmup_steps: DEMO_WARMUP,
-        },
-        ema_decay: Some(DEMO_EMA),
-        time_sampling: TimeSampling::LogitNormal {
-            mean: 0.0,
-            std: 1.0,
-        },
+    let options = DemoOptions {
+        out: args.out.clone(),
+        steps: args.steps,
+        classes: args.classes,
         seed: args.seed,
-        checkpoint_every: 0,
-        ..TrainConfig::default()
+        data: args.data.data.clone(),
+        sampling_steps: flowmatch::demo::DEMO_SAMPLING_STEPS,
     };
+    let config = flowmatch::demo::config(&options);
     println!(
-        "demo: training a {}{:?}-wide SimpleUNet for {} steps (batch {}, lr {}) on {} images ({}); \
-         about 4 minutes on 2 CPU cores",
-        if args.classes > 0 {
-            "class-conditional "
-        } else {
-            ""
-        },
-        DEMO_WIDTHS,
-        args.steps,
-        DEMO_BATCH,
-        DEMO_LR,
+        "demo: training {} for {} steps (batch {}, lr {}) on {} images ({}); about 5 minutes on \
+         2 CPU cores",
+        config.model.describe(),
+        config.max_steps.unwrap_or(0),
+        config.batch_size,
+        config.lr,
         data.len(),
         args.data.data
     );
     let started = Instant::now();
-    let outcome =
-        with_progress(|observer| training::train(&config, &data, &args.out, device, observer))?;
-    if outcome.interrupted {
-        println!("interrupted: saved {}", outcome.checkpoint.display());
+    let report = with_progress(|observer| flowmatch::demo::run(&options, &data, device, observer))?;
+    if report.outcome.interrupted {
+        println!("interrupted: saved {}", report.outcome.checkpoint.display());
         return Ok(());
     }
     println!(
-        "trained {} steps in {:.0} s, final loss {:.4}",
-        outcome.steps,
-        started.elapsed().as_secs_f64(),
-        outcome.final_loss
+        "trained {} steps, final loss {:.4}; {:.0} s in all",
+        report.outcome.steps,
+        report.outcome.final_loss,
+        started.elapsed().as_secs_f64()
     );
-    let model = load_model(&outcome.checkpoint, device, false)?;
-    let grid = args.out.join("samples.png");
-    let x1 = sampling::initial_noise(&model, 64, args.seed, device);
-    let solution = euler(&model, x1, 50, |_, _, _| {});
-    let values = sampling::to_vec(&solution.x);
-    image_out::save_grid(
-        Images {
-            pixels: &values,
-            height: 28,
-            width: 28,
-        },
-        &grid,
-    )?;
-    let x1 = sampling::initial_noise(&model, 4, args.seed + 1, device);
-    write_trajectory(
-        &model,
-        x1,
-        Solver::Euler,
-        50,
-        TimeGrid::Uniform,
-        &args.out.join("trajectory.png"),
-        &args.out.join("trajectory.gif"),
-    )?;
-    println!("samples (64, 50 Euler steps): {}", grid.display());
-    if args.classes > 0 {
-        let per_row = 10;
-        let labels = class_rows(0..args.classes, per_row);
-        let x1 = sampling::initial_noise(&model, labels.len(), args.seed + 2, device);
-        let guided = Guided::new(&model, &labels, DEMO_GUIDANCE)?;
-        let solution = euler(&guided, x1, 50, |_, _, _| {});
-        let values = sampling::to_vec(&solution.x);
-        let images = Images {
-            pixels: &values,
-            height: 28,
-            width: 28,
-        };
-        let path = args.out.join("digits.png");
-        image_out::save_png(&image_out::grid(images, per_row, 1, 2), &path)?;
+    let steps = flowmatch::demo::DEMO_SAMPLING_STEPS;
+    println!(
+        "samples (64, {steps} Euler steps, no labels): {}",
+        report.samples.display()
+    );
+    if let Some(path) = &report.class_rows {
         println!(
-            "one row per class (guidance {DEMO_GUIDANCE}, NFE {}): {}",
-            solution.nfe,
+            "one row per class (guidance {}, {steps} Euler steps): {}",
+            flowmatch::demo::DEMO_GUIDANCE,
             path.display()
         );
     }
-    println!("loss curve:       {}", outcome.loss_curve.display());
-    println!("checkpoint:       {}", outcome.checkpoint.display());
+    println!("trajectory strip: {}", report.trajectory.display());
+    println!("trajectory GIF:   {}", report.gif.display());
+    println!("loss curve:       {}", report.outcome.loss_curve.display());
+    println!("checkpoint:       {}", report.outcome.checkpoint.display());
+    println!(
+        "quality:          flowmatch eval --checkpoint {} --solvers euler --nfe 10,50 --n 1000",
+        report.outcome.checkpoint.display()
+    );
+    println!(
+        "watch the flow:   flowmatch serve --checkpoint {}   (then open http://127.0.0.1:8000/)",
+        report.outcome.checkpoint.display()
+    );
     Ok(())
 }
 

@@ -56,8 +56,8 @@ impl NoiseSource<'_> {
         NoiseSource::Seeded(Box::new(StdRng::seed_from_u64(seed)))
     }
 
-    /// The next `count` images of `image_len` values each.
-    fn take(&mut self, count: usize, image_len: usize) -> Vec<f32> {
+    /// The next `count` images of `image_len` values each (fewer when given values run out).
+    pub fn take(&mut self, count: usize, image_len: usize) -> Vec<f32> {
         match self {
             NoiseSource::Seeded(rng) => gaussian_values(rng.as_mut(), count * image_len),
             NoiseSource::Given(values) => {

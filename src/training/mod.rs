@@ -3,6 +3,7 @@
 
 pub mod ema;
 pub mod lr_schedule;
+pub mod recipes;
 
 use std::collections::HashMap;
 use std::io::{BufWriter, Write};

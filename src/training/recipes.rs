@@ -1,0 +1,92 @@
+//! Named training recipes: the reference's, and the best measured one for each compute budget
+//! on a 2-core CPU (`train --preset NAME`). Each is a complete [`TrainConfig`] for the embedded
+//! MNIST digits; the budgets were measured on a 2-core AMD EPYC (Zen 4) with 2 threads, and
+//! the curve behind the choices is in `docs/notes/issue-12.md`.
+
+use super::TrainConfig;
+use super::lr_schedule::LrSchedule;
+use crate::error::{Error, Result};
+use crate::flow::TimeSampling;
+use crate::flow::coupling::Coupling;
+use crate::model::{NetworkConfig, ResUNetConfig, UNetConfig};
+
+/// A named recipe.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipe {
+    /// The name `train --preset` takes.
+    pub name: &'static str,
+    /// What it is, in a line.
+    pub summary: &'static str,
+    /// Builds the configuration (unconditional, seed 0).
+    pub config: fn() -> TrainConfig,
+}
+
+/// Every recipe, the reference first.
+pub const RECIPES: &[Recipe] = &[
+    Recipe {
+        name: "reference",
+        summary: "the blog post's recipe: SimpleUNet 64/128/256, AdamW lr 1e-4, batch 128, \
+                  100 epochs, uniform times, no EMA",
+        config: reference,
+    },
+    Recipe {
+        name: "demo",
+        summary: "the best unconditional digits in 5 minutes on 2 cores: tiny residual U-Net, \
+                  batch 32, lr 2e-3 with warm-up and cosine decay, EMA, minibatch OT",
+        config: demo,
+    },
+];
+
+/// The recipe called `name`.
+pub fn recipe(name: &str) -> Result<TrainConfig> {
+    RECIPES
+        .iter()
+        .find(|r| r.name == name)
+        .map(|r| (r.config)())
+        .ok_or_else(|| {
+            let names: Vec<&str> = RECIPES.iter().map(|r| r.name).collect();
+            Error::invalid("preset", format!("'{name}' (known: {})", names.join(", ")))
+        })
+}
+
+fn reference() -> TrainConfig {
+    TrainConfig {
+        model: NetworkConfig::Simple(UNetConfig::REFERENCE),
+        ..TrainConfig::default()
+    }
+}
+
+fn demo() -> TrainConfig {
+    TrainConfig {
+        model: NetworkConfig::Res(ResUNetConfig::preset("tiny").expect("a known size")),
+        epochs: 1000,
+        max_steps: Some(3500),
+        batch_size: 32,
+        lr: 2e-3,
+        lr_schedule: LrSchedule::WarmupCosine { warmup_steps: 100 },
+        ema_decay: Some(0.999),
+        time_sampling: TimeSampling::LogitNormal {
+            mean: 0.0,
+            std: 1.0,
+        },
+        coupling: Coupling::MinibatchOt,
+        checkpoint_every: 0,
+        ..TrainConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_recipe_is_valid_and_named_once() {
+        for (i, r) in RECIPES.iter().enumerate() {
+            (r.config)().validate().unwrap();
+            assert!(RECIPES[..i].iter().all(|o| o.name != r.name), "{}", r.name);
+            assert!(recipe(r.name).is_ok());
+        }
+        assert!(recipe("nonsense").is_err());
+        assert_eq!(recipe("reference").unwrap(), TrainConfig::default());
+    }
+}
