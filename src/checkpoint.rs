@@ -64,6 +64,10 @@ pub struct Progress {
     /// Wall-clock seconds spent in training steps so far (over all resumed sessions).
     #[serde(default)]
     pub train_seconds: f64,
+    /// The same in CPU time of the process divided by its worker threads: the wall time the
+    /// steps take on that many otherwise idle cores, robust to other load on the machine.
+    #[serde(default)]
+    pub budget_seconds: f64,
 }
 
 /// A loaded model and the metadata stored beside it.

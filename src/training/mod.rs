@@ -73,7 +73,9 @@ pub struct TrainConfig {
     /// Write a checkpoint every this many epochs (0: only the final one).
     pub checkpoint_every: usize,
     /// Also write a checkpoint when the training time first reaches each of these minutes
-    /// (`minutes-0005.safetensors` for 5), for quality against compute from one run.
+    /// (`minutes-0005.safetensors` for 5), for quality against compute from one run. Training
+    /// time is CPU time per worker thread ([`Progress::budget_seconds`]), so a busy machine
+    /// does not move the marks.
     #[serde(default)]
     pub checkpoint_minutes: Vec<f64>,
 }
@@ -211,6 +213,8 @@ pub struct StepReport {
     pub img_s: f64,
     /// Training seconds so far (wall clock of the steps, over resumed sessions).
     pub elapsed_s: f64,
+    /// Training seconds so far as CPU time per worker thread (see [`Progress::budget_seconds`]).
+    pub budget_s: f64,
 }
 
 /// Summary of a completed epoch.
@@ -482,6 +486,7 @@ fn run(
             return Ok(outcome(&state, resume_path, metrics_path, loss_curve, true));
         }
         let step_started = Instant::now();
+        let cpu_started = process_cpu_seconds();
         let epoch = (state.progress.step / batches_per_epoch) as usize;
         let batch = (state.progress.step % batches_per_epoch) as usize;
         if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
@@ -517,8 +522,10 @@ fn run(
         state.progress.epoch_steps += 1;
         state.step_losses.push((step, loss));
         let seconds = step_started.elapsed().as_secs_f64();
-        let before = state.progress.train_seconds;
+        let before = state.progress.budget_seconds;
         state.progress.train_seconds += seconds;
+        state.progress.budget_seconds +=
+            (process_cpu_seconds() - cpu_started) / rayon::current_num_threads() as f64;
         let report = StepReport {
             step,
             epoch,
@@ -527,12 +534,13 @@ fn run(
             lr,
             img_s: indices.len() as f64 / seconds,
             elapsed_s: state.progress.train_seconds,
+            budget_s: state.progress.budget_seconds,
         };
         log(serde_json::to_string(&report).expect("report serialises"))?;
         observer.on_step(&report);
         for &minutes in &config.checkpoint_minutes {
             let mark = minutes * 60.0;
-            if before < mark && state.progress.train_seconds >= mark {
+            if before < mark && state.progress.budget_seconds >= mark {
                 let path = out_dir.join(format!("minutes-{minutes:04}.safetensors"));
                 save_checkpoint(&state, config, false, &path)?;
                 observer.on_checkpoint(&path);
@@ -648,6 +656,22 @@ pub fn train_step(
         scale_grads(&model, &mut grads, clip_factor(grad_norm, max_norm));
     }
     Ok((optimizer.step(lr, model, grads), loss_value, grad_norm))
+}
+
+/// CPU time (user + system) this process has used, in seconds (0 where unknown).
+pub fn process_cpu_seconds() -> f64 {
+    #[cfg(unix)]
+    {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage writes a rusage into the pointer it is given.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0 {
+            // SAFETY: initialised by the successful call.
+            let u = unsafe { usage.assume_init() };
+            let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+            return seconds(u.ru_utime) + seconds(u.ru_stime);
+        }
+    }
+    0.0
 }
 
 /// Seed of the noise and times of one step: a pure function of (seed, step), so resuming at
