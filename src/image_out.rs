@@ -255,12 +255,12 @@ pub fn loss_curve(
     save_png(&image, path)
 }
 
-/// One solver's curve for [`quality_plot`]: (NFE, classifier-FID, confident fraction) points.
+/// One curve for [`quality_plot`]: (x, classifier-FID, confident fraction) points.
 #[derive(Debug, Clone)]
 pub struct QualityCurve {
-    /// Solver name (legend).
+    /// Legend (a solver, a recipe and NFE, ...).
     pub label: String,
-    /// Points in increasing NFE.
+    /// Points in increasing x.
     pub points: Vec<(f64, f64, f64)>,
 }
 
@@ -272,18 +272,49 @@ pub fn quality_plot(
     floor_confident: f64,
     path: &Path,
 ) -> Result<()> {
+    let ticks: Vec<f64> = (0..12).map(|k| 2f64.powi(k)).collect();
+    curves_plot(
+        curves,
+        ("NFE (log scale)", &ticks),
+        floor_fid,
+        floor_confident,
+        path,
+    )
+}
+
+/// [`quality_plot`] against training time: one line per recipe and NFE.
+pub fn budget_plot(
+    curves: &[QualityCurve],
+    floor_fid: f64,
+    floor_confident: f64,
+    path: &Path,
+) -> Result<()> {
+    let ticks = [0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 480.0];
+    let axis = ("training minutes on 2 cores (log scale)", &ticks[..]);
+    curves_plot(curves, axis, floor_fid, floor_confident, path)
+}
+
+/// Two panels, classifier-FID and confident fraction, against `x` (label, ticks) on a log
+/// scale, with the real-data floor as a grey line.
+fn curves_plot(
+    curves: &[QualityCurve],
+    (x_label, x_ticks): (&str, &[f64]),
+    floor_fid: f64,
+    floor_confident: f64,
+    path: &Path,
+) -> Result<()> {
     register_font();
     let (w, h) = (1200u32, 500u32);
     let mut buffer = vec![255u8; (w * h * 3) as usize];
     let err =
         |e: &dyn std::fmt::Display| Error::bad_file(path, format!("cannot draw the plot: {e}"));
     let all = || curves.iter().flat_map(|c| c.points.iter());
-    let nfe_min = all().map(|p| p.0).fold(f64::MAX, f64::min).max(1.0) / 1.3;
-    let nfe_max = all().map(|p| p.0).fold(1.0, f64::max) * 1.3;
+    let nfe_min = all().map(|p| p.0).fold(f64::MAX, f64::min).max(1e-3) / 1.3;
+    let nfe_max = all().map(|p| p.0).fold(1e-3, f64::max) * 1.3;
     let fid_max = all().map(|p| p.1).fold(floor_fid, f64::max) * 1.1;
-    // Ticks at powers of two within the range.
-    let ticks: Vec<f64> = (0..12)
-        .map(|k| 2f64.powi(k))
+    let ticks: Vec<f64> = x_ticks
+        .iter()
+        .copied()
         .filter(|t| (nfe_min..=nfe_max).contains(t))
         .collect();
     let palette = [
@@ -331,9 +362,9 @@ pub fn quality_plot(
                 .map_err(|e| err(&e))?;
             chart
                 .configure_mesh()
-                .x_desc("NFE (log scale)")
+                .x_desc(x_label)
                 .x_labels(8)
-                .x_label_formatter(&|v| format!("{v:.0}"))
+                .x_label_formatter(&|v| format!("{v}"))
                 .label_style((FONT, 13))
                 .light_line_style(WHITE)
                 .draw()

@@ -69,6 +69,9 @@ enum Command {
     /// Measure sample quality per solver and NFE (classifier-FID, KID, confidence, classes)
     /// against held-out digits, with the real-data floor, and optionally the likelihood.
     Eval(EvalArgs),
+    /// Quality against training time: every timed checkpoint of the given runs
+    /// (train --checkpoint-minutes), measured with Euler, as JSON lines and a plot.
+    Curve(CurveArgs),
     /// Measure training and sampling throughput and peak memory (one JSON line per width).
     Bench(BenchArgs),
     /// Serve a local web page to generate samples and watch the flow (and a run's loss).
@@ -78,6 +81,28 @@ enum Command {
         /// The checkpoint (.safetensors).
         checkpoint: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct CurveArgs {
+    /// Run folders (repeatable), each with minutes-*.safetensors and/or final.safetensors.
+    #[arg(long, required = true)]
+    run: Vec<PathBuf>,
+    /// Euler NFE budgets.
+    #[arg(long, value_delimiter = ',', default_value = "10,50")]
+    nfe: Vec<usize>,
+    /// Samples per point (and held-out images of the reference).
+    #[arg(long, default_value_t = 1000)]
+    n: usize,
+    /// Seed of the starting noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// JSON lines output.
+    #[arg(long, default_value = "curve.jsonl")]
+    out: PathBuf,
+    /// The plot (PNG).
+    #[arg(long, default_value = "curve.png")]
+    plot: PathBuf,
 }
 
 #[derive(Args)]
@@ -167,6 +192,10 @@ struct TrainArgs {
     /// Stop after this many optimiser steps.
     #[arg(long)]
     steps: Option<u64>,
+    /// Stop after this many minutes of training time (CPU time per thread; the schedule still
+    /// follows --steps / --epochs).
+    #[arg(long)]
+    max_minutes: Option<f64>,
     /// Images per step.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
@@ -229,6 +258,7 @@ impl TrainArgs {
             if self.steps.is_some() {
                 config.max_steps = self.steps;
             }
+            config.max_minutes = self.max_minutes;
             config.checkpoint_minutes = self.checkpoint_minutes.clone();
             config.validate()?;
             return Ok(config);
@@ -242,6 +272,7 @@ impl TrainArgs {
             data_limit: self.data.limit,
             epochs: self.epochs,
             max_steps: self.steps,
+            max_minutes: self.max_minutes,
             batch_size: self.batch_size,
             lr: self.lr,
             lr_schedule: match self.lr_schedule {
@@ -803,6 +834,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => run_bench(args, &device),
         Command::Classifier(args) => classifier(args, &device),
         Command::Eval(args) => evaluate(args, &device),
+        Command::Curve(args) => curve(args, &device),
         Command::Info { checkpoint } => info(&checkpoint),
         Command::Serve(args) => {
             let server = Server::bind(
@@ -1363,6 +1395,58 @@ fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
         )?;
         println!("plot: {}", plot.display());
     }
+    Ok(())
+}
+
+fn curve(args: CurveArgs, device: &Device) -> Result<()> {
+    if args.nfe.is_empty() || args.nfe.contains(&0) {
+        bail!("invalid --nfe: values must be positive");
+    }
+    let (classifier, _) = Classifier::pinned(device)?;
+    let test = DataArgs {
+        data: "embedded".into(),
+        cache_dir: None,
+        mirror: Vec::new(),
+        limit: None,
+    }
+    .load_split(Split::Test)?;
+    println!(
+        "{:<24} {:>8} {:>7} {:>4} {:>9} {:>9}",
+        "run", "minutes", "steps", "NFE", "cFID", "confident"
+    );
+    let (floor, points) = evaluation::curve::training_curve(
+        &args.run,
+        &classifier,
+        &test,
+        &args.nfe,
+        args.n,
+        args.seed,
+        device,
+        |p| {
+            println!(
+                "{:<24} {:>8.2} {:>7} {:>4} {:>9.2} {:>9.3}",
+                p.run, p.minutes, p.steps, p.nfe, p.quality.fid, p.quality.confident
+            )
+        },
+    )?;
+    println!(
+        "real-data floor: cFID {:.2}, confident {:.3}",
+        floor.fid, floor.confident
+    );
+    let mut lines = vec![serde_json::json!({"floor": floor}).to_string()];
+    lines.extend(
+        points
+            .iter()
+            .map(|p| serde_json::to_string(p).expect("serialises")),
+    );
+    flowmatch::tensor_file::write_atomic(&args.out, (lines.join("\n") + "\n").as_bytes())?;
+    let curves = evaluation::curve::curves(&points);
+    image_out::budget_plot(&curves, floor.fid, floor.confident, &args.plot)?;
+    println!(
+        "results: {}\nplot: {}",
+        args.out.display(),
+        args.plot.display()
+    );
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! training set; likelihood of held-out images; straightness of the sampling paths.
 
 pub mod classifier;
+pub mod curve;
 pub mod likelihood;
 pub mod memorisation;
 pub mod metrics;

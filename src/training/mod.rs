@@ -44,6 +44,11 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Stop after this many optimiser steps, even mid-epoch.
     pub max_steps: Option<u64>,
+    /// Also stop (with a final checkpoint) once this many minutes of training time have passed
+    /// (CPU time per worker thread, as `checkpoint_minutes`); the learning-rate schedule still
+    /// follows the planned steps.
+    #[serde(default)]
+    pub max_minutes: Option<f64>,
     /// Images per step.
     pub batch_size: usize,
     /// AdamW (peak) learning rate.
@@ -89,6 +94,7 @@ impl Default for TrainConfig {
             data_limit: None,
             epochs: 100,
             max_steps: None,
+            max_minutes: None,
             batch_size: 128,
             lr: 1e-4,
             lr_schedule: LrSchedule::Constant,
@@ -136,6 +142,10 @@ impl TrainConfig {
         positive("epochs", self.epochs > 0)?;
         positive("learning rate", self.lr > 0.0 && self.lr.is_finite())?;
         positive("max steps", self.max_steps != Some(0))?;
+        positive(
+            "max minutes",
+            self.max_minutes.is_none_or(|m| m.is_finite() && m > 0.0),
+        )?;
         positive("gradient clip", self.grad_clip.is_none_or(|c| c > 0.0))?;
         if !(0.0..=1.0).contains(&self.label_dropout) {
             return Err(Error::invalid(
@@ -478,7 +488,12 @@ fn run(
 
     let mut order: Option<(usize, EpochOrder)> = None;
     let mut epoch_started = Instant::now();
-    while state.progress.step < total_steps {
+    let out_of_time = |progress: &Progress| {
+        config
+            .max_minutes
+            .is_some_and(|m| progress.budget_seconds >= m * 60.0)
+    };
+    while state.progress.step < total_steps && !out_of_time(&state.progress) {
         if observer.should_stop() {
             save_checkpoint(&state, config, true, &resume_path)?;
             observer.on_checkpoint(&resume_path);
