@@ -324,13 +324,16 @@ struct NetworkArgs {
     base_channels: Option<usize>,
     /// Residual U-Net: width multiplier per level, e.g. 1,2,2.
     #[arg(long, value_parser = parse_list)]
-    channel_mult: Option<Vec<usize>>,
+    channel_mult: Option<List>,
     /// Residual U-Net: residual blocks per level.
     #[arg(long)]
     res_blocks: Option<usize>,
     /// Residual U-Net: resolutions with self-attention, e.g. 14,7 (or none).
     #[arg(long, value_parser = parse_list)]
-    attention: Option<Vec<usize>>,
+    attention: Option<List>,
+    /// Residual U-Net: channels per attention head.
+    #[arg(long)]
+    head_channels: Option<usize>,
     /// Residual U-Net: dropout in the residual blocks.
     #[arg(long, default_value_t = 0.0)]
     dropout: f32,
@@ -357,14 +360,17 @@ impl NetworkArgs {
                 if let Some(channels) = self.base_channels {
                     c.channels = channels;
                 }
-                if let Some(mult) = &self.channel_mult {
+                if let Some(List(mult)) = &self.channel_mult {
                     c.channel_mult = mult.clone();
                 }
                 if let Some(blocks) = self.res_blocks {
                     c.res_blocks = blocks;
                 }
-                if let Some(attention) = &self.attention {
+                if let Some(List(attention)) = &self.attention {
                     c.attention = attention.clone();
+                }
+                if let Some(h) = self.head_channels {
+                    c.head_channels = h;
                 }
                 c.dropout = self.dropout;
                 c.num_classes = classes;
@@ -386,13 +392,18 @@ enum ArchArg {
     Resunet,
 }
 
-fn parse_list(s: &str) -> std::result::Result<Vec<usize>, String> {
+/// A comma-separated list of whole numbers (`none`: empty).
+#[derive(Debug, Clone)]
+struct List(Vec<usize>);
+
+fn parse_list(s: &str) -> std::result::Result<List, String> {
     if s == "none" {
-        return Ok(Vec::new());
+        return Ok(List(Vec::new()));
     }
     s.split(',')
         .map(|p| p.trim().parse::<usize>())
         .collect::<std::result::Result<_, _>>()
+        .map(List)
         .map_err(|_| format!("'{s}': expected integers like 1,2,2 (or none)"))
 }
 

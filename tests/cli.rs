@@ -377,3 +377,52 @@ fn a_runs_config_file_reproduces_the_run() {
     assert_clean_error(&out, &["config.toml", "bad training configuration"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn every_network_flag_trains_and_shows_in_info() {
+    let dir = temp_dir("resunet");
+    let out = flowmatch(&[
+        "train",
+        "--arch",
+        "resunet",
+        "--size",
+        "tiny",
+        "--base-channels",
+        "8",
+        "--channel-mult",
+        "1,2",
+        "--res-blocks",
+        "1",
+        "--attention",
+        "14",
+        "--head-channels",
+        "8",
+        "--dropout",
+        "0.1",
+        "--classes",
+        "3",
+        "--limit",
+        "32",
+        "--batch-size",
+        "16",
+        "--steps",
+        "2",
+        "--out",
+        s(&dir),
+    ]);
+    assert_success(&out);
+    let out = flowmatch(&["info", s(&dir.join("final.safetensors"))]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ResUNet widths 8/16, 1 residual block(s) per level, attention at 14x14")
+            && stdout.contains("dropout 0.1")
+            && stdout.contains("class-conditional, 3 classes")
+            && stdout.contains("arch = \"resunet\""),
+        "{stdout}"
+    );
+    let out = flowmatch(&["train", "--arch", "resunet", "--attention", "5", "--out", s(&dir)]);
+    assert_clean_error(&out, &["attention", "5"]);
+    let out = flowmatch(&["train", "--preset", "nonsense", "--out", s(&dir)]);
+    assert_clean_error(&out, &["preset", "reference"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
