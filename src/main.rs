@@ -14,12 +14,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use flowmatch::bench::{self, BenchConfig};
 use flowmatch::checkpoint::{self, Weights};
 use flowmatch::data::augment::Augment;
-use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split, default_cache_dir};
+use flowmatch::data::{DataOptions, DataSource, ImageSet, Split, default_cache_dir};
 use flowmatch::demo::DemoOptions;
 use flowmatch::device::device_from_name;
-use flowmatch::evaluation::classifier::{
-    Classifier, ClassifierInfo, ClassifierRecipe, train_classifier,
-};
+use flowmatch::evaluation::classifier::{self, Classifier, ClassifierRecipe};
 use flowmatch::evaluation::likelihood::Divergence;
 use flowmatch::evaluation::metrics::Quality;
 use flowmatch::evaluation::quality::EvalPlan;
@@ -123,10 +121,12 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct DataArgs {
-    /// Data set: embedded (10k MNIST digits, offline), mnist, fashion-mnist, or a folder of IDX files.
+    /// Data set: embedded (10k MNIST digits, offline), mnist, fashion-mnist, cifar10, or a
+    /// folder (of IDX files, of CIFAR-10 batches, or of PNG/JPEG images, one sub-folder per
+    /// class or none).
     #[arg(long, default_value = "embedded")]
     data: String,
-    /// Cache folder for downloaded data sets [default: ~/.cache/flowmatch].
+    /// Cache folder for downloaded and decoded data sets [default: ~/.cache/flowmatch].
     #[arg(long)]
     cache_dir: Option<PathBuf>,
     /// Mirror to download from instead of the built-in ones (repeatable).
@@ -135,31 +135,57 @@ struct DataArgs {
     /// Use only the first N training images.
     #[arg(long)]
     limit: Option<usize>,
+    /// Fraction of an image folder held out as its test split.
+    #[arg(long, default_value_t = 0.1)]
+    holdout: f64,
 }
 
 impl DataArgs {
-    fn load(&self) -> Result<ImageSet> {
-        self.load_split(Split::Train)
-    }
-
-    fn load_split(&self, split: Split) -> Result<ImageSet> {
+    /// Loads `split`, brought to `size` x `size` and `channels` where given, printing what
+    /// the user should know about how it was read.
+    fn load(&self, split: Split, size: Option<usize>, channels: Option<usize>) -> Result<ImageSet> {
         let source = DataSource::parse(&self.data);
-        let download = DownloadOptions {
+        let options = DataOptions {
             cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
             mirrors: self.mirror.clone(),
+            image_size: size,
+            channels,
+            holdout: self.holdout,
         };
-        if matches!(source, DataSource::Mnist | DataSource::FashionMnist) {
+        if matches!(
+            source,
+            DataSource::Mnist | DataSource::FashionMnist | DataSource::Cifar10
+        ) {
             eprintln!(
                 "data: {source} (downloaded and verified into {} on first use)",
-                download.cache_dir.display()
+                options.cache_dir.display()
             );
         }
-        let set = ImageSet::load(&source, split, &download)?;
+        let set = ImageSet::load(&source, split, &options)?;
+        for note in &set.notes {
+            eprintln!("warning: {note}");
+        }
         Ok(match (self.limit, split) {
             (Some(0), _) => bail!("invalid --limit: must be positive"),
             (Some(n), Split::Train) => set.take(n),
             _ => set,
         })
+    }
+
+    /// Loads `split` in the shape of a model's images.
+    fn load_for(&self, split: Split, [c, h, _]: [usize; 3]) -> Result<ImageSet> {
+        self.load(split, Some(h), Some(c))
+    }
+
+    /// These options with a stored run's data set.
+    fn for_run(&self, config: &TrainConfig) -> DataArgs {
+        DataArgs {
+            data: config.data.clone(),
+            limit: config.data_limit,
+            holdout: config.holdout,
+            cache_dir: self.cache_dir.clone(),
+            mirror: self.mirror.clone(),
+        }
     }
 }
 
@@ -243,17 +269,30 @@ struct TrainArgs {
     /// Also save a checkpoint when training time reaches each of these minutes, e.g. 2,5,10,30.
     #[arg(long, value_delimiter = ',')]
     checkpoint_minutes: Vec<f64>,
+    /// Mirror each training image left-right with probability 1/2 (not for digits).
+    #[arg(long)]
+    flip: bool,
 }
 
 impl TrainArgs {
-    fn config(&self) -> Result<TrainConfig> {
+    /// The run's configuration for training data `data`.
+    fn config(&self, data: &ImageSet) -> Result<TrainConfig> {
+        let classes = (self.classes > 0).then_some(self.classes);
+        let class_names = match classes {
+            Some(_) => data.classes.clone(),
+            None => Vec::new(),
+        };
         if let Some(name) = &self.preset {
             let mut config = recipes::recipe(name)?;
             config.model = config
                 .model
-                .with_classes((self.classes > 0).then_some(self.classes));
+                .with_classes(classes)
+                .with_image_shape(data.shape());
             config.data = self.data.data.clone();
             config.data_limit = self.data.limit;
+            config.holdout = self.data.holdout;
+            config.class_names = class_names;
+            config.flip |= self.flip;
             config.seed = self.seed;
             if self.steps.is_some() {
                 config.max_steps = self.steps;
@@ -264,12 +303,13 @@ impl TrainArgs {
             return Ok(config);
         }
         Ok(TrainConfig {
-            model: self
-                .network
-                .config((self.classes > 0).then_some(self.classes))?,
+            model: self.network.config(classes)?.with_image_shape(data.shape()),
             label_dropout: self.label_dropout,
             data: self.data.data.clone(),
             data_limit: self.data.limit,
+            holdout: self.data.holdout,
+            class_names,
+            flip: self.flip,
             epochs: self.epochs,
             max_steps: self.steps,
             max_minutes: self.max_minutes,
@@ -337,23 +377,27 @@ struct NetworkArgs {
     /// Residual U-Net: dropout in the residual blocks.
     #[arg(long, default_value_t = 0.0)]
     dropout: f32,
-    /// Height and width of the images the network works on.
-    #[arg(long, default_value_t = 28)]
-    image_size: usize,
-    /// Image channels: 1 (grey) or 3 (colour).
-    #[arg(long, default_value_t = 1)]
-    channels: usize,
+    /// Height and width to bring the images to (resized, centre-cropped) [default: the data
+    /// set's own; 28 for `bench`].
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Image channels to bring the images to: 1 (grey) or 3 (colour) [default: the data set's
+    /// own; 1 for `bench`].
+    #[arg(long)]
+    channels: Option<usize>,
 }
 
 impl NetworkArgs {
+    /// The network asked for, for 28x28 grey images unless --image-size / --channels say
+    /// otherwise (training brings it to the data's shape with `with_image_shape`).
     fn config(&self, classes: Option<usize>) -> Result<NetworkConfig> {
         let config = match self.arch {
             ArchArg::Simple => NetworkConfig::Simple(UNetConfig {
                 widths: self.widths.unwrap_or(UNetConfig::REFERENCE.widths),
                 time_dim: self.time_dim,
                 num_classes: classes,
-                image_size: self.image_size,
-                in_channels: self.channels,
+                image_size: self.image_size.unwrap_or(28),
+                in_channels: self.channels.unwrap_or(1),
             }),
             ArchArg::Resunet => {
                 let mut c = ResUNetConfig::preset(&self.size)?;
@@ -374,8 +418,8 @@ impl NetworkArgs {
                 }
                 c.dropout = self.dropout;
                 c.num_classes = classes;
-                c.image_size = self.image_size;
-                c.in_channels = self.channels;
+                c.image_size = self.image_size.unwrap_or(28);
+                c.in_channels = self.channels.unwrap_or(1);
                 NetworkConfig::Res(c)
             }
         };
@@ -443,6 +487,12 @@ struct DemoArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Height and width to bring the images to [default: the data set's own].
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Image channels to bring the images to, 1 or 3 [default: the data set's own].
+    #[arg(long)]
+    channels: Option<usize>,
 }
 
 #[derive(Args)]
@@ -781,12 +831,10 @@ fn run(cli: Cli) -> Result<()> {
             let outcome = match &args.resume {
                 Some(dir) => {
                     let config = training::resume_config(dir)?;
-                    let data = DataArgs {
-                        data: config.data.clone(),
-                        limit: config.data_limit,
-                        ..args.data
-                    }
-                    .load()?;
+                    let data = args
+                        .data
+                        .for_run(&config)
+                        .load_for(Split::Train, config.model.image_shape())?;
                     println!(
                         "resuming {} ({} steps planned)",
                         dir.display(),
@@ -795,16 +843,31 @@ fn run(cli: Cli) -> Result<()> {
                     with_progress(|observer| training::resume(&data, dir, &device, observer))?
                 }
                 None => {
-                    let config = match &args.config {
-                        Some(path) => read_config(path)?,
-                        None => args.config()?,
+                    let (config, data) = match &args.config {
+                        Some(path) => {
+                            let config = read_config(path)?;
+                            let data = args
+                                .data
+                                .for_run(&config)
+                                .load_for(Split::Train, config.model.image_shape())?;
+                            (config, data)
+                        }
+                        None => {
+                            let network = &args.network;
+                            let data = args.data.load(
+                                Split::Train,
+                                network.image_size,
+                                network.channels,
+                            )?;
+                            (args.config(&data)?, data)
+                        }
                     };
-                    let data = DataArgs {
-                        data: config.data.clone(),
-                        limit: config.data_limit,
-                        ..args.data
-                    }
-                    .load()?;
+                    println!(
+                        "training {} on {} images of {}",
+                        config.model.describe(),
+                        data.len(),
+                        config.data
+                    );
                     with_progress(|observer| {
                         training::train(&config, &data, &args.out, &device, observer)
                     })?
@@ -1130,7 +1193,9 @@ fn write_trajectory(
 }
 
 fn demo(args: DemoArgs, device: &Device) -> Result<()> {
-    let data = args.data.load()?;
+    let data = args
+        .data
+        .load(Split::Train, args.image_size, args.channels)?;
     let options = DemoOptions {
         out: args.out.clone(),
         steps: args.steps,
@@ -1267,8 +1332,8 @@ fn classifier(args: ClassifierArgs, device: &Device) -> Result<()> {
         seed,
         out,
     } = args.command;
-    let train = data.load()?;
-    let test = data.load_split(Split::Test)?;
+    let train = data.load(Split::Train, None, None)?;
+    let test = data.load_for(Split::Test, train.shape())?;
     let recipe = ClassifierRecipe {
         epochs,
         lr,
@@ -1283,23 +1348,18 @@ fn classifier(args: ClassifierArgs, device: &Device) -> Result<()> {
         if no_augment { "" } else { ", augmented" }
     );
     let started = Instant::now();
-    let (model, accuracy) = train_classifier(&train, &test, &recipe, device, |epoch, loss| {
-        println!(
-            "epoch {:>2}: mean loss {loss:.4} ({:.0} s)",
-            epoch + 1,
-            started.elapsed().as_secs_f64()
-        );
-    })?;
-    let info = ClassifierInfo {
-        data: data.data.clone(),
-        recipe,
-        test_accuracy: accuracy,
-        test_images: test.len(),
-    };
+    let (model, info) =
+        classifier::fit(&train, &test, &recipe, &data.data, device, |epoch, loss| {
+            println!(
+                "epoch {:>2}: mean loss {loss:.4} ({:.0} s)",
+                epoch + 1,
+                started.elapsed().as_secs_f64()
+            );
+        })?;
     model.save(&info, &out)?;
     println!(
         "held-out accuracy: {:.2}% on {} images",
-        100.0 * accuracy,
+        100.0 * info.test_accuracy,
         test.len()
     );
     println!("classifier: {}", out.display());
@@ -1316,28 +1376,42 @@ fn print_quality_row(name: &str, nfe: &str, q: &Quality) {
 fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
     let model = load_model(&args.checkpoint, device, false)?;
     let source = DataSource::parse(&args.data.data);
-    let (classifier, info) = match &args.classifier {
-        Some(path) => Classifier::load(path, device)?,
-        None if matches!(source, DataSource::Embedded | DataSource::Mnist) => {
-            Classifier::pinned(device)?
-        }
-        None => bail!(
-            "the pinned classifier knows MNIST digits, not '{}': train one with `flowmatch \
-             classifier train --data {}` and pass it with --classifier",
-            args.data.data,
-            args.data.data
-        ),
-    };
-    let classifier_name = args
-        .classifier
-        .as_ref()
-        .map_or("pinned digit classifier".to_string(), |p| {
-            p.display().to_string()
-        });
-    let test = args.data.load_split(Split::Test)?;
-    let train = match args.memorisation {
-        true => Some(args.data.load()?),
+    let shape = model.image_shape();
+    let test = args.data.load_for(Split::Test, shape)?;
+    let needs_train = args.memorisation || (args.classifier.is_none() && !source.is_mnist());
+    let train = match needs_train {
+        true => Some(args.data.load_for(Split::Train, shape)?),
         false => None,
+    };
+    let (classifier, classifier_name) = match (&args.classifier, &train) {
+        (Some(path), _) => (
+            Some(Classifier::load(path, device)?),
+            path.display().to_string(),
+        ),
+        (None, Some(train)) if !source.is_mnist() => {
+            let cache = args
+                .data
+                .cache_dir
+                .clone()
+                .unwrap_or_else(default_cache_dir);
+            let found = evaluation::yardstick(
+                &source,
+                &args.data.data,
+                train,
+                &test,
+                &cache,
+                device,
+                |note| println!("{note}"),
+            )?;
+            (
+                found,
+                format!("classifier trained on {}'s labels", args.data.data),
+            )
+        }
+        _ => (
+            Some(Classifier::pinned(device)?),
+            "pinned digit classifier".to_string(),
+        ),
     };
     let grid = SolverArgs {
         solver: Solver::Euler,
@@ -1375,20 +1449,28 @@ fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
         straightness: args.straightness,
         memorisation: args.memorisation,
     };
-    println!(
-        "classifier: {classifier_name} ({:.2}% held-out accuracy); {} samples per setting vs {} \
-         held-out images",
-        100.0 * info.test_accuracy,
-        args.n,
-        args.n
-    );
+    match &classifier {
+        Some((_, info)) => println!(
+            "classifier: {classifier_name} ({:.2}% held-out accuracy); {} samples per setting \
+             vs {} held-out images",
+            100.0 * info.test_accuracy,
+            args.n,
+            args.n
+        ),
+        None => println!(
+            "{}: no labels, so no classifier: cFID, KID, confidence and class accuracy cannot \
+             be measured; measured without one: memorisation (--memorisation), likelihood \
+             (--nll-images), straightness (--straightness)",
+            args.data.data
+        ),
+    }
     println!(
         "{:<18} {:>5} {:>9} {:>20} {:>9} {:>8}",
         "solver", "NFE", "cFID", "KID", "confident", "H(bits)"
     );
     let report = evaluation::evaluate(
         &model,
-        &classifier,
+        classifier.as_ref().map(|(c, _)| c),
         train.as_ref(),
         &test,
         &options,
@@ -1397,13 +1479,8 @@ fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
     )?;
     flowmatch::tensor_file::write_atomic(&args.out, report.json_lines().as_bytes())?;
     println!("results: {}", args.out.display());
-    if let Some(plot) = &args.plot {
-        image_out::quality_plot(
-            &report.curves(),
-            report.floor.fid,
-            report.floor.confident,
-            plot,
-        )?;
+    if let (Some(plot), Some(floor)) = (&args.plot, &report.floor) {
+        image_out::quality_plot(&report.curves(), floor.fid, floor.confident, plot)?;
         println!("plot: {}", plot.display());
     }
     Ok(())
@@ -1414,13 +1491,7 @@ fn curve(args: CurveArgs, device: &Device) -> Result<()> {
         bail!("invalid --nfe: values must be positive");
     }
     let (classifier, _) = Classifier::pinned(device)?;
-    let test = DataArgs {
-        data: "embedded".into(),
-        cache_dir: None,
-        mirror: Vec::new(),
-        limit: None,
-    }
-    .load_split(Split::Test)?;
+    let test = ImageSet::load(&DataSource::Embedded, Split::Test, &DataOptions::default())?;
     println!(
         "{:<24} {:>8} {:>7} {:>4} {:>9} {:>9}",
         "run", "minutes", "steps", "NFE", "cFID", "confident"

@@ -400,7 +400,7 @@ fn every_network_flag_trains_and_shows_in_info() {
         "--dropout",
         "0.1",
         "--classes",
-        "3",
+        "10",
         "--limit",
         "32",
         "--batch-size",
@@ -416,11 +416,19 @@ fn every_network_flag_trains_and_shows_in_info() {
     assert!(
         stdout.contains("ResUNet widths 8/16, 1 residual block(s) per level, attention at 14x14")
             && stdout.contains("dropout 0.1")
-            && stdout.contains("class-conditional, 3 classes")
+            && stdout.contains("class-conditional, 10 classes")
             && stdout.contains("arch = \"resunet\""),
         "{stdout}"
     );
-    let out = flowmatch(&["train", "--arch", "resunet", "--attention", "5", "--out", s(&dir)]);
+    let out = flowmatch(&[
+        "train",
+        "--arch",
+        "resunet",
+        "--attention",
+        "5",
+        "--out",
+        s(&dir),
+    ]);
     assert_clean_error(&out, &["attention", "5"]);
     let out = flowmatch(&["train", "--preset", "nonsense", "--out", s(&dir)]);
     assert_clean_error(&out, &["preset", "reference"]);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use flowmatch::data::download::{
     RemoteDataset, RemoteFile, ensure_dataset, fetch_verified, sha256_hex,
 };
-use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split};
+use flowmatch::data::{DataOptions, DataSource, ImageSet, Split};
 
 use common::{idx_bytes, temp_dir};
 
@@ -35,15 +35,17 @@ fn tiny_idx_files(n: usize) -> Vec<(&'static str, Vec<u8>)> {
 
 #[test]
 fn embedded_subset_loads_both_splits() {
-    let download = DownloadOptions::default();
+    let download = DataOptions::default();
     let train = ImageSet::load(&DataSource::Embedded, Split::Train, &download).unwrap();
     let test = ImageSet::load(&DataSource::Embedded, Split::Test, &download).unwrap();
     assert_eq!((train.len(), test.len()), (8000, 2000));
     assert_eq!((train.height, train.width), (28, 28));
-    assert!(train.pixels.iter().all(|p| (-1.0..=1.0).contains(p)));
-    assert_eq!(train.pixels.iter().cloned().fold(f32::MIN, f32::max), 1.0);
-    assert_eq!(train.pixels.iter().cloned().fold(f32::MAX, f32::min), -1.0);
-    let zeros = train.labels.iter().filter(|&&l| l == 0).count();
+    let values = train.values(0, train.len());
+    assert!(values.iter().all(|p| (-1.0..=1.0).contains(p)));
+    assert_eq!(values.iter().cloned().fold(f32::MIN, f32::max), 1.0);
+    assert_eq!(values.iter().cloned().fold(f32::MAX, f32::min), -1.0);
+    assert_eq!(train.classes.len(), 10);
+    let zeros = train.labels().iter().filter(|&&l| l == 0).count();
     assert_eq!(zeros, 792);
 }
 
@@ -56,11 +58,11 @@ fn folder_of_raw_idx_files_loads_and_errors_name_the_file() {
     let set = ImageSet::load(
         &DataSource::Dir(dir.clone()),
         Split::Train,
-        &DownloadOptions::default(),
+        &DataOptions::default(),
     )
     .unwrap();
     assert_eq!(set.len(), 5);
-    assert_eq!(set.labels, vec![0, 1, 2, 3, 4]);
+    assert_eq!(set.labels(), vec![0, 1, 2, 3, 4]);
 
     // Truncated images: the error names the file and the problem.
     let images = dir.join("train-images-idx3-ubyte");
@@ -95,7 +97,7 @@ fn folder_of_raw_idx_files_loads_and_errors_name_the_file() {
 /// The error of loading the training split from `dir`.
 fn load_error(dir: &Path) -> String {
     let source = DataSource::Dir(dir.to_path_buf());
-    ImageSet::load(&source, Split::Train, &DownloadOptions::default())
+    ImageSet::load(&source, Split::Train, &DataOptions::default())
         .unwrap_err()
         .to_string()
 }
@@ -213,7 +215,7 @@ fn dataset_download_falls_back_across_mirrors_verifies_and_caches() {
     let set = ImageSet::load(
         &DataSource::Dir(dir.clone()),
         Split::Train,
-        &DownloadOptions::default(),
+        &DataOptions::default(),
     )
     .unwrap();
     assert_eq!(set.len(), 6);

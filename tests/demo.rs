@@ -3,19 +3,15 @@
 mod common;
 
 use burn::tensor::Device;
-use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split};
+use flowmatch::data::{DataOptions, DataSource, ImageSet, Split};
 use flowmatch::demo::{self, DemoOptions};
 
 #[test]
 fn a_short_demo_writes_its_pictures() {
     let dir = common::temp_dir("demo");
-    let data = ImageSet::load(
-        &DataSource::Embedded,
-        Split::Train,
-        &DownloadOptions::default(),
-    )
-    .unwrap()
-    .take(64);
+    let data = ImageSet::load(&DataSource::Embedded, Split::Train, &DataOptions::default())
+        .unwrap()
+        .take(64);
     let options = DemoOptions {
         out: dir.clone(),
         steps: Some(2),

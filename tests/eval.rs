@@ -2,7 +2,7 @@
 //! the trajectory view works with every solver.
 
 use burn::tensor::Device;
-use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split};
+use flowmatch::data::{DataOptions, DataSource, ImageSet, Split};
 use flowmatch::evaluation::classifier::{
     Classifier, ClassifierInfo, ClassifierRecipe, embed, train_classifier,
 };
@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn embedded(split: Split) -> ImageSet {
-    ImageSet::load(&DataSource::Embedded, split, &DownloadOptions::default()).unwrap()
+    ImageSet::load(&DataSource::Embedded, split, &DataOptions::default()).unwrap()
 }
 
 /// 3x3 box blur of 28x28 images.
@@ -67,6 +67,8 @@ fn metrics_rank_real_below_blurred_below_noise() {
         recipe,
         test_accuracy: accuracy,
         test_images: test.len(),
+        shape: [1, 28, 28],
+        classes: train.classes.clone(),
     };
     classifier.save(&info, &path).unwrap();
     let (loaded, loaded_info) = Classifier::load(&path, &device).unwrap();
@@ -75,8 +77,8 @@ fn metrics_rank_real_below_blurred_below_noise() {
 
     let n = 400;
     let len = 784;
-    let reference = embed(&loaded, &test.pixels[..n * len], &device);
-    let real = test.pixels[n * len..2 * n * len].to_vec();
+    let reference = embed(&loaded, &test.values(0, n), &device);
+    let real = test.values(n, n);
     let blurred = blur(&real);
     let mut rng = StdRng::seed_from_u64(0);
     let noise: Vec<f32> = (0..n * len)
@@ -136,7 +138,13 @@ fn trajectories_work_with_every_solver() {
 fn quality_does_not_depend_on_the_chunk_size() {
     let device = Device::flex();
     let model = Network::init(&UNetConfig::with_widths([8, 16, 32]).into(), 0, &device).unwrap();
-    let classifier = Classifier::build(&mut flowmatch::model::RandomInit::new(1), &device).unwrap();
+    let classifier = Classifier::build(
+        &mut flowmatch::model::RandomInit::new(1),
+        [1, 28, 28],
+        10,
+        &device,
+    )
+    .unwrap();
     let (_, reference) =
         quality::real_floor(&classifier, &embedded(Split::Test), 40, &device).unwrap();
     let rows = |chunk| {
@@ -163,16 +171,15 @@ fn quality_does_not_depend_on_the_chunk_size() {
 fn memorisation_check_tells_copies_from_new_images() {
     let device = Device::flex();
     let (train, test) = (embedded(Split::Train), embedded(Split::Test));
-    let len = train.image_len();
-    let held_out = &test.pixels[..400 * len];
+    let held_out = &test.values(0, 400);
     // Training images themselves: every one is a copy.
-    let copies = &train.pixels[1000 * len..1200 * len];
+    let copies = &train.values(1000, 200);
     let m = memorisation(copies, &train, held_out, &device).unwrap();
     assert_eq!(m.samples, 200);
     assert!(m.sample_distances.median < 1e-2, "{:?}", m.sample_distances);
     assert_eq!(m.near_copies, 1.0);
     // New real images are as far from the training set as the held-out yardstick.
-    let fresh = &test.pixels[1000 * len..1400 * len];
+    let fresh = &test.values(1000, 400);
     let m = memorisation(fresh, &train, held_out, &device).unwrap();
     assert!(m.near_copies < 0.05, "{}", m.near_copies);
     let ratio = m.sample_distances.median / m.held_out_distances.median;
@@ -187,7 +194,13 @@ fn the_evaluation_driver_reports_every_measure() {
         ..UNetConfig::with_widths([8, 16, 32])
     };
     let model = Network::init(&config.into(), 0, &device).unwrap();
-    let classifier = Classifier::build(&mut flowmatch::model::RandomInit::new(1), &device).unwrap();
+    let classifier = Classifier::build(
+        &mut flowmatch::model::RandomInit::new(1),
+        [1, 28, 28],
+        10,
+        &device,
+    )
+    .unwrap();
     let (train, test) = (embedded(Split::Train).take(500), embedded(Split::Test));
     let options = EvalOptions {
         plan: EvalPlan {
@@ -208,7 +221,7 @@ fn the_evaluation_driver_reports_every_measure() {
     let mut events = 0;
     let report = evaluation::evaluate(
         &model,
-        &classifier,
+        Some(&classifier),
         Some(&train),
         &test,
         &options,

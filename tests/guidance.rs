@@ -21,17 +21,13 @@ fn quadrant_images(n: usize) -> ImageSet {
         for y in 0..28 {
             for x in 0..28 {
                 let quadrant = (y / 14) * 2 + x / 14;
-                pixels.push(if quadrant == k { 1.0 } else { -1.0 });
+                pixels.push(if quadrant == k { 255u8 } else { 0 });
             }
         }
-        labels.push(k as u8);
+        labels.push(k as u16);
     }
-    ImageSet {
-        pixels,
-        labels,
-        height: 28,
-        width: 28,
-    }
+    let classes = (0..CLASSES).map(|c| c.to_string()).collect();
+    ImageSet::from_bytes(pixels, labels, [1, 28, 28], classes).unwrap()
 }
 
 /// The test classifier: the brightest quadrant.

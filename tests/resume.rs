@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
 use flowmatch::checkpoint;
-use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split};
+use flowmatch::data::{DataOptions, DataSource, ImageSet, Split};
 use flowmatch::flow::TimeSampling;
 use flowmatch::model::UNetConfig;
 use flowmatch::tensor_file::TensorFile;
@@ -37,13 +37,9 @@ impl TrainObserver for StopAfter {
 
 #[test]
 fn an_interrupted_run_resumes_to_the_same_weights() {
-    let data = ImageSet::load(
-        &DataSource::Embedded,
-        Split::Train,
-        &DownloadOptions::default(),
-    )
-    .unwrap()
-    .take(64);
+    let data = ImageSet::load(&DataSource::Embedded, Split::Train, &DataOptions::default())
+        .unwrap()
+        .take(64);
     let config = TrainConfig {
         model: UNetConfig::with_widths([8, 16, 32]).into(),
         epochs: 3,

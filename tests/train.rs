@@ -6,7 +6,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use flowmatch::Error;
 use flowmatch::checkpoint;
-use flowmatch::data::{DataSource, DownloadOptions, ImageSet, Split};
+use flowmatch::data::{DataOptions, DataSource, ImageSet, Split};
 use flowmatch::flow;
 use flowmatch::model::{Network, UNetConfig};
 use flowmatch::tensor_file::TensorFile;
@@ -19,13 +19,9 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn tiny_data(n: usize) -> ImageSet {
-    ImageSet::load(
-        &DataSource::Embedded,
-        Split::Train,
-        &DownloadOptions::default(),
-    )
-    .unwrap()
-    .take(n)
+    ImageSet::load(&DataSource::Embedded, Split::Train, &DataOptions::default())
+        .unwrap()
+        .take(n)
 }
 
 fn tiny_config() -> TrainConfig {

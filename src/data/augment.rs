@@ -23,19 +23,30 @@ impl Augment {
         shift: 2.5,
     };
 
-    /// Distorts each `height x width` image of `pixels` (values in [-1, 1], background -1) in
-    /// place, with bilinear interpolation.
-    pub fn apply<R: Rng>(&self, pixels: &mut [f32], height: usize, width: usize, rng: &mut R) {
-        let mut source = vec![0.0f32; height * width];
-        for image in pixels.chunks_exact_mut(height * width) {
-            source.copy_from_slice(image);
+    /// Milder distortions for photographs (no rotation: black corners would be a tell).
+    pub const NATURAL: Augment = Augment {
+        rotation_deg: 0.0,
+        scale: 0.05,
+        shift: 2.0,
+    };
+
+    /// Distorts each `[channels, height, width]` image of `pixels` (values in [-1, 1],
+    /// background -1) in place, with bilinear interpolation, every channel alike.
+    pub fn apply<R: Rng>(&self, pixels: &mut [f32], shape: [usize; 3], rng: &mut R) {
+        let [channels, height, width] = shape;
+        let plane = height * width;
+        let mut source = vec![0.0f32; plane];
+        for image in pixels.chunks_exact_mut(channels * plane) {
             let angle = rng.random_range(-1.0..=1.0f32) * self.rotation_deg.to_radians();
             let scale = 1.0 + rng.random_range(-1.0..=1.0f32) * self.scale;
             let (dx, dy) = (
                 rng.random_range(-1.0..=1.0f32) * self.shift,
                 rng.random_range(-1.0..=1.0f32) * self.shift,
             );
-            warp(&source, image, height, width, angle, scale, (dx, dy));
+            for channel in image.chunks_exact_mut(plane) {
+                source.copy_from_slice(channel);
+                warp(&source, channel, height, width, angle, scale, (dx, dy));
+            }
         }
     }
 }
@@ -125,7 +136,7 @@ mod tests {
         let mut pixels: Vec<f32> = (0..3 * 28 * 28)
             .map(|i| ((i % 7) as f32 / 3.0) - 1.0)
             .collect();
-        Augment::DIGITS.apply(&mut pixels, 28, 28, &mut StdRng::seed_from_u64(0));
+        Augment::DIGITS.apply(&mut pixels, [1, 28, 28], &mut StdRng::seed_from_u64(0));
         assert!(pixels.iter().all(|v| (-1.0..=1.0001).contains(v)));
     }
 }

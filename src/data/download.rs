@@ -7,7 +7,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::tensor_file::write_atomic;
+use crate::tensor_file::AtomicFile;
 
 /// One file of a remote data set and the SHA-256 of its bytes as served.
 #[derive(Debug, Clone, Copy)]
@@ -138,31 +138,70 @@ pub fn ensure_dataset(
 /// Downloads `url`, checks its SHA-256 against `sha256` and only then writes it to `dest`
 /// (atomically). On any failure nothing is written.
 pub fn fetch_verified(url: &str, sha256: &str, dest: &Path) -> Result<()> {
+    fetch_verified_to(url, sha256, dest, MAX_DOWNLOAD_BYTES)
+}
+
+/// [`fetch_verified`] for files of up to `max_bytes`, streamed to a temporary file beside
+/// `dest` while hashed (memory stays small whatever the size); renamed into place only when
+/// the SHA-256 matches.
+pub fn fetch_verified_to(url: &str, sha256: &str, dest: &Path, max_bytes: u64) -> Result<()> {
     let fail = |reason: String| Error::Download {
         url: url.to_string(),
         reason,
     };
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(600)))
+        .timeout_global(Some(Duration::from_secs(3600)))
         .timeout_connect(Some(Duration::from_secs(20)))
         .build()
         .into();
     let response = agent.get(url).call().map_err(|e| fail(e.to_string()))?;
-    let mut bytes = Vec::new();
-    response
-        .into_body()
-        .into_reader()
-        .take(MAX_DOWNLOAD_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| fail(format!("reading the body: {e}")))?;
-    if bytes.len() as u64 > MAX_DOWNLOAD_BYTES {
-        return Err(fail(format!("larger than {MAX_DOWNLOAD_BYTES} bytes")));
+    let mut reader = response.into_body().into_reader().take(max_bytes + 1);
+    let mut file = AtomicFile::create(dest)?;
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let n = reader
+            .read(&mut buffer)
+            .map_err(|e| fail(format!("reading the body: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > max_bytes {
+            return Err(fail(format!("larger than {max_bytes} bytes")));
+        }
+        hasher.update(&buffer[..n]);
+        file.write_all(&buffer[..n])?;
     }
-    let actual = sha256_hex(&bytes);
+    let actual: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     if actual != sha256 {
         return Err(fail(format!(
             "SHA-256 mismatch (expected {sha256}, got {actual}); the file was not kept"
         )));
     }
-    write_atomic(dest, &bytes)
+    file.commit()
+}
+
+/// Hex SHA-256 of a file's contents, read in pieces.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buffer).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }

@@ -1,24 +1,28 @@
-//! Image data sets: IDX files from the embedded MNIST subset, a folder, Debian's Fashion-MNIST
-//! or a verified download; pixels scaled to [-1, 1]; seeded shuffling into batches.
+//! Image data sets: the embedded MNIST subset, IDX folders, Debian's Fashion-MNIST, verified
+//! downloads (MNIST, Fashion-MNIST, CIFAR-10), CIFAR-10's batches and folders of images, each
+//! with a held-out split; brought to one shape, packed as bytes, batched in [-1, 1].
 
 pub mod augment;
 pub mod batches;
+pub mod cifar;
+pub mod convert;
 pub mod download;
+pub mod folder;
 pub mod idx;
+mod set;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor, TensorData};
-
 use crate::error::{Error, Result};
 pub use batches::EpochOrder;
 use idx::{IdxArray, parse_idx, read_idx};
+pub use set::{ImageSet, Pixels, to_unit};
 
 /// Where Debian's `dataset-fashion-mnist` package installs the data set.
 pub const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
-/// The two splits of an MNIST-style data set.
+/// The two splits of a data set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
     /// The training split (`train-*` files).
@@ -45,19 +49,29 @@ pub enum DataSource {
     Mnist,
     /// Full Fashion-MNIST: Debian's copy when installed, else downloaded into the cache.
     FashionMnist,
-    /// A folder holding `train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`, `t10k-…`.
+    /// CIFAR-10 (binary version), downloaded into the cache on first use.
+    Cifar10,
+    /// A folder: of IDX files (`train-images-idx3-ubyte[.gz]`, ...), of CIFAR-10's extracted
+    /// batches (`data_batch_1.bin`, ..., `test_batch.bin`), or of images (PNG, JPEG; searched
+    /// recursively; one sub-folder per class, as torchvision's `ImageFolder`, or none).
     Dir(PathBuf),
 }
 
 impl DataSource {
-    /// Parses `embedded`, `mnist`, `fashion-mnist`, or any other value as a folder path.
+    /// Parses `embedded`, `mnist`, `fashion-mnist`, `cifar10`, or any other value as a folder.
     pub fn parse(value: &str) -> Self {
         match value {
             "embedded" => DataSource::Embedded,
             "mnist" => DataSource::Mnist,
             "fashion-mnist" => DataSource::FashionMnist,
+            "cifar10" | "cifar-10" => DataSource::Cifar10,
             dir => DataSource::Dir(PathBuf::from(dir)),
         }
+    }
+
+    /// Whether the images are MNIST digits (the pinned classifier's data).
+    pub fn is_mnist(&self) -> bool {
+        matches!(self, DataSource::Embedded | DataSource::Mnist)
     }
 }
 
@@ -67,18 +81,39 @@ impl fmt::Display for DataSource {
             DataSource::Embedded => write!(f, "embedded"),
             DataSource::Mnist => write!(f, "mnist"),
             DataSource::FashionMnist => write!(f, "fashion-mnist"),
+            DataSource::Cifar10 => write!(f, "cifar10"),
             DataSource::Dir(dir) => write!(f, "{}", dir.display()),
         }
     }
 }
 
-/// Options for reaching downloadable data sets.
-#[derive(Debug, Clone, Default)]
-pub struct DownloadOptions {
-    /// Cache folder (data sets go in sub-folders named after them).
+/// How a data set is reached and shaped.
+#[derive(Debug, Clone)]
+pub struct DataOptions {
+    /// Cache folder: downloads go in sub-folders named after the data set, decoded image
+    /// folders in `decoded/`.
     pub cache_dir: PathBuf,
     /// Mirrors to use instead of the built-in ones (base addresses).
     pub mirrors: Vec<String>,
+    /// Height and width to bring every image to (resized so the shorter side fits, then
+    /// centre-cropped); `None` keeps the data set's own.
+    pub image_size: Option<usize>,
+    /// Channels to bring every image to (1 grey, 3 colour); `None` keeps the data set's own.
+    pub channels: Option<usize>,
+    /// Fraction of an image folder held out as its test split (seeded, the same every time).
+    pub holdout: f64,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        DataOptions {
+            cache_dir: default_cache_dir(),
+            mirrors: Vec::new(),
+            image_size: None,
+            channels: None,
+            holdout: 0.1,
+        }
+    }
 }
 
 /// Default cache folder: `$FLOWMATCH_CACHE`, else `$XDG_CACHE_HOME/flowmatch`, else `~/.cache/flowmatch`.
@@ -93,42 +128,23 @@ pub fn default_cache_dir() -> PathBuf {
     Path::new(&home).join(".cache/flowmatch")
 }
 
-/// Images with pixel values in [-1, 1] and their labels.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ImageSet {
-    /// `len * height * width` values in [-1, 1], row-major, one channel.
-    pub pixels: Vec<f32>,
-    /// One label per image.
-    pub labels: Vec<u8>,
-    /// Image height.
-    pub height: usize,
-    /// Image width.
-    pub width: usize,
-}
-
 impl ImageSet {
-    /// Number of images.
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    /// Whether the set holds no image.
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-
-    /// Values per image.
-    pub fn image_len(&self) -> usize {
-        self.height * self.width
-    }
-
     /// Builds a set from IDX image and label arrays; `source` names them in errors.
     pub fn from_idx(images: IdxArray, labels: IdxArray, source: &Path) -> Result<Self> {
-        let [count, height, width] = images.dims[..] else {
-            return Err(Error::bad_file(
-                source,
-                format!("images must have 3 dimensions, found {:?}", images.dims),
-            ));
+        let (count, shape) = match images.dims[..] {
+            [count, height, width] => (count, [1, height, width]),
+            [count, channels, height, width] if channels == 1 || channels == 3 => {
+                (count, [channels, height, width])
+            }
+            _ => {
+                return Err(Error::bad_file(
+                    source,
+                    format!(
+                        "images must have 3 dimensions (or 4 with 1 or 3 channels), found {:?}",
+                        images.dims
+                    ),
+                ));
+            }
         };
         if labels.dims != [count] {
             return Err(Error::bad_file(
@@ -139,77 +155,45 @@ impl ImageSet {
         if count == 0 {
             return Err(Error::bad_file(source, "the data set holds no image"));
         }
-        Ok(ImageSet {
-            pixels: images
-                .data
-                .iter()
-                .map(|&p| p as f32 / 127.5 - 1.0)
-                .collect(),
-            labels: labels.data,
-            height,
-            width,
-        })
+        let classes = labels.data.iter().copied().max().unwrap_or(0) as usize + 1;
+        let names = (0..classes).map(|c| c.to_string()).collect();
+        let labels = labels.data.iter().map(|&l| l as u16).collect();
+        ImageSet::from_bytes(images.data, labels, shape, names)
+            .map_err(|e| Error::bad_file(source, e.to_string()))
     }
 
-    /// Loads one split from `source`.
-    pub fn load(source: &DataSource, split: Split, download: &DownloadOptions) -> Result<Self> {
-        match source {
-            DataSource::Embedded => embedded(split),
-            DataSource::Dir(dir) => from_dir(dir, split),
+    /// Loads one split from `source`, brought to the shape `options` asks for.
+    pub fn load(source: &DataSource, split: Split, options: &DataOptions) -> Result<Self> {
+        let set = match source {
+            DataSource::Embedded => embedded(split)?,
+            DataSource::Dir(dir) => return from_dir(dir, split, options),
             DataSource::Mnist => {
                 let dir = download::ensure_dataset(
                     &download::MNIST,
-                    &download.mirrors,
-                    &download.cache_dir,
+                    &options.mirrors,
+                    &options.cache_dir,
                 )?;
-                from_dir(&dir, split)
+                idx_dir(&dir, split)?
             }
             DataSource::FashionMnist => {
                 let debian = Path::new(DEBIAN_FASHION_MNIST);
-                if debian.join("train-images-idx3-ubyte.gz").exists() {
-                    return from_dir(debian, split);
-                }
-                let dir = download::ensure_dataset(
-                    &download::FASHION_MNIST,
-                    &download.mirrors,
-                    &download.cache_dir,
-                )?;
-                from_dir(&dir, split)
+                let dir = if debian.join("train-images-idx3-ubyte.gz").exists() {
+                    debian.to_path_buf()
+                } else {
+                    download::ensure_dataset(
+                        &download::FASHION_MNIST,
+                        &options.mirrors,
+                        &options.cache_dir,
+                    )?
+                };
+                idx_dir(&dir, split)?
             }
-        }
-    }
-
-    /// The first `n` images (all when `n` is larger).
-    pub fn take(&self, n: usize) -> ImageSet {
-        let n = n.min(self.len());
-        ImageSet {
-            pixels: self.pixels[..n * self.image_len()].to_vec(),
-            labels: self.labels[..n].to_vec(),
-            height: self.height,
-            width: self.width,
-        }
-    }
-
-    /// The images at `indices` as a `[batch, 1, h, w]` tensor, with their labels.
-    pub fn batch(&self, indices: &[usize], device: &Device) -> (Tensor<4>, Vec<u8>) {
-        let (values, labels) = self.batch_values(indices);
-        (self.tensor(values, device), labels)
-    }
-
-    /// The pixel values of the images at `indices`, with their labels.
-    pub fn batch_values(&self, indices: &[usize]) -> (Vec<f32>, Vec<u8>) {
-        let len = self.image_len();
-        let mut values = Vec::with_capacity(indices.len() * len);
-        for &i in indices {
-            values.extend_from_slice(&self.pixels[i * len..(i + 1) * len]);
-        }
-        (values, indices.iter().map(|&i| self.labels[i]).collect())
-    }
-
-    /// Images of this set's shape as a `[n, 1, h, w]` tensor.
-    pub fn tensor(&self, values: Vec<f32>, device: &Device) -> Tensor<4> {
-        let shape = [values.len() / self.image_len(), 1, self.height, self.width];
-        Tensor::from_data(TensorData::new(values, shape), device)
+            DataSource::Cifar10 => {
+                let dir = cifar::ensure_cifar10(&options.mirrors, &options.cache_dir)?;
+                cifar::read_split(&dir, split)?
+            }
+        };
+        convert::to_options(set, options)
     }
 }
 
@@ -245,13 +229,25 @@ fn idx_file(dir: &Path, split: Split, kind: &str) -> Result<PathBuf> {
         })
 }
 
-fn from_dir(dir: &Path, split: Split) -> Result<ImageSet> {
+/// A folder of IDX files, of CIFAR-10 batches, or of images.
+fn from_dir(dir: &Path, split: Split, options: &DataOptions) -> Result<ImageSet> {
     if !dir.is_dir() {
         return Err(Error::bad_file(
             dir,
-            "no such data folder (or data set name: embedded, mnist, fashion-mnist)",
+            "no such data folder (or data set name: embedded, mnist, fashion-mnist, cifar10)",
         ));
     }
+    let has = |name: &str| dir.join(name).is_file();
+    if has("train-images-idx3-ubyte") || has("train-images-idx3-ubyte.gz") {
+        return convert::to_options(idx_dir(dir, split)?, options);
+    }
+    if let Some(batches) = cifar::batches_folder(dir) {
+        return convert::to_options(cifar::read_split(&batches, split)?, options);
+    }
+    folder::load(dir, split, options)
+}
+
+fn idx_dir(dir: &Path, split: Split) -> Result<ImageSet> {
     let images_path = idx_file(dir, split, "images-idx3-ubyte")?;
     let labels_path = idx_file(dir, split, "labels-idx1-ubyte")?;
     let images = read_idx(&images_path)?;

@@ -24,8 +24,6 @@ use crate::model::{ConvParams, Dense, Init, ParamSource, RandomInit, named_param
 use crate::tensor_file::{FileParams, TensorFile};
 use crate::training::lr_schedule::LrSchedule;
 
-/// Number of classes.
-pub const CLASSES: usize = 10;
 /// Size of the feature layer used by the metrics.
 pub const FEATURES: usize = 128;
 /// Metadata key of the classifier's record (JSON of [`ClassifierInfo`]).
@@ -75,23 +73,39 @@ pub struct ClassifierInfo {
     pub test_accuracy: f64,
     /// Held-out images it was measured on.
     pub test_images: usize,
+    /// `[channels, height, width]` of the images it reads.
+    #[serde(default = "mnist_shape")]
+    pub shape: [usize; 3],
+    /// The class names, in label order.
+    #[serde(default = "digit_names")]
+    pub classes: Vec<String>,
 }
 
-/// The classifier network.
+fn mnist_shape() -> [usize; 3] {
+    [1, 28, 28]
+}
+
+fn digit_names() -> Vec<String> {
+    (0..10).map(|d| d.to_string()).collect()
+}
+
+/// The classifier network (shapes for 28x28 grey digits in brackets).
 #[derive(Module, Debug)]
 pub struct Classifier {
-    /// 1 -> 32, 28x28.
+    /// channels -> 32, full resolution (28x28).
     pub conv1: ConvParams,
     /// 32 -> 32, stride 2 (14x14).
     pub conv2: ConvParams,
-    /// 32 -> 64, 14x14.
+    /// 32 -> 64 (14x14).
     pub conv3: ConvParams,
     /// 64 -> 64, stride 2 (7x7).
     pub conv4: ConvParams,
-    /// 3136 -> 128 feature layer.
+    /// 64 x quarter-size pixels -> 128 feature layer (3136 -> 128).
     pub fc1: Dense,
-    /// 128 -> 10 logits.
+    /// 128 -> class logits.
     pub fc2: Dense,
+    #[module(skip)]
+    shape: [usize; 3],
 }
 
 fn conv<S: ParamSource>(
@@ -121,19 +135,46 @@ fn conv<S: ParamSource>(
 }
 
 impl Classifier {
-    /// Builds the network from `source`.
-    pub fn build<S: ParamSource>(source: &mut S, device: &Device) -> Result<Self> {
+    /// Builds the network for images of `shape` and `classes` classes from `source`.
+    pub fn build<S: ParamSource>(
+        source: &mut S,
+        shape: [usize; 3],
+        classes: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let [c, h, w] = shape;
+        if c == 0 || h < 4 || w < 4 || classes < 2 {
+            return Err(Error::invalid(
+                "classifier",
+                format!(
+                    "{c}x{h}x{w} images, {classes} classes: needs images of 4x4 or more, 2+ classes"
+                ),
+            ));
+        }
+        let quarter = |n: usize| n.div_ceil(2).div_ceil(2);
         Ok(Classifier {
-            conv1: conv(source, "conv1", 1, 32, device)?,
+            conv1: conv(source, "conv1", c, 32, device)?,
             conv2: conv(source, "conv2", 32, 32, device)?,
             conv3: conv(source, "conv3", 32, 64, device)?,
             conv4: conv(source, "conv4", 64, 64, device)?,
-            fc1: Dense::build(source, "fc1", 64 * 7 * 7, FEATURES, device)?,
-            fc2: Dense::build(source, "fc2", FEATURES, CLASSES, device)?,
+            fc1: Dense::build(
+                source,
+                "fc1",
+                64 * quarter(h) * quarter(w),
+                FEATURES,
+                device,
+            )?,
+            fc2: Dense::build(source, "fc2", FEATURES, classes, device)?,
+            shape,
         })
     }
 
-    /// The 128 features of images `x` (`[batch, 1, 28, 28]`, values in [-1, 1]).
+    /// `[channels, height, width]` of the images it reads.
+    pub fn shape(&self) -> [usize; 3] {
+        self.shape
+    }
+
+    /// The 128 features of images `x` (`[batch, c, h, w]`, values in [-1, 1]).
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let layer =
             |x, c: &ConvParams, stride| relu(conv2d(x, c.weight.val(), c.bias.val(), stride, 1));
@@ -193,7 +234,9 @@ impl Classifier {
             prefix: "",
             kind,
         };
-        Ok((Classifier::build(&mut source, device)?, info))
+        let info: ClassifierInfo = info;
+        let model = Classifier::build(&mut source, info.shape, info.classes.len(), device)?;
+        Ok((model, info))
     }
 
     /// Writes the weights and `info` to `path` atomically.
@@ -217,7 +260,7 @@ impl Classifier {
 pub struct Embedding {
     /// `n` rows of [`FEATURES`] values.
     pub features: Vec<Vec<f32>>,
-    /// `n` rows of [`CLASSES`] probabilities.
+    /// `n` rows of one probability per class.
     pub probs: Vec<Vec<f32>>,
 }
 
@@ -239,16 +282,15 @@ fn rows(t: Tensor<2>) -> Vec<Vec<f32>> {
     values.chunks(d).map(|c| c.to_vec()).collect()
 }
 
-/// Embeds `n` images given as row-major `[n, 28, 28]` values in [-1, 1], in batches.
+/// Embeds `n` images given as row-major `[n, c, h, w]` values in [-1, 1] (the classifier's
+/// shape), in batches.
 pub fn embed(classifier: &Classifier, pixels: &[f32], device: &Device) -> Embedding {
-    let image = 28 * 28;
-    let mut out = Embedding {
-        features: Vec::new(),
-        probs: Vec::new(),
-    };
+    let [c, h, w] = classifier.shape;
+    let image = c * h * w;
+    let mut out = Embedding::default();
     for chunk in pixels.chunks(256 * image) {
         let n = chunk.len() / image;
-        let x = Tensor::<4>::from_data(TensorData::new(chunk.to_vec(), [n, 1, 28, 28]), device);
+        let x = Tensor::<4>::from_data(TensorData::new(chunk.to_vec(), [n, c, h, w]), device);
         let features = classifier.features(x);
         let probs = softmax(classifier.fc2.forward(features.clone()), 1);
         out.features.extend(rows(features));
@@ -257,14 +299,24 @@ pub fn embed(classifier: &Classifier, pixels: &[f32], device: &Device) -> Embedd
     out
 }
 
+/// Embeds every image of `set`, in batches.
+pub fn embed_set(classifier: &Classifier, set: &ImageSet, device: &Device) -> Embedding {
+    let mut out = Embedding::default();
+    for start in (0..set.len()).step_by(1024) {
+        let count = 1024.min(set.len() - start);
+        out.extend(embed(classifier, &set.values(start, count), device));
+    }
+    out
+}
+
 /// Fraction of `set` classified correctly.
 pub fn accuracy(classifier: &Classifier, set: &ImageSet, device: &Device) -> f64 {
-    let embedding = embed(classifier, &set.pixels, device);
+    let embedding = embed_set(classifier, set, device);
     let correct = embedding
         .probs
         .iter()
-        .zip(&set.labels)
-        .filter(|(p, label)| argmax(p) == **label as usize)
+        .enumerate()
+        .filter(|(i, p)| argmax(p) == set.label(*i) as usize)
         .count();
     correct as f64 / set.len() as f64
 }
@@ -276,6 +328,41 @@ pub fn argmax(values: &[f32]) -> usize {
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map_or(0, |(i, _)| i)
+}
+
+/// Trains a classifier on `train` (data set `data`) with `recipe`, measures it on `test` and
+/// returns it with its record; `on_epoch(epoch, mean loss)` after every epoch.
+pub fn fit(
+    train: &ImageSet,
+    test: &ImageSet,
+    recipe: &ClassifierRecipe,
+    data: &str,
+    device: &Device,
+    on_epoch: impl FnMut(usize, f32),
+) -> Result<(Classifier, ClassifierInfo)> {
+    let (model, accuracy) = train_classifier(train, test, recipe, device, on_epoch)?;
+    let info = ClassifierInfo {
+        data: data.to_string(),
+        recipe: *recipe,
+        test_accuracy: accuracy,
+        test_images: test.len(),
+        shape: train.shape(),
+        classes: train.classes.clone(),
+    };
+    Ok((model, info))
+}
+
+/// A recipe for a data set of `images` images of `shape` that is not MNIST: about 500,000
+/// training images seen (2 to 60 epochs), distortions suited to digits or photographs.
+pub fn recipe_for(images: usize, shape: [usize; 3]) -> ClassifierRecipe {
+    ClassifierRecipe {
+        epochs: (480_000 / images.max(1)).clamp(2, 60),
+        augment: Some(match shape[0] {
+            1 => Augment::DIGITS,
+            _ => Augment::NATURAL,
+        }),
+        ..ClassifierRecipe::PINNED
+    }
 }
 
 /// Trains a classifier on `train` with `recipe` and measures it on `test`; `on_epoch(epoch,
@@ -293,8 +380,20 @@ pub fn train_classifier(
             "epochs, batch size and learning rate must be positive",
         ));
     }
+    if !train.is_labelled() || train.classes.len() < 2 {
+        return Err(Error::invalid(
+            "classifier",
+            "the data set has no labels (or one class): a classifier needs two classes or more",
+        ));
+    }
+    let classes = train.classes.len();
     let ad = device.clone().autodiff();
-    let mut model = Classifier::build(&mut RandomInit::new(recipe.seed), &ad)?;
+    let mut model = Classifier::build(
+        &mut RandomInit::new(recipe.seed),
+        train.shape(),
+        classes,
+        &ad,
+    )?;
     let mut optimizer = AdamWConfig::new().with_weight_decay(1e-4).init();
     let mut rng = StdRng::seed_from_u64(recipe.seed ^ 0xA5A5_5A5A);
     let per_epoch = train.len().div_ceil(recipe.batch_size) as u64;
@@ -309,15 +408,15 @@ pub fn train_classifier(
         for b in 0..order.num_batches() {
             let (mut values, labels) = train.batch_values(order.batch(b));
             if let Some(augment) = &recipe.augment {
-                augment.apply(&mut values, train.height, train.width, &mut rng);
+                augment.apply(&mut values, train.shape(), &mut rng);
             }
             let x = train.tensor(values, &ad);
-            let mut one_hot = vec![0.0f32; labels.len() * CLASSES];
+            let mut one_hot = vec![0.0f32; labels.len() * classes];
             for (i, &l) in labels.iter().enumerate() {
-                one_hot[i * CLASSES + l as usize] = 1.0;
+                one_hot[i * classes + l as usize] = 1.0;
             }
             let target =
-                Tensor::<2>::from_data(TensorData::new(one_hot, [labels.len(), CLASSES]), &ad);
+                Tensor::<2>::from_data(TensorData::new(one_hot, [labels.len(), classes]), &ad);
             let loss = (log_softmax(model.logits(x), 1) * target)
                 .sum_dim(1)
                 .mean()

@@ -52,42 +52,51 @@ pub struct Memorisation {
     pub near_copies: f64,
 }
 
-/// Distances from each of `queries` (`[n, d]` row-major) to its nearest row of `train`, in
-/// chunks through one matrix product: `|q - x|^2 = |q|^2 + |x|^2 - 2 q.x`.
-fn nearest_distances(queries: &[f32], train: &[f32], d: usize, device: &Device) -> Vec<f64> {
-    let m = train.len() / d;
+/// Images of the training set compared at a time.
+const TRAIN_CHUNK: usize = 4096;
+
+/// Distances from each of `queries` (`[n, d]` row-major values) to its nearest image of
+/// `train`, through matrix products over chunks of both: `|q - x|^2 = |q|^2 + |x|^2 - 2 q.x`.
+fn nearest_distances(queries: &[f32], train: &ImageSet, device: &Device) -> Vec<f64> {
+    let d = train.image_len();
     let norms = |rows: &[f32]| -> Vec<f32> {
         rows.chunks(d)
             .map(|r| r.iter().map(|v| v * v).sum())
             .collect()
     };
-    let train_norms = norms(train);
-    let train_t =
-        Tensor::<2>::from_data(TensorData::new(train.to_vec(), [m, d]), device).transpose();
-    let mut out = Vec::with_capacity(queries.len() / d);
-    for chunk in queries.chunks(256 * d) {
-        let n = chunk.len() / d;
-        let q = Tensor::<2>::from_data(TensorData::new(chunk.to_vec(), [n, d]), device);
-        let dots = q
-            .matmul(train_t.clone())
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .expect("f32 products");
-        for (row, q_norm) in dots.chunks(m).zip(norms(chunk)) {
-            let best = row
-                .iter()
-                .zip(&train_norms)
-                .map(|(dot, t)| q_norm + t - 2.0 * dot)
-                .fold(f32::INFINITY, f32::min);
-            out.push((best.max(0.0) as f64).sqrt());
+    let mut best = vec![f32::INFINITY; queries.len() / d];
+    for start in (0..train.len()).step_by(TRAIN_CHUNK) {
+        let m = TRAIN_CHUNK.min(train.len() - start);
+        let rows = train.values(start, m);
+        let train_norms = norms(&rows);
+        let train_t = Tensor::<2>::from_data(TensorData::new(rows, [m, d]), device).transpose();
+        for (c, chunk) in queries.chunks(256 * d).enumerate() {
+            let n = chunk.len() / d;
+            let q = Tensor::<2>::from_data(TensorData::new(chunk.to_vec(), [n, d]), device);
+            let dots = q
+                .matmul(train_t.clone())
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("f32 products");
+            for (i, (row, q_norm)) in dots.chunks(m).zip(norms(chunk)).enumerate() {
+                let nearest = row
+                    .iter()
+                    .zip(&train_norms)
+                    .map(|(dot, t)| q_norm + t - 2.0 * dot)
+                    .fold(f32::INFINITY, f32::min);
+                let slot = &mut best[c * 256 + i];
+                *slot = slot.min(nearest);
+            }
         }
     }
-    out
+    best.into_iter()
+        .map(|b| (b.max(0.0) as f64).sqrt())
+        .collect()
 }
 
 /// The memorisation check for `samples` (`[n, c, h, w]` values) against the training set,
-/// with `held_out` real images (at least 100) as the yardstick.
+/// with `held_out` real images (at least 100, values) as the yardstick.
 pub fn memorisation(
     samples: &[f32],
     train: &ImageSet,
@@ -101,8 +110,8 @@ pub fn memorisation(
             "needs samples and at least 100 held-out images",
         ));
     }
-    let sample_distances = nearest_distances(samples, &train.pixels, d, device);
-    let held_out_distances = nearest_distances(held_out, &train.pixels, d, device);
+    let sample_distances = nearest_distances(samples, train, device);
+    let held_out_distances = nearest_distances(held_out, train, device);
     let held = Quantiles::of(held_out_distances);
     let near_copies = sample_distances.iter().filter(|&&x| x < held.p01).count() as f64
         / sample_distances.len() as f64;

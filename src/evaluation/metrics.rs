@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::seq::index::sample;
 use serde::Serialize;
 
-use crate::evaluation::classifier::{CLASSES, Embedding, argmax};
+use crate::evaluation::classifier::{Embedding, argmax};
 
 /// Probability above which a sample counts as confidently classified.
 pub const CONFIDENT: f32 = 0.9;
@@ -28,7 +28,7 @@ pub struct Quality {
     /// Fraction of samples whose top class probability is at least 0.9.
     pub confident: f64,
     /// Samples per predicted class.
-    pub histogram: [usize; CLASSES],
+    pub histogram: Vec<usize>,
     /// Entropy of the predicted-class histogram in bits (log2(10) = 3.32 when balanced).
     pub class_entropy_bits: f64,
 }
@@ -120,7 +120,8 @@ pub fn quality(samples: &Embedding, reference: &Embedding) -> Quality {
         .iter()
         .filter(|p| p.iter().cloned().fold(0.0, f32::max) >= CONFIDENT)
         .count();
-    let mut histogram = [0usize; CLASSES];
+    let classes = samples.probs.first().map_or(0, Vec::len);
+    let mut histogram = vec![0usize; classes];
     for p in &samples.probs {
         histogram[argmax(p)] += 1;
     }

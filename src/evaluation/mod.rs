@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::image_out::QualityCurve;
 use crate::model::Network;
 use crate::sampling::{ClassPlan, Generation, NoiseSource, generate};
-use classifier::Classifier;
+use classifier::{Classifier, Embedding};
 use likelihood::{Divergence, NllReport, nll};
 use memorisation::{Memorisation, memorisation};
 use metrics::Quality;
@@ -74,8 +74,8 @@ pub enum EvalEvent<'a> {
 /// Everything measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
-    /// The real-data floor.
-    pub floor: Quality,
+    /// The real-data floor (when there is a classifier).
+    pub floor: Option<Quality>,
     /// Each sampler setting.
     pub samplers: Vec<EvalRow>,
     /// Each guidance scale.
@@ -93,12 +93,13 @@ pub const STRAIGHTNESS_SAMPLES: usize = 100;
 /// Euler steps of the straightness measure.
 pub const STRAIGHTNESS_STEPS: usize = 20;
 
-/// Measures `model` with `classifier` as the yardstick against the held-out images `test` (and
-/// the training images `train`, for the memorisation check), reporting each result to
-/// `on_event` as it comes.
+/// Measures `model` against the held-out images `test` (and the training images `train`, for
+/// the memorisation check), with `classifier` as the yardstick of sample quality (without one,
+/// only the measures that need no classifier run), reporting each result to `on_event` as it
+/// comes.
 pub fn evaluate(
     model: &Network,
-    classifier: &Classifier,
+    classifier: Option<&Classifier>,
     train: Option<&ImageSet>,
     test: &ImageSet,
     options: &EvalOptions,
@@ -106,30 +107,22 @@ pub fn evaluate(
     mut on_event: impl FnMut(EvalEvent),
 ) -> Result<EvalReport> {
     let plan = &options.plan;
-    let (floor, reference) = real_floor(classifier, test, plan.n, device)?;
-    on_event(EvalEvent::Floor(&floor));
-    let samplers = sample_quality(model, classifier, &reference, plan, device, |row| {
-        on_event(EvalEvent::Sampler(row))
-    })?;
-    let mut conditional = Vec::new();
-    if !options.guidance_scales.is_empty() {
-        let classes = model.num_classes().ok_or_else(|| {
-            Error::invalid("guidance scales", "the model is unconditional (no classes)")
+    let (mut floor, mut samplers, mut conditional) = (None, Vec::new(), Vec::new());
+    if let Some(classifier) = classifier {
+        let (q, reference) = real_floor(classifier, test, plan.n, device)?;
+        on_event(EvalEvent::Floor(&q));
+        floor = Some(q);
+        samplers = sample_quality(model, classifier, &reference, plan, device, |row| {
+            on_event(EvalEvent::Sampler(row))
         })?;
-        for &scale in &options.guidance_scales {
-            let q = conditional_quality(
-                model,
-                classifier,
-                &reference,
-                scale,
-                plan.n / classes,
-                options.conditional_steps,
-                plan.seed,
-                device,
-            )?;
-            on_event(EvalEvent::Conditional(&q));
-            conditional.push(q);
-        }
+        conditional = conditional_sampling(
+            model,
+            classifier,
+            &reference,
+            options,
+            device,
+            &mut on_event,
+        )?;
     }
     let likelihood = match options.likelihood {
         Some(l) => {
@@ -184,8 +177,8 @@ pub fn evaluate(
                     Ok(())
                 },
             )?;
-            let held_out = &test.pixels[..plan.n.min(test.len()) * test.image_len()];
-            let m = memorisation(&samples, train, held_out, device)?;
+            let held_out = test.values(0, plan.n.min(test.len()));
+            let m = memorisation(&samples, train, &held_out, device)?;
             on_event(EvalEvent::Memorisation(&m));
             Some(m)
         }
@@ -200,14 +193,99 @@ pub fn evaluate(
     })
 }
 
+/// The yardstick of sample quality for data set `data` (named `name`): the pinned digit
+/// classifier for MNIST; for other labelled data a classifier trained on its labels (once: it
+/// is kept in `cache_dir/classifiers`), announced through `on_note`; none for unlabelled data.
+pub fn yardstick(
+    data: &crate::data::DataSource,
+    name: &str,
+    train: &ImageSet,
+    test: &ImageSet,
+    cache_dir: &std::path::Path,
+    device: &Device,
+    mut on_note: impl FnMut(&str),
+) -> Result<Option<(Classifier, classifier::ClassifierInfo)>> {
+    if data.is_mnist() && train.shape() == [1, 28, 28] {
+        return Classifier::pinned(device).map(Some);
+    }
+    if !train.is_labelled() || train.classes.len() < 2 {
+        return Ok(None);
+    }
+    let key = crate::data::download::sha256_hex(
+        format!(
+            "{name}\n{:?}\n{:?}\n{}",
+            train.shape(),
+            train.classes,
+            train.len()
+        )
+        .as_bytes(),
+    );
+    let path = cache_dir
+        .join("classifiers")
+        .join(format!("{}.safetensors", &key[..24]));
+    if path.is_file() {
+        on_note(&format!(
+            "classifier: {} (trained on {name}'s labels earlier)",
+            path.display()
+        ));
+        return Classifier::load(&path, device).map(Some);
+    }
+    let recipe = classifier::recipe_for(train.len(), train.shape());
+    on_note(&format!(
+        "training a classifier on {name}'s {} labels first ({} epochs; kept in {})",
+        train.classes.len(),
+        recipe.epochs,
+        path.display()
+    ));
+    let (model, info) = classifier::fit(train, test, &recipe, name, device, |_, _| {})?;
+    model.save(&info, &path)?;
+    Ok(Some((model, info)))
+}
+
+/// Class-balanced conditional sampling at each of the options' guidance scales.
+fn conditional_sampling(
+    model: &Network,
+    classifier: &Classifier,
+    reference: &Embedding,
+    options: &EvalOptions,
+    device: &Device,
+    on_event: &mut impl FnMut(EvalEvent),
+) -> Result<Vec<ConditionalQuality>> {
+    if options.guidance_scales.is_empty() {
+        return Ok(Vec::new());
+    }
+    let classes = model.num_classes().ok_or_else(|| {
+        Error::invalid("guidance scales", "the model is unconditional (no classes)")
+    })?;
+    let mut out = Vec::new();
+    for &scale in &options.guidance_scales {
+        let q = conditional_quality(
+            model,
+            classifier,
+            reference,
+            scale,
+            options.plan.n / classes,
+            options.conditional_steps,
+            options.plan.seed,
+            device,
+        )?;
+        on_event(EvalEvent::Conditional(&q));
+        out.push(q);
+    }
+    Ok(out)
+}
+
 impl EvalReport {
     /// The results as JSON lines: the floor, each sampler setting, each guidance scale, then
     /// the likelihood, straightness and memorisation when measured.
     pub fn json_lines(&self) -> String {
-        let mut lines = vec![
-            serde_json::json!({"solver": "real-data-floor", "nfe": 0, "quality": &self.floor})
-                .to_string(),
-        ];
+        let mut lines: Vec<String> = self
+            .floor
+            .iter()
+            .map(|f| {
+                serde_json::json!({"solver": "real-data-floor", "nfe": 0, "quality": f}).to_string()
+            })
+            .collect();
         lines.extend(
             self.samplers
                 .iter()

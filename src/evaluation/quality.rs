@@ -56,7 +56,6 @@ pub struct EvalPlan {
 
 /// Splits the held-out set into a reference half and a floor half of `n` images each.
 fn halves(test: &ImageSet, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-    let len = test.image_len();
     if 2 * n > test.len() {
         return Err(Error::invalid(
             "sample count",
@@ -67,10 +66,7 @@ fn halves(test: &ImageSet, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
             ),
         ));
     }
-    Ok((
-        test.pixels[..n * len].to_vec(),
-        test.pixels[n * len..2 * n * len].to_vec(),
-    ))
+    Ok((test.values(0, n), test.values(n, n)))
 }
 
 /// The real-data floor: the metrics between the two held-out halves, and the reference embedding.

@@ -104,6 +104,34 @@ impl NetworkConfig {
         }
     }
 
+    /// The same network for images of `[channels, size, size]` (square images only; check
+    /// the result with [`validate`](Self::validate)).
+    pub fn with_image_shape(self, [channels, size, _]: [usize; 3]) -> Self {
+        match self {
+            NetworkConfig::Simple(c) => NetworkConfig::Simple(UNetConfig {
+                in_channels: channels,
+                image_size: size,
+                ..c
+            }),
+            // Attention stays at the same levels (7x7 at 28x28 becomes 8x8 at 32x32).
+            NetworkConfig::Res(c) => NetworkConfig::Res(ResUNetConfig {
+                in_channels: channels,
+                image_size: size,
+                attention: c
+                    .attention
+                    .iter()
+                    .map(
+                        |&r| match (0..c.channel_mult.len()).find(|&l| c.resolution(l) == r) {
+                            Some(level) => size >> level,
+                            None => r,
+                        },
+                    )
+                    .collect(),
+                ..c
+            }),
+        }
+    }
+
     /// The architecture's name (`simple` or `resunet`).
     pub fn arch(&self) -> &'static str {
         match self {

@@ -35,11 +35,20 @@ use crate::training::lr_schedule::LrSchedule;
 pub struct TrainConfig {
     /// The network: architecture and shape.
     pub model: NetworkConfig,
-    /// Data set (`embedded`, `mnist`, `fashion-mnist` or a folder).
+    /// Data set (`embedded`, `mnist`, `fashion-mnist`, `cifar10` or a folder).
     pub data: String,
     /// Only the first this many training images were used.
     #[serde(default)]
     pub data_limit: Option<usize>,
+    /// Fraction of an image folder held out as its test split.
+    #[serde(default = "default_holdout")]
+    pub holdout: f64,
+    /// Names of the classes of a conditional model, in label order.
+    #[serde(default)]
+    pub class_names: Vec<String>,
+    /// Mirror each training image left-right with probability 1/2.
+    #[serde(default)]
+    pub flip: bool,
     /// Passes over the training set.
     pub epochs: usize,
     /// Stop after this many optimiser steps, even mid-epoch.
@@ -92,6 +101,9 @@ impl Default for TrainConfig {
             model: NetworkConfig::Simple(UNetConfig::REFERENCE),
             data: "embedded".into(),
             data_limit: None,
+            holdout: default_holdout(),
+            class_names: Vec::new(),
+            flip: false,
             epochs: 100,
             max_steps: None,
             max_minutes: None,
@@ -187,13 +199,17 @@ impl TrainConfig {
 /// Largest batch a configuration may ask for.
 pub const MAX_BATCH: usize = 1 << 16;
 
+fn default_holdout() -> f64 {
+    0.1
+}
+
 fn default_label_dropout() -> f32 {
     0.1
 }
 
 /// One-hot labels with each replaced by "no label" with probability `dropout`.
 fn dropped_labels(
-    labels: &[u8],
+    labels: &[u16],
     classes: usize,
     dropout: f32,
     rng: &mut StdRng,
@@ -481,6 +497,7 @@ fn run(
     let loss_curve = out_dir.join(LOSS_CURVE);
     let resume_path = out_dir.join(RESUME_CHECKPOINT);
 
+    check_data(config, data)?;
     let batches_per_epoch = data.len().div_ceil(config.batch_size) as u64;
     let planned = config.epochs as u64 * batches_per_epoch;
     let total_steps = config.max_steps.map_or(planned, |m| m.min(planned));
@@ -512,8 +529,11 @@ fn run(
         }
         let indices = order.as_ref().expect("order of this epoch").1.batch(batch);
         let step = state.progress.step + 1;
-        let (x0, labels) = data.batch(indices, device);
         let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step));
+        let (x0, labels) = match config.flip {
+            true => data.batch_flipped(indices, &mut rng, device),
+            false => data.batch(indices, device),
+        };
         let labels = config.model.num_classes().map(|classes| {
             dropped_labels(&labels, classes, config.label_dropout, &mut rng, device)
         });
@@ -616,6 +636,45 @@ fn outcome(
         final_loss: state.progress.last_epoch_loss.unwrap_or(f32::NAN),
         interrupted,
     }
+}
+
+/// Checks that `data` suits the network of `config`: its image shape, and labels within the
+/// classes of a conditional model.
+pub fn check_data(config: &TrainConfig, data: &ImageSet) -> Result<()> {
+    let want = config.model.image_shape();
+    if data.shape() != want {
+        return Err(Error::invalid(
+            "data",
+            format!(
+                "{}: images are {:?} (channels, height, width), the network takes {want:?}",
+                config.data,
+                data.shape()
+            ),
+        ));
+    }
+    if let Some(classes) = config.model.num_classes() {
+        if !data.is_labelled() {
+            return Err(Error::invalid(
+                "classes",
+                format!(
+                    "{}: the images carry no labels, so a conditional model cannot learn",
+                    config.data
+                ),
+            ));
+        }
+        if data.classes.len() > classes {
+            return Err(Error::invalid(
+                "classes",
+                format!(
+                    "{}: the data has {} classes, the model {classes} (--classes {})",
+                    config.data,
+                    data.classes.len(),
+                    data.classes.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The AdamW optimiser of `config` (gradient clipping is applied separately, globally).
