@@ -57,7 +57,7 @@ enum Command {
     /// then write samples, a trajectory strip + GIF and the loss curve.
     Demo(DemoArgs),
     /// Train a model.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Generate a grid of samples from a checkpoint.
     Sample(SampleArgs),
     /// Show how samples flow from noise (t=1) to data (t=0): a labelled strip and a GIF.
