@@ -110,9 +110,12 @@ pub fn run(
         options.sampling_steps,
         TimeGrid::Uniform,
     );
-    let [_, h, w] = model.image_shape();
-    image_out::save_trajectory_strip(&trajectory.key_frames(), h, w, &report.trajectory)?;
-    image_out::save_trajectory_gif(&trajectory.frames, h, w, &report.gif)?;
+    image_out::save_trajectory_strip(
+        &trajectory.key_frames(),
+        model.image_shape(),
+        &report.trajectory,
+    )?;
+    image_out::save_trajectory_gif(&trajectory.frames, model.image_shape(), &report.gif)?;
     if let Some(path) = &report.class_rows {
         let per_class = 10;
         let plan = ClassPlan::Rows {
@@ -165,10 +168,8 @@ fn draw(
 }
 
 fn images<'a>(model: &Network, values: &'a [f32]) -> Images<'a> {
-    let [_, height, width] = model.image_shape();
     Images {
         pixels: values,
-        height,
-        width,
+        shape: model.image_shape(),
     }
 }

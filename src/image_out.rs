@@ -25,26 +25,41 @@ fn register_font() {
     });
 }
 
-/// A stack of single-channel images, `[count, height, width]`, values in data scale [-1, 1].
+/// A stack of images, `[count, channels, height, width]` (1 grey or 3 colour channels),
+/// values in data scale [-1, 1].
 #[derive(Debug, Clone, Copy)]
 pub struct Images<'a> {
     /// Row-major values of all images.
     pub pixels: &'a [f32],
-    /// Image height.
-    pub height: usize,
-    /// Image width.
-    pub width: usize,
+    /// `[channels, height, width]` of each image.
+    pub shape: [usize; 3],
 }
 
 impl Images<'_> {
     /// Number of images.
     pub fn count(&self) -> usize {
-        self.pixels.len() / (self.height * self.width)
+        self.pixels.len() / self.shape.iter().product::<usize>()
     }
 
-    fn grey(&self, index: usize, y: usize, x: usize) -> u8 {
-        let v = self.pixels[(index * self.height + y) * self.width + x];
-        (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round() as u8
+    fn height(&self) -> usize {
+        self.shape[1]
+    }
+
+    fn width(&self) -> usize {
+        self.shape[2]
+    }
+
+    /// The colour of pixel (`y`, `x`) of image `index` (grey repeated for one channel).
+    fn rgb(&self, index: usize, y: usize, x: usize) -> [u8; 3] {
+        let [c, h, w] = self.shape;
+        let at = |ch: usize| {
+            let v = self.pixels[((index * c + ch) * h + y) * w + x];
+            (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round() as u8
+        };
+        match c {
+            1 => [at(0); 3],
+            _ => [at(0), at(1), at(2)],
+        }
     }
 }
 
@@ -54,14 +69,14 @@ pub fn grid(images: Images, cols: usize, scale: usize, pad: usize) -> RgbImage {
     let n = images.count();
     let cols = cols.clamp(1, n.max(1));
     let rows = n.div_ceil(cols);
-    let (cell_h, cell_w) = (images.height * scale + pad, images.width * scale + pad);
+    let (cell_h, cell_w) = (images.height() * scale + pad, images.width() * scale + pad);
     let mut out = RgbImage::new((cols * cell_w + pad) as u32, (rows * cell_h + pad) as u32);
     for i in 0..n {
         let (oy, ox) = ((i / cols) * cell_h + pad, (i % cols) * cell_w + pad);
-        for y in 0..images.height * scale {
-            for x in 0..images.width * scale {
-                let g = images.grey(i, y / scale, x / scale);
-                out.put_pixel((ox + x) as u32, (oy + y) as u32, Rgb([g, g, g]));
+        for y in 0..images.height() * scale {
+            for x in 0..images.width() * scale {
+                let rgb = images.rgb(i, y / scale, x / scale);
+                out.put_pixel((ox + x) as u32, (oy + y) as u32, Rgb(rgb));
             }
         }
     }
@@ -123,11 +138,10 @@ pub struct TrajectoryFrame {
     pub pixels: Vec<f32>,
 }
 
-/// A strip with one column per frame (titled `t=0.80`) and one row per sample.
+/// A strip with one column per frame (titled `t=0.80`) and one row per sample of `shape`.
 pub fn save_trajectory_strip(
     frames: &[TrajectoryFrame],
-    height: usize,
-    width: usize,
+    shape: [usize; 3],
     path: &Path,
 ) -> Result<()> {
     let scale = 3;
@@ -136,8 +150,7 @@ pub fn save_trajectory_strip(
         .map(|f| {
             let images = Images {
                 pixels: &f.pixels,
-                height,
-                width,
+                shape,
             };
             with_label(&grid(images, 1, scale, 2), &format!("t={:.2}", f.t), 24)
         })
@@ -150,12 +163,11 @@ pub fn save_trajectory_strip(
     save_png(&strip, path)
 }
 
-/// An animated GIF of the whole flow: one frame per state, each a labelled grid; the last
-/// frame is held longer.
+/// An animated GIF of the whole flow: one frame per state, each a labelled grid of images of
+/// `shape`; the last frame is held longer. A two-frame trajectory (a one-step model) says so.
 pub fn save_trajectory_gif(
     frames: &[TrajectoryFrame],
-    height: usize,
-    width: usize,
+    shape: [usize; 3],
     path: &Path,
 ) -> Result<()> {
     let mut bytes = Vec::new();
@@ -167,8 +179,7 @@ pub fn save_trajectory_gif(
         for (i, f) in frames.iter().enumerate() {
             let images = Images {
                 pixels: &f.pixels,
-                height,
-                width,
+                shape,
             };
             let cols = (images.count() as f64).sqrt().ceil() as usize;
             let picture = with_label(&grid(images, cols, 2, 2), &format!("t={:.2}", f.t), 24)?;

@@ -1125,8 +1125,7 @@ fn sample(args: SampleArgs, device: &Device) -> Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     let images = Images {
         pixels: &grid_values,
-        height,
-        width,
+        shape: model.image_shape(),
     };
     match cols {
         Some(cols) => image_out::save_png(&image_out::grid(images, cols, 1, 2), &args.out)?,
@@ -1184,9 +1183,8 @@ fn write_trajectory(
     gif: &Path,
 ) -> Result<()> {
     let trajectory = sampling::trajectory(model, x1, solver, steps, grid);
-    let [_, height, width] = model.image_shape();
-    image_out::save_trajectory_strip(&trajectory.key_frames(), height, width, strip)?;
-    image_out::save_trajectory_gif(&trajectory.frames, height, width, gif)?;
+    image_out::save_trajectory_strip(&trajectory.key_frames(), model.image_shape(), strip)?;
+    image_out::save_trajectory_gif(&trajectory.frames, model.image_shape(), gif)?;
     println!("trajectory strip: {}", strip.display());
     println!("trajectory GIF:   {}", gif.display());
     Ok(())

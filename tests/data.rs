@@ -234,3 +234,146 @@ fn dataset_download_falls_back_across_mirrors_verifies_and_caches() {
     assert!(!cached.exists());
     std::fs::remove_dir_all(Path::new(&cache)).unwrap();
 }
+
+/// CIFAR-10 batch files in the real record format: label byte, then 1,024 red, 1,024 green,
+/// 1,024 blue values; image `i` of a batch is filled with `i`, `2 i` and `3 i` (mod 256) and
+/// labelled `i % 10`.
+fn cifar_batches(records: usize) -> Vec<(String, Vec<u8>)> {
+    let batch = |offset: usize| {
+        let mut bytes = Vec::with_capacity(records * 3073);
+        for i in offset..offset + records {
+            bytes.push((i % 10) as u8);
+            for c in 1..=3 {
+                bytes.extend(std::iter::repeat_n((i * c % 256) as u8, 1024));
+            }
+        }
+        bytes
+    };
+    let mut files: Vec<(String, Vec<u8>)> = (1..=5)
+        .map(|k| (format!("data_batch_{k}.bin"), batch((k - 1) * records)))
+        .collect();
+    files.push(("test_batch.bin".into(), batch(1000)));
+    files
+}
+
+#[test]
+fn cifar10_batches_are_read_from_a_folder() {
+    let dir = temp_dir("cifar-folder");
+    let batches = dir.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&batches).unwrap();
+    for (name, bytes) in cifar_batches(4) {
+        std::fs::write(batches.join(name), bytes).unwrap();
+    }
+    let source = DataSource::Dir(dir.clone());
+    let train = ImageSet::load(&source, Split::Train, &DataOptions::default()).unwrap();
+    let test = ImageSet::load(&source, Split::Test, &DataOptions::default()).unwrap();
+    assert_eq!((train.len(), test.len()), (20, 4));
+    assert_eq!(train.shape(), [3, 32, 32]);
+    assert_eq!(train.classes[3], "cat");
+    // Image 7: planes 7, 14, 21; label 7.
+    let image = train.image(7);
+    assert_eq!((image[0], image[1024], image[2048]), (7, 14, 21));
+    assert_eq!(train.label(7), 7);
+    assert_eq!(test.label(1), 1);
+    // Brought to grey 16x16 on request.
+    let options = DataOptions {
+        image_size: Some(16),
+        channels: Some(1),
+        ..DataOptions::default()
+    };
+    let small = ImageSet::load(&source, Split::Train, &options).unwrap();
+    assert_eq!(small.shape(), [1, 16, 16]);
+    assert_eq!(small.label(7), 7);
+
+    // A truncated batch is an error naming it.
+    let path = batches.join("data_batch_2.bin");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+    let err = load_error(&dir);
+    assert!(
+        err.contains("data_batch_2.bin") && err.contains("records"),
+        "{err}"
+    );
+    // So is a label outside 0-9.
+    let mut bad = bytes.clone();
+    bad[0] = 10;
+    std::fs::write(&path, bad).unwrap();
+    let err = load_error(&dir);
+    assert!(err.contains("label 10"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cifar10_download_is_verified_extracted_and_cached() {
+    let files = cifar_batches(3);
+    // The archive as the real one is laid out: cifar-10-batches-bin/<batch>.
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (name, bytes) in &files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(
+            &mut header,
+            format!("cifar-10-batches-bin/{name}"),
+            &bytes[..],
+        )
+        .unwrap();
+    }
+    let archive = tar.into_inner().unwrap().finish().unwrap();
+    let batches: Vec<(&'static str, &'static str)> = files
+        .iter()
+        .map(|(n, b)| (leak(n.clone()), leak(sha256_hex(b))))
+        .collect();
+    let remote = flowmatch::data::cifar::RemoteCifar {
+        mirrors: &[],
+        archive: "cifar-10-binary.tar.gz",
+        archive_sha256: leak(sha256_hex(&archive)),
+        max_bytes: 1 << 20,
+        batches: batches.try_into().unwrap(),
+    };
+    let (base, count) = serve(
+        vec![
+            (
+                "/bad/cifar-10-binary.tar.gz".into(),
+                200,
+                b"not the archive".to_vec(),
+            ),
+            ("/good/cifar-10-binary.tar.gz".into(), 200, archive.clone()),
+        ],
+        10,
+    );
+    let cache = temp_dir("cifar-cache");
+    let mirrors = vec![format!("{base}/bad"), format!("{base}/good")];
+    let dir = flowmatch::data::cifar::ensure(&remote, &mirrors, &cache).unwrap();
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        2,
+        "the bad mirror, then the good one"
+    );
+    let train = flowmatch::data::cifar::read_split(&dir, Split::Train).unwrap();
+    assert_eq!(train.len(), 15);
+    // Cached: no request the second time.
+    flowmatch::data::cifar::ensure(&remote, &mirrors, &cache).unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    // A batch changed on disk is caught and the archive extracted again (no new download).
+    std::fs::write(dir.join("test_batch.bin"), b"tampered").unwrap();
+    flowmatch::data::cifar::ensure(&remote, &mirrors, &cache).unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("test_batch.bin")).unwrap(),
+        files[5].1
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    // Only bad mirrors: an error, and nothing unverified kept.
+    let other = temp_dir("cifar-cache-bad");
+    let err = flowmatch::data::cifar::ensure(&remote, &[format!("{base}/bad")], &other)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("SHA-256"), "{err}");
+    assert!(!other.join("cifar10/cifar-10-binary.tar.gz").exists());
+    std::fs::remove_dir_all(&cache).unwrap();
+    std::fs::remove_dir_all(&other).unwrap();
+}

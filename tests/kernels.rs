@@ -104,6 +104,25 @@ fn conv2d_matches_burn() {
         1,
         0,
     );
+    // Colour images: three input channels in, three output channels out (the direct 1x1 path).
+    compare(
+        kernels::conv2d,
+        kernels::plain_conv2d,
+        [4, 3, 16, 16],
+        [8, 3, 3, 3],
+        8,
+        1,
+        1,
+    );
+    compare(
+        kernels::conv2d,
+        kernels::plain_conv2d,
+        [4, 8, 16, 16],
+        [3, 8, 1, 1],
+        3,
+        1,
+        0,
+    );
 }
 
 #[test]

@@ -220,11 +220,9 @@ pub struct Grid {
 }
 
 fn grid_png(model: &Network, values: &[f32], cols: usize) -> Result<Vec<u8>, String> {
-    let [_, height, width] = model.image_shape();
     let images = Images {
         pixels: values,
-        height,
-        width,
+        shape: model.image_shape(),
     };
     image_out::png_bytes(&image_out::grid(images, cols, 1, 2))
 }
