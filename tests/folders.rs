@@ -167,6 +167,47 @@ fn a_folder_of_two_colour_classes_trains_and_guides() {
             "class {digit}: red - blue per sample {scores:?}"
         );
     }
+    // eval trains a classifier on the folder's labels (once; kept in the cache) as its
+    // yardstick.
+    let results = dir.join("eval.jsonl");
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            s(&ckpt),
+            "--data",
+            s(&data),
+            "--cache-dir",
+            s(&cache),
+            "--solvers",
+            "euler",
+            "--nfe",
+            "2",
+            "--n",
+            "4",
+            "--out",
+            s(&results),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let out = eval(&["--guidance-scales", "1"]);
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("training a classifier on") && stdout.contains("2 labels"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("labels, w=1") && stdout.contains("real data (floor)"),
+        "{stdout}"
+    );
+    let out = eval(&[]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("trained on"),
+        "reused from the cache"
+    );
+
     // The reference SimpleUNet takes the same folder (at this width its GroupNorm has one
     // channel per group, which erases a picture's mean colour: the residual U-Net is the one
     // for colour classes).
@@ -252,6 +293,28 @@ fn faults_of_real_folders() {
     let out = train(&single);
     assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("a single class folder ('only')"));
+    // Without labels eval says what it cannot measure, and measures what needs no classifier.
+    let out = run(&[
+        "eval",
+        "--checkpoint",
+        s(&dir.join("run/final.safetensors")),
+        "--data",
+        s(&single),
+        "--cache-dir",
+        s(&cache),
+        "--n",
+        "1",
+        "--straightness",
+        "--out",
+        s(&dir.join("e.jsonl")),
+    ]);
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("no labels") && stdout.contains("cannot be measured"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("straightness"), "{stdout}");
     let out = run(&[
         "train",
         "--data",
