@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::flow::objective::Batch;
 use crate::model::{Network, NetworkConfig, UNetConfig};
 use crate::sampling::initial_noise;
 use crate::sampling::solvers::euler;
@@ -130,11 +131,15 @@ pub fn run(config: &BenchConfig, device: &Device) -> Result<BenchResult> {
         config.train_min_time,
         || {
             let current = model.take().expect("model present between steps");
+            let batch = Batch {
+                x0: x0.clone(),
+                x1: None,
+                labels: None,
+            };
             let (next, _, _) = train_step(
                 current,
                 &mut optimizer,
-                x0.clone(),
-                None,
+                batch,
                 &mut rng,
                 train_config.lr,
                 &train_config,

@@ -5,6 +5,8 @@
 //! mean squared error between the predicted and the target velocity.
 
 pub mod coupling;
+pub mod objective;
+pub mod pairs;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
@@ -99,16 +101,19 @@ impl TimeSampling {
 
     /// `batch` times drawn from `rng`.
     pub fn sample<R: Rng>(&self, rng: &mut R, batch: usize, device: &Device) -> Tensor<1> {
-        let values: Vec<f32> = (0..batch)
-            .map(|_| match *self {
-                TimeSampling::Uniform => rng.random::<f32>(),
-                TimeSampling::LogitNormal { mean, std } => {
-                    let n: f32 = rng.sample(StandardNormal);
-                    1.0 / (1.0 + (-(mean + std * n)).exp())
-                }
-            })
-            .collect();
+        let values: Vec<f32> = (0..batch).map(|_| self.draw(rng)).collect();
         Tensor::from_data(TensorData::new(values, [batch]), device)
+    }
+
+    /// One time drawn from `rng`.
+    pub fn draw<R: Rng>(&self, rng: &mut R) -> f32 {
+        match *self {
+            TimeSampling::Uniform => rng.random::<f32>(),
+            TimeSampling::LogitNormal { mean, std } => {
+                let n: f32 = rng.sample(StandardNormal);
+                1.0 / (1.0 + (-(mean + std * n)).exp())
+            }
+        }
     }
 }
 

@@ -132,6 +132,22 @@ impl NetworkConfig {
         }
     }
 
+    /// Whether the network takes an interval `[r, t]` (a mean-flow model).
+    pub fn is_mean_flow(&self) -> bool {
+        match self {
+            NetworkConfig::Simple(c) => c.interval,
+            NetworkConfig::Res(c) => c.interval,
+        }
+    }
+
+    /// The same network with (or without) the interval input of a mean-flow model.
+    pub fn with_interval(self, interval: bool) -> Self {
+        match self {
+            NetworkConfig::Simple(c) => NetworkConfig::Simple(UNetConfig { interval, ..c }),
+            NetworkConfig::Res(c) => NetworkConfig::Res(ResUNetConfig { interval, ..c }),
+        }
+    }
+
     /// The architecture's name (`simple` or `resunet`).
     pub fn arch(&self) -> &'static str {
         match self {
@@ -147,6 +163,10 @@ impl NetworkConfig {
             None => "unconditional".into(),
         };
         let [c, h, w] = self.image_shape();
+        let classes = match self.is_mean_flow() {
+            true => format!("{classes}, mean flow (time interval input)"),
+            false => classes,
+        };
         match self {
             NetworkConfig::Simple(s) => format!(
                 "SimpleUNet widths {}, time embedding {}, {c}x{h}x{w} images, {classes}",
@@ -241,25 +261,42 @@ impl Network {
         t: Tensor<1>,
         labels: Option<Tensor<2>>,
     ) -> Tensor<4> {
+        self.forward_interval(x, None, t, labels)
+    }
+
+    /// For a mean-flow model, the average velocity over `[r, t]` (`r`: `None` means `r = t`,
+    /// the instantaneous velocity); other models ignore `r`.
+    pub fn forward_interval(
+        &self,
+        x: Tensor<4>,
+        r: Option<Tensor<1>>,
+        t: Tensor<1>,
+        labels: Option<Tensor<2>>,
+    ) -> Tensor<4> {
         match self {
-            Network::Simple(m) => m.forward_labeled(x, t, labels),
-            Network::Res(m) => m.forward(x, t, labels, None),
+            Network::Simple(m) => m.forward_interval(x, r, t, labels),
+            Network::Res(m) => m.forward(x, (r, t), labels, None),
         }
     }
 
-    /// The forward pass of a training step: as [`forward_labeled`](Self::forward_labeled),
+    /// The forward pass of a training step: as [`forward_interval`](Self::forward_interval),
     /// with dropout (where the network has it) drawn from `seed`.
     pub fn forward_train(
         &self,
         x: Tensor<4>,
-        t: Tensor<1>,
+        (r, t): (Option<Tensor<1>>, Tensor<1>),
         labels: Option<Tensor<2>>,
         seed: u64,
     ) -> Tensor<4> {
         match self {
-            Network::Simple(m) => m.forward_labeled(x, t, labels),
-            Network::Res(m) => m.forward(x, t, labels, Some(&mut Dropout::new(seed))),
+            Network::Simple(m) => m.forward_interval(x, r, t, labels),
+            Network::Res(m) => m.forward(x, (r, t), labels, Some(&mut Dropout::new(seed))),
         }
+    }
+
+    /// Whether the network takes an interval `[r, t]` (a mean-flow model).
+    pub fn is_mean_flow(&self) -> bool {
+        self.config().is_mean_flow()
     }
 
     /// Every parameter as (PyTorch name, shape, values), in module order.

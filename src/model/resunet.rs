@@ -53,6 +53,10 @@ pub struct ResUNetConfig {
     /// Classes of a class-conditional model (none: unconditional).
     #[serde(default)]
     pub num_classes: Option<usize>,
+    /// A second time input: the start `r` of an interval `[r, t]` (mean-flow models), embedded
+    /// as `t - r` by its own MLP and added to the time embedding.
+    #[serde(default)]
+    pub interval: bool,
 }
 
 impl ResUNetConfig {
@@ -82,6 +86,7 @@ impl ResUNetConfig {
             head_channels: 32,
             dropout: 0.0,
             num_classes: None,
+            interval: false,
         })
     }
 
@@ -468,6 +473,8 @@ pub struct ResUNet {
     pub time_embed: TimeEmbed,
     /// Class embedding of a conditional model: `num_classes + 1` rows, the last for "no label".
     pub label_emb: Option<LabelEmbedding>,
+    /// Embedding of the interval length `t - r` of a mean-flow model.
+    pub interval_embed: Option<TimeEmbed>,
     /// 3x3 input convolution.
     pub conv_in: ConvParams,
     /// The way down, from full resolution.
@@ -508,6 +515,13 @@ impl ResUNet {
                 )?,
             }),
             None => None,
+        };
+        let interval_embed = match config.interval {
+            true => Some(TimeEmbed {
+                fc1: Dense::build(source, "interval_embed.fc1", ch, emb, device)?,
+                fc2: Dense::build(source, "interval_embed.fc2", emb, emb, device)?,
+            }),
+            false => None,
         };
         let conv_in = conv(
             source,
@@ -638,6 +652,7 @@ impl ResUNet {
         Ok(ResUNet {
             time_embed,
             label_emb,
+            interval_embed,
             conv_in,
             down,
             mid,
@@ -659,21 +674,29 @@ impl ResUNet {
         &self.config
     }
 
-    /// Predicted velocity for images `x` at times `t` (`[batch]`, in [0, 1]), with one-hot
+    /// Predicted velocity for images `x` at times `t` (`[batch]`, in [0, 1]) — for a mean-flow
+    /// model, the average velocity over `[r, t]` (`r`: `None` means `r = t`) — with one-hot
     /// `labels` for a conditional model (`None`: "no label"), and dropout masks when training.
     pub fn forward(
         &self,
         x: Tensor<4>,
-        t: Tensor<1>,
+        (r, t): (Option<Tensor<1>>, Tensor<1>),
         labels: Option<Tensor<2>>,
         mut dropout: Option<&mut Dropout>,
     ) -> Tensor<4> {
         let [b, ..] = x.dims();
-        let t_emb = sinusoidal_embedding(t * 1000.0, self.config.channels);
-        let mut emb = self
-            .time_embed
-            .fc2
-            .forward(silu(self.time_embed.fc1.forward(t_emb)));
+        let embed = |m: &TimeEmbed, t: Tensor<1>| {
+            let t_emb = sinusoidal_embedding(t * 1000.0, self.config.channels);
+            m.fc2.forward(silu(m.fc1.forward(t_emb)))
+        };
+        let mut emb = embed(&self.time_embed, t.clone());
+        if let Some(interval) = &self.interval_embed {
+            let length = match r {
+                Some(r) => t - r,
+                None => t.zeros_like(),
+            };
+            emb = emb + embed(interval, length);
+        }
         if let (Some(embedding), Some(classes)) = (&self.label_emb, self.config.num_classes) {
             let labels = labels
                 .unwrap_or_else(|| super::one_hot_labels(&vec![None; b], classes, &x.device()));
@@ -762,7 +785,8 @@ mod tests {
         let device = Device::flex();
         let model = ResUNet::build(&tiny(), &mut RandomInit::new(0), &device).unwrap();
         let x = Tensor::<4>::ones([2, 1, 28, 28], &device);
-        let v = model.forward(x, Tensor::from_floats([0.1, 0.9], &device), None, None);
+        let t = Tensor::from_floats([0.1, 0.9], &device);
+        let v = model.forward(x, (None, t), None, None);
         assert_eq!(v.dims(), [2, 1, 28, 28]);
         // The output convolution starts at zero, so the initial velocity is zero.
         assert_eq!(v.abs().max().into_scalar::<f32>(), 0.0);

@@ -31,6 +31,10 @@ pub struct UNetConfig {
     /// Height and width of the (square) images (28 for MNIST; a multiple of 4).
     #[serde(default = "mnist_size")]
     pub image_size: usize,
+    /// A second time input: the start `r` of an interval `[r, t]` (mean-flow models), embedded
+    /// as `t - r` by its own MLP and added to the time embedding.
+    #[serde(default)]
+    pub interval: bool,
 }
 
 fn mnist_size() -> usize {
@@ -45,6 +49,7 @@ impl UNetConfig {
         time_dim: 32,
         num_classes: None,
         image_size: 28,
+        interval: false,
     };
 
     /// A one-channel network with the given widths and the reference time embedding.
@@ -264,6 +269,8 @@ pub struct SimpleUNet {
     pub out: ConvParams,
     /// Class embedding of a conditional model: `num_classes + 1` rows, the last for "no label".
     pub label_emb: Option<LabelEmbedding>,
+    /// Embedding of the interval length `t - r` of a mean-flow model.
+    pub interval_mlp: Option<TimeMlp>,
     #[module(skip)]
     config: UNetConfig,
 }
@@ -306,6 +313,13 @@ impl SimpleUNet {
             }),
             None => None,
         };
+        let interval_mlp = match config.interval {
+            true => Some(TimeMlp {
+                fc1: Dense::build(source, "interval_mlp.fc1", td, td, device)?,
+                fc2: Dense::build(source, "interval_mlp.fc2", td, td, device)?,
+            }),
+            false => None,
+        };
         let out = ConvParams {
             weight: param(
                 source,
@@ -328,6 +342,7 @@ impl SimpleUNet {
             up3,
             out,
             label_emb,
+            interval_mlp,
             config,
         };
         Ok(model)
@@ -352,12 +367,31 @@ impl SimpleUNet {
         t: Tensor<1>,
         labels: Option<Tensor<2>>,
     ) -> Tensor<4> {
+        self.forward_interval(x, None, t, labels)
+    }
+
+    /// [`forward_labeled`](Self::forward_labeled) over the interval `[r, t]` (`r`: `None`
+    /// means `r = t`) for a mean-flow model; other models ignore `r`.
+    pub fn forward_interval(
+        &self,
+        x: Tensor<4>,
+        r: Option<Tensor<1>>,
+        t: Tensor<1>,
+        labels: Option<Tensor<2>>,
+    ) -> Tensor<4> {
         let [b, ..] = x.dims();
-        let t_emb = sinusoidal_embedding(t * 1000.0, self.config.time_dim);
-        let t_emb = self
-            .time_mlp
-            .fc2
-            .forward(silu(self.time_mlp.fc1.forward(t_emb)));
+        let mlp = |m: &TimeMlp, t: Tensor<1>| {
+            let emb = sinusoidal_embedding(t * 1000.0, self.config.time_dim);
+            m.fc2.forward(silu(m.fc1.forward(emb)))
+        };
+        let mut t_emb = mlp(&self.time_mlp, t.clone());
+        if let Some(interval) = &self.interval_mlp {
+            let length = match r {
+                Some(r) => t - r,
+                None => t.zeros_like(),
+            };
+            t_emb = t_emb + mlp(interval, length);
+        }
         let t_emb = match (&self.label_emb, self.config.num_classes) {
             (Some(embedding), Some(classes)) => {
                 let labels =

@@ -58,35 +58,38 @@ impl<'a> Guided<'a> {
     }
 }
 
-impl VelocityField for Guided<'_> {
-    fn velocity(&self, x: Tensor<4>, t: f32) -> Tensor<4> {
+impl Guided<'_> {
+    /// The guided (average, for a mean-flow model over `[r, t]`) velocity at `x`, `t`.
+    fn guided(&self, x: Tensor<4>, t: f32, r: Option<f32>) -> Tensor<4> {
         let [b, ..] = x.dims();
         let [halves, _] = self.both.dims();
         let half = halves / 2;
         let device = x.device();
-        let times = |n| Tensor::<1>::full([n], t, &device);
+        let times = |n, t| Tensor::<1>::full([n], t, &device);
+        let run = |x, n, labels| {
+            let r = r.map(|r| times(n, r));
+            self.model.forward_interval(x, r, times(n, t), Some(labels))
+        };
         if self.scale == 0.0 {
-            return self.model.forward_labeled(
-                x,
-                times(b),
-                Some(self.both.clone().narrow(0, half, half)),
-            );
+            return run(x, b, self.both.clone().narrow(0, half, half));
         }
         if self.scale == 1.0 {
-            return self.model.forward_labeled(
-                x,
-                times(b),
-                Some(self.both.clone().narrow(0, 0, half)),
-            );
+            return run(x, b, self.both.clone().narrow(0, 0, half));
         }
-        let v = self.model.forward_labeled(
-            Tensor::cat(vec![x.clone(), x], 0),
-            times(2 * b),
-            Some(self.both.clone()),
-        );
+        let v = run(Tensor::cat(vec![x.clone(), x], 0), 2 * b, self.both.clone());
         let cond = v.clone().narrow(0, 0, b);
         let uncond = v.narrow(0, b, b);
         uncond.clone() + (cond - uncond) * self.scale
+    }
+}
+
+impl VelocityField for Guided<'_> {
+    fn velocity(&self, x: Tensor<4>, t: f32) -> Tensor<4> {
+        self.guided(x, t, None)
+    }
+
+    fn step_velocity(&self, x: Tensor<4>, t: f32, r: f32) -> Tensor<4> {
+        self.guided(x, t, Some(r))
     }
 
     fn evaluations(&self) -> usize {

@@ -18,6 +18,12 @@ pub trait VelocityField {
     /// The velocity at states `x` (`[batch, c, h, w]`), all at time `t`.
     fn velocity(&self, x: Tensor<4>, t: f32) -> Tensor<4>;
 
+    /// The velocity to step with from `t` to `r`: the average velocity over `[r, t]` for a
+    /// field that has one (a mean-flow model), the instantaneous one at `t` otherwise.
+    fn step_velocity(&self, x: Tensor<4>, t: f32, _r: f32) -> Tensor<4> {
+        self.velocity(x, t)
+    }
+
     /// Network evaluations one call costs (2 for guidance with both branches batched).
     fn evaluations(&self) -> usize {
         1
@@ -29,6 +35,13 @@ impl VelocityField for Network {
         let [b, ..] = x.dims();
         let times = Tensor::<1>::full([b], t, &x.device());
         self.forward(x, times)
+    }
+
+    fn step_velocity(&self, x: Tensor<4>, t: f32, r: f32) -> Tensor<4> {
+        let [b, ..] = x.dims();
+        let device = x.device();
+        let times = Tensor::<1>::full([b], t, &device);
+        self.forward_interval(x, Some(Tensor::full([b], r, &device)), times, None)
     }
 }
 
@@ -146,6 +159,11 @@ impl<F: VelocityField> Counted<'_, F> {
         self.count.set(self.count.get() + self.field.evaluations());
         self.field.velocity(x, t)
     }
+
+    fn eval_step(&self, x: Tensor<4>, t: f32, r: f32) -> Tensor<4> {
+        self.count.set(self.count.get() + self.field.evaluations());
+        self.field.step_velocity(x, t, r)
+    }
 }
 
 /// Integrates from `x1` at t = 1 to t = 0.
@@ -173,7 +191,8 @@ pub fn solve<F: VelocityField>(
         let (t, h) = (pair[0], pair[1] - pair[0]);
         observe(i, t, &x);
         x = match solver {
-            Solver::Euler => x.clone() + f.eval(x, t) * h,
+            // A mean-flow model steps with its average velocity over [t + h, t].
+            Solver::Euler => x.clone() + f.eval_step(x, t, t + h) * h,
             Solver::Midpoint => {
                 let k1 = f.eval(x.clone(), t);
                 x.clone() + f.eval(x + k1 * (h / 2.0), t + h / 2.0) * h

@@ -2,6 +2,7 @@
 //! logged per step and per epoch (JSON lines), loss curve, atomic checkpoints.
 
 pub mod ema;
+pub mod few_step;
 pub mod lr_schedule;
 pub mod recipes;
 
@@ -23,6 +24,8 @@ use crate::checkpoint::{
 use crate::data::{EpochOrder, ImageSet};
 use crate::error::{Error, Result};
 use crate::flow::coupling::{Coupling, ot_assignment, reorder_rows};
+use crate::flow::objective::{self, Batch, Objective};
+use crate::flow::pairs::PairSet;
 use crate::flow::{self, TimeSampling};
 use crate::image_out;
 use crate::model::{Network, NetworkConfig, UNetConfig, one_hot_labels};
@@ -49,6 +52,12 @@ pub struct TrainConfig {
     /// Mirror each training image left-right with probability 1/2.
     #[serde(default)]
     pub flip: bool,
+    /// What each step minimises.
+    #[serde(default)]
+    pub objective: Objective,
+    /// Start from these weights (the EMA where the file has one) instead of a fresh network.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
     /// Passes over the training set.
     pub epochs: usize,
     /// Stop after this many optimiser steps, even mid-epoch.
@@ -104,6 +113,8 @@ impl Default for TrainConfig {
             holdout: default_holdout(),
             class_names: Vec::new(),
             flip: false,
+            objective: Objective::FlowMatching,
+            init_from: None,
             epochs: 100,
             max_steps: None,
             max_minutes: None,
@@ -352,6 +363,44 @@ impl RunLock {
     }
 }
 
+/// What a run trains on: images (flow matching, mean flow) or a teacher's (noise, sample)
+/// pairs (reflow, distillation).
+#[derive(Clone, Copy)]
+pub enum TrainData<'a> {
+    /// Images with labels.
+    Images(&'a ImageSet),
+    /// Pairs from a teacher.
+    Pairs(&'a PairSet),
+}
+
+impl<'a> From<&'a ImageSet> for TrainData<'a> {
+    fn from(set: &'a ImageSet) -> Self {
+        TrainData::Images(set)
+    }
+}
+
+impl<'a> From<&'a PairSet> for TrainData<'a> {
+    fn from(set: &'a PairSet) -> Self {
+        TrainData::Pairs(set)
+    }
+}
+
+impl TrainData<'_> {
+    fn len(&self) -> usize {
+        match self {
+            TrainData::Images(set) => set.len(),
+            TrainData::Pairs(set) => set.len(),
+        }
+    }
+
+    fn shape(&self) -> [usize; 3] {
+        match self {
+            TrainData::Images(set) => set.shape(),
+            TrainData::Pairs(set) => set.shape,
+        }
+    }
+}
+
 /// Everything that changes while training runs.
 struct RunState {
     model: Network,
@@ -362,19 +411,38 @@ struct RunState {
     epoch_losses: Vec<(u64, f32)>,
 }
 
-/// Trains a fresh model on `data` and writes checkpoints, metrics and the loss curve to `out_dir`.
-pub fn train(
+/// Trains a fresh model (or one that starts from `config.init_from`) on `data` and writes
+/// checkpoints, metrics and the loss curve to `out_dir`.
+pub fn train<'a>(
     config: &TrainConfig,
-    data: &ImageSet,
+    data: impl Into<TrainData<'a>>,
     out_dir: &Path,
     device: &Device,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainOutcome> {
+    let data = data.into();
     config.validate()?;
+    check_data(config, data)?;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let _lock = RunLock::acquire(out_dir)?;
     let device = device.clone().autodiff();
-    let model = Network::init(&config.model, config.seed, &device)?;
+    let model = match &config.init_from {
+        None => Network::init(&config.model, config.seed, &device)?,
+        Some(path) => {
+            let start = checkpoint::load_weights(path, &device, Weights::PreferEma)?.model;
+            if start.config() != config.model {
+                return Err(Error::bad_file(
+                    path,
+                    format!(
+                        "is a {}, the run trains a {}",
+                        start.config().describe(),
+                        config.model.describe()
+                    ),
+                ));
+            }
+            start
+        }
+    };
     let state = RunState {
         ema: config.ema_decay.map(|decay| Ema::new(&model, decay)),
         model,
@@ -407,16 +475,18 @@ fn stored_config(file: &TensorFile, path: &Path) -> Result<TrainConfig> {
 
 /// Continues the run in `out_dir` from its resumable checkpoint, exactly where it stopped:
 /// same weights, EMA, optimiser state, data order and noise as an uninterrupted run.
-pub fn resume(
-    data: &ImageSet,
+pub fn resume<'a>(
+    data: impl Into<TrainData<'a>>,
     out_dir: &Path,
     device: &Device,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainOutcome> {
+    let data = data.into();
     let _lock = RunLock::acquire(out_dir)?;
     let path = out_dir.join(RESUME_CHECKPOINT);
     let mut file = TensorFile::read(&path)?;
     let config = stored_config(&file, &path)?;
+    check_data(&config, data)?;
     let device = device.clone().autodiff();
     let raw = checkpoint::model_from_file(&file, &path, &device, Weights::Raw)?;
     let progress = raw
@@ -477,7 +547,7 @@ pub fn resume(
 /// the position in the data and every random draw follow from the step count alone.
 fn run(
     config: &TrainConfig,
-    data: &ImageSet,
+    data: TrainData,
     out_dir: &Path,
     device: &Device,
     mut state: RunState,
@@ -497,7 +567,6 @@ fn run(
     let loss_curve = out_dir.join(LOSS_CURVE);
     let resume_path = out_dir.join(RESUME_CHECKPOINT);
 
-    check_data(config, data)?;
     let batches_per_epoch = data.len().div_ceil(config.batch_size) as u64;
     let planned = config.epochs as u64 * batches_per_epoch;
     let total_steps = config.max_steps.map_or(planned, |m| m.min(planned));
@@ -530,19 +599,35 @@ fn run(
         let indices = order.as_ref().expect("order of this epoch").1.batch(batch);
         let step = state.progress.step + 1;
         let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step));
-        let (x0, labels) = match config.flip {
-            true => data.batch_flipped(indices, &mut rng, device),
-            false => data.batch(indices, device),
+        let batch = match data {
+            TrainData::Images(set) => {
+                let (x0, labels) = match config.flip {
+                    true => set.batch_flipped(indices, &mut rng, device),
+                    false => set.batch(indices, device),
+                };
+                let labels = config.model.num_classes().map(|classes| {
+                    dropped_labels(&labels, classes, config.label_dropout, &mut rng, device)
+                });
+                Batch {
+                    x0,
+                    x1: None,
+                    labels,
+                }
+            }
+            TrainData::Pairs(pairs) => {
+                let (x0, x1) = pairs.batch(indices, device);
+                Batch {
+                    x0,
+                    x1: Some(x1),
+                    labels: None,
+                }
+            }
         };
-        let labels = config.model.num_classes().map(|classes| {
-            dropped_labels(&labels, classes, config.label_dropout, &mut rng, device)
-        });
         let lr = config.lr_schedule.rate(config.lr, step, total_steps);
         let (model, loss, grad_norm) = train_step(
             state.model,
             &mut state.optimizer,
-            x0,
-            labels,
+            batch,
             &mut rng,
             lr,
             config,
@@ -638,9 +723,9 @@ fn outcome(
     }
 }
 
-/// Checks that `data` suits the network of `config`: its image shape, and labels within the
-/// classes of a conditional model.
-pub fn check_data(config: &TrainConfig, data: &ImageSet) -> Result<()> {
+/// Checks that `data` suits `config`: the network's image shape, labels within the classes of
+/// a conditional model, pairs for a pair objective and images otherwise.
+pub fn check_data(config: &TrainConfig, data: TrainData) -> Result<()> {
     let want = config.model.image_shape();
     if data.shape() != want {
         return Err(Error::invalid(
@@ -652,8 +737,31 @@ pub fn check_data(config: &TrainConfig, data: &ImageSet) -> Result<()> {
             ),
         ));
     }
-    if let Some(classes) = config.model.num_classes() {
-        if !data.is_labelled() {
+    match (data, config.objective.pairs()) {
+        (TrainData::Pairs(_), None) | (TrainData::Images(_), Some(_)) => {
+            return Err(Error::invalid(
+                "data",
+                format!(
+                    "the {} objective trains on {}",
+                    config.objective.name(),
+                    if config.objective.pairs().is_some() {
+                        "a teacher's pairs"
+                    } else {
+                        "images"
+                    }
+                ),
+            ));
+        }
+        _ => {}
+    }
+    if config.objective.pairs().is_some() && config.model.num_classes().is_some() {
+        return Err(Error::invalid(
+            "classes",
+            "reflow and distillation train unconditional models (the pairs carry no labels)",
+        ));
+    }
+    if let (Some(classes), TrainData::Images(set)) = (config.model.num_classes(), data) {
+        if !set.is_labelled() {
             return Err(Error::invalid(
                 "classes",
                 format!(
@@ -662,17 +770,23 @@ pub fn check_data(config: &TrainConfig, data: &ImageSet) -> Result<()> {
                 ),
             ));
         }
-        if data.classes.len() > classes {
+        if set.classes.len() > classes {
             return Err(Error::invalid(
                 "classes",
                 format!(
                     "{}: the data has {} classes, the model {classes} (--classes {})",
                     config.data,
-                    data.classes.len(),
-                    data.classes.len()
+                    set.classes.len(),
+                    set.classes.len()
                 ),
             ));
         }
+    }
+    if matches!(config.objective, Objective::MeanFlow { .. }) != config.model.is_mean_flow() {
+        return Err(Error::invalid(
+            "objective",
+            "the mean-flow objective needs a network with the interval input, and only it does",
+        ));
     }
     Ok(())
 }
@@ -687,22 +801,47 @@ pub fn adamw(config: &TrainConfig) -> ModuleOptimizer {
         .init()
 }
 
-/// One optimiser step at rate `lr` on data `x0` (on an autodiff device), noise and times drawn
-/// from `rng`.
+/// One optimiser step at rate `lr` on `batch` (on an autodiff device) under the objective of
+/// `config`, noise (when the batch has none) and times drawn from `rng`.
 /// Returns the updated model, the loss and the gradient norm before clipping, or the loss
 /// when it is not finite (the model is then not updated).
 pub fn train_step(
     model: Network,
     optimizer: &mut ModuleOptimizer,
-    x0: Tensor<4>,
-    labels: Option<Tensor<2>>,
+    batch: Batch,
     rng: &mut StdRng,
     lr: f64,
     config: &TrainConfig,
 ) -> std::result::Result<(Network, f32, f32), f32> {
+    let x1 = match &batch.x1 {
+        Some(x1) => x1.clone(),
+        None => noise_for(&batch.x0, config.coupling, rng),
+    };
+    let loss = objective::loss(
+        &config.objective,
+        &model,
+        batch,
+        x1,
+        &config.time_sampling,
+        rng,
+    );
+    let loss_value = loss.clone().into_scalar::<f32>();
+    if !loss_value.is_finite() {
+        return Err(loss_value);
+    }
+    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    let grad_norm = global_grad_norm(&model, &grads);
+    if let Some(max_norm) = config.grad_clip {
+        scale_grads(&model, &mut grads, clip_factor(grad_norm, max_norm));
+    }
+    Ok((optimizer.step(lr, model, grads), loss_value, grad_norm))
+}
+
+/// Fresh noise for the data `x0`, paired by `coupling`.
+fn noise_for(x0: &Tensor<4>, coupling: Coupling, rng: &mut StdRng) -> Tensor<4> {
     let device = x0.device();
     let [batch, ..] = x0.dims();
-    let x1 = match config.coupling {
+    match coupling {
         Coupling::Independent => flow::gaussian_noise(rng, x0.dims(), &device),
         Coupling::MinibatchOt => {
             let dim = x0.dims()[1..].iter().product();
@@ -715,21 +854,7 @@ pub fn train_step(
             let paired = reorder_rows(&noise, &ot_assignment(&data, &noise, dim), dim);
             Tensor::from_data(TensorData::new(paired, x0.dims()), &device)
         }
-    };
-    let t = config.time_sampling.sample(rng, batch, &device);
-    let tuple = flow::training_tuple(x0, x1, t);
-    let predicted = model.forward_train(tuple.x_t, tuple.t, labels, rng.random());
-    let loss = flow::velocity_loss(predicted, tuple.target);
-    let loss_value = loss.clone().into_scalar::<f32>();
-    if !loss_value.is_finite() {
-        return Err(loss_value);
     }
-    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-    let grad_norm = global_grad_norm(&model, &grads);
-    if let Some(max_norm) = config.grad_clip {
-        scale_grads(&model, &mut grads, clip_factor(grad_norm, max_norm));
-    }
-    Ok((optimizer.step(lr, model, grads), loss_value, grad_norm))
 }
 
 /// CPU time (user + system) this process has used, in seconds (0 where unknown).

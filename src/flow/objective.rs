@@ -1,0 +1,252 @@
+//! What a training step minimises, one objective beside the other (the path and the loss are
+//! those of [`super`]: t = 0 data, t = 1 noise, `x_t = (1 - t) x0 + t x1`, target `x1 - x0`):
+//!
+//! - **flow matching**: fresh noise for each image, the straight path's velocity;
+//! - **reflow** (rectified flow's k-rectification, Liu et al. 2022): the same on fixed
+//!   (noise, sample) pairs drawn from a teacher, whose paths straighten with each round;
+//! - **distillation** into a `k`-step Euler sampler: the student's unrolled `k` steps from the
+//!   teacher's noise regressed onto the teacher's sample;
+//! - **mean flow** (Geng et al. 2025): the network `u(z, r, t)` learns the average velocity
+//!   over `[r, t]` from the identity `u = v - (t - r) d/dt u` (d/dt along the path), so one
+//!   evaluation jumps from noise to data. burn has no forward-mode autodiff: the total
+//!   derivative, a Jacobian-vector product in the direction `(v, 0, 1)`, is a forward finite
+//!   difference of two network evaluations (see [`finite_difference_jvp`]).
+
+use std::path::PathBuf;
+
+use burn::tensor::Tensor;
+use rand::Rng;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+use super::{TimeSampling, training_tuple, velocity_loss};
+use crate::model::Network;
+
+/// A training objective.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Objective {
+    /// Flow matching with fresh noise (the reference).
+    #[default]
+    FlowMatching,
+    /// Flow matching on fixed (noise, sample) pairs from a teacher.
+    Reflow {
+        /// The folder of pair shards.
+        pairs: PathBuf,
+    },
+    /// Regression of a `steps`-step Euler student onto a teacher's (noise, sample) pairs.
+    Distill {
+        /// The folder of pair shards.
+        pairs: PathBuf,
+        /// Euler steps of the student.
+        steps: usize,
+    },
+    /// MeanFlow: the average velocity over an interval, from scratch.
+    MeanFlow {
+        /// Fraction of the steps with `r = t` (plain flow matching).
+        equal_fraction: f32,
+        /// Step of the finite difference standing in for the JVP.
+        epsilon: f32,
+    },
+}
+
+impl Objective {
+    /// The pair folder a pair objective trains on.
+    pub fn pairs(&self) -> Option<&PathBuf> {
+        match self {
+            Objective::Reflow { pairs } | Objective::Distill { pairs, .. } => Some(pairs),
+            _ => None,
+        }
+    }
+
+    /// Its name, as `train --objective` takes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Objective::FlowMatching => "flow-matching",
+            Objective::Reflow { .. } => "reflow",
+            Objective::Distill { .. } => "distill",
+            Objective::MeanFlow { .. } => "mean-flow",
+        }
+    }
+}
+
+/// One batch: the data (or the teacher's samples) `x0`, the teacher's noise `x1` for the pair
+/// objectives (fresh noise is drawn otherwise), and one-hot labels of a conditional model.
+pub struct Batch {
+    /// Data, `[batch, c, h, w]`.
+    pub x0: Tensor<4>,
+    /// The noise each `x0` was drawn from (pair objectives).
+    pub x1: Option<Tensor<4>>,
+    /// One-hot labels (`[batch, classes + 1]`).
+    pub labels: Option<Tensor<2>>,
+}
+
+/// The loss of `model` on `batch` under `objective`, with `x1` the noise paired with the data
+/// and times drawn from `times` with `rng`.
+pub fn loss(
+    objective: &Objective,
+    model: &Network,
+    batch: Batch,
+    x1: Tensor<4>,
+    times: &TimeSampling,
+    rng: &mut StdRng,
+) -> Tensor<1> {
+    let [n, ..] = batch.x0.dims();
+    let device = batch.x0.device();
+    match objective {
+        Objective::FlowMatching | Objective::Reflow { .. } => {
+            let tuple = training_tuple(batch.x0, x1, times.sample(rng, n, &device));
+            let predicted =
+                model.forward_train(tuple.x_t, (None, tuple.t), batch.labels, rng.random());
+            velocity_loss(predicted, tuple.target)
+        }
+        Objective::Distill { steps, .. } => {
+            let mut x = x1;
+            for i in 0..*steps {
+                let t = 1.0 - i as f32 / *steps as f32;
+                let t = Tensor::<1>::full([n], t, &device);
+                let v =
+                    model.forward_train(x.clone(), (None, t), batch.labels.clone(), rng.random());
+                x = x - v / *steps as f64;
+            }
+            (x - batch.x0).square().mean()
+        }
+        Objective::MeanFlow {
+            equal_fraction,
+            epsilon,
+        } => {
+            let (r, t) = interval(times, *equal_fraction, *epsilon, n, rng);
+            let tensor = |v: Vec<f32>| Tensor::<1>::from_floats(v.as_slice(), &device);
+            let (rt, tt) = (tensor(r.clone()), tensor(t.clone()));
+            let tuple = training_tuple(batch.x0, x1, tt.clone());
+            let seed = rng.random();
+            let labels = batch.labels;
+            let u = model.forward_train(
+                tuple.x_t.clone(),
+                (Some(rt.clone()), tt.clone()),
+                labels.clone(),
+                seed,
+            );
+            // The same network without gradients for the target (stop-gradient).
+            let frozen = |z: Tensor<4>, t: Tensor<1>| {
+                model
+                    .forward_train(z, (Some(rt.clone()), t), labels.clone(), seed)
+                    .detach()
+            };
+            let target = mean_flow_target(
+                frozen,
+                (tuple.x_t, rt.clone(), tt),
+                tuple.target,
+                *epsilon,
+                u.clone().detach(),
+            );
+            velocity_loss(u, target.detach())
+        }
+    }
+}
+
+/// `(r, t)` for each of `n` images: two times from `times`, `t` the later; with probability
+/// `equal_fraction` `r = t`. `t` stays at least `epsilon` below 1 so that the finite
+/// difference's second point is on the path.
+fn interval(
+    times: &TimeSampling,
+    equal_fraction: f32,
+    epsilon: f32,
+    n: usize,
+    rng: &mut StdRng,
+) -> (Vec<f32>, Vec<f32>) {
+    let pairs: Vec<(f32, f32)> = (0..n)
+        .map(|_| {
+            let (a, b) = (times.draw(rng), times.draw(rng));
+            let (a, b) = (a.min(1.0 - epsilon), b.min(1.0 - epsilon));
+            let (r, t) = (a.min(b), a.max(b));
+            match rng.random::<f32>() < equal_fraction {
+                true => (t, t),
+                false => (r, t),
+            }
+        })
+        .collect();
+    pairs.into_iter().unzip()
+}
+
+/// MeanFlow's regression target for `u(z_t, r, t)` (`u_at`, already computed): `v - (t - r)
+/// d/dt u`, the derivative along the path by [`finite_difference_jvp`]. For an empty interval
+/// (`r = t`) it is `v` itself: there the model learns the instantaneous velocity, as flow
+/// matching does.
+pub fn mean_flow_target(
+    u: impl Fn(Tensor<4>, Tensor<1>) -> Tensor<4>,
+    (z, r, t): (Tensor<4>, Tensor<1>, Tensor<1>),
+    v: Tensor<4>,
+    epsilon: f32,
+    u_at: Tensor<4>,
+) -> Tensor<4> {
+    let [n, ..] = z.dims();
+    let du = finite_difference_jvp(u, (z, t.clone()), v.clone(), epsilon, u_at);
+    v - du * (t - r).reshape([n, 1, 1, 1])
+}
+
+/// The derivative of `u` along the path, `d/dt u(z_t, r, t) = v · ∂_z u + ∂_t u`, by a forward
+/// finite difference: `(u(z + ε v, t + ε) - u(z, t)) / ε`, with `u_at` the value at the start
+/// (already computed). Its error is `O(ε)` (the second derivative along the path, large: the
+/// time embedding oscillates as `sin(1000 t)`) plus `O(f32 rounding / ε)`; against an exact JVP
+/// (tests/few_step.rs) it is smallest, 0.4 % of the largest component, at `ε = 1e-5`.
+pub fn finite_difference_jvp(
+    u: impl Fn(Tensor<4>, Tensor<1>) -> Tensor<4>,
+    (z, t): (Tensor<4>, Tensor<1>),
+    v: Tensor<4>,
+    epsilon: f32,
+    u_at: Tensor<4>,
+) -> Tensor<4> {
+    let ahead = u(z + v * epsilon, t + epsilon);
+    (ahead - u_at) / epsilon
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+    use rand::SeedableRng;
+
+    /// `u(z, t) = sin(z) t^2 + z t`, whose derivative along `(v, 1)` is
+    /// `v (cos(z) t^2 + t) + 2 t sin(z) + z`.
+    fn u(z: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
+        let t = t.reshape([z.dims()[0], 1, 1, 1]);
+        z.clone().sin() * t.clone().square() + z * t
+    }
+
+    #[test]
+    fn finite_difference_agrees_with_the_exact_derivative() {
+        let device = Device::flex();
+        let values = |seed: u64, n: usize| -> Vec<f32> {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..n).map(|_| rng.random_range(-1.5..1.5)).collect()
+        };
+        let z = Tensor::<4>::from_data(TensorData::new(values(1, 8), [2, 1, 2, 2]), &device);
+        let v = Tensor::<4>::from_data(TensorData::new(values(2, 8), [2, 1, 2, 2]), &device);
+        let t = Tensor::<1>::from_floats([0.3, 0.8], &device);
+        let tb = t.clone().reshape([2, 1, 1, 1]);
+        let exact = v.clone() * (z.clone().cos() * tb.clone().square() + tb.clone())
+            + tb * z.clone().sin() * 2.0
+            + z.clone();
+        let mut errors = Vec::new();
+        for epsilon in [1e-1, 1e-2, 1e-3] {
+            let at = u(z.clone(), t.clone());
+            let fd = finite_difference_jvp(u, (z.clone(), t.clone()), v.clone(), epsilon, at);
+            errors.push((fd - exact.clone()).abs().max().into_scalar::<f32>());
+        }
+        // First order: ten times smaller a step, about ten times smaller an error.
+        assert!(
+            errors[0] < 0.5 && errors[1] < errors[0] / 5.0 && errors[2] < 5e-3,
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn intervals_are_ordered_and_sometimes_empty() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let (r, t) = interval(&TimeSampling::Uniform, 0.5, 0.01, 400, &mut rng);
+        assert!(r.iter().zip(&t).all(|(r, t)| r <= t && *t <= 0.99));
+        let equal = r.iter().zip(&t).filter(|(r, t)| r == t).count();
+        assert!((150..250).contains(&equal), "{equal}");
+    }
+}
