@@ -74,6 +74,12 @@ pub struct BenchResult {
     pub arch: &'static str,
     /// The network measured, in words.
     pub network: String,
+    /// The device, as burn names it.
+    pub device: String,
+    /// Images per training step.
+    pub train_batch: usize,
+    /// Images per sampling run.
+    pub sample_batch: usize,
     /// Training images per second.
     pub train_img_s: f64,
     /// Sampled images per second.
@@ -166,6 +172,9 @@ pub fn run(config: &BenchConfig, device: &Device) -> Result<BenchResult> {
         implementation: "flowmatch",
         arch: config.network.arch(),
         network: config.network.describe(),
+        device: format!("{device:?}"),
+        train_batch: config.train_batch,
+        sample_batch: config.sample_batch,
         train_img_s: round2(config.train_batch as f64 * train_steps as f64 / train_secs),
         sample_img_s: round2(config.sample_batch as f64 * sample_runs as f64 / sample_secs),
         peak_rss_mb: peak_rss_mb(),

@@ -1,32 +1,69 @@
-//! Choosing where tensors live: the pure-Rust `flex` CPU backend, or CUDA when built with the
-//! `cuda` feature.
+//! Choosing where tensors live: the pure-Rust `flex` CPU backend (the default, with
+//! flowmatch's own kernels), burn's `wgpu` backend (feature `wgpu`: Vulkan, Metal or DX12 on any
+//! vendor's GPU, or a software Vulkan driver such as Mesa's lavapipe), or CUDA (feature `cuda`).
+//! The other backends run burn's plain composition of every operation.
 
 use burn::tensor::Device;
 
 use crate::error::{Error, Result};
 
-/// Names accepted by [`device_from_name`].
-pub const DEVICE_NAMES: &str = if cfg!(feature = "cuda") {
-    "cpu, cuda, cuda:N"
-} else {
-    "cpu"
-};
+/// The names [`device_from_name`] accepts in this build.
+pub fn device_names() -> String {
+    let mut names = vec!["cpu"];
+    if cfg!(feature = "wgpu") {
+        names.push(
+            "wgpu (the best adapter), wgpu:cpu (a software driver such as lavapipe), \
+             wgpu:discrete:N, wgpu:integrated:N",
+        );
+    }
+    if cfg!(feature = "cuda") {
+        names.push("cuda, cuda:N");
+    }
+    names.join(", ")
+}
 
-/// `cpu` is burn's `flex` backend; `cuda` / `cuda:N` is a CUDA GPU (feature `cuda`).
+/// `cpu` is burn's `flex` backend; `wgpu[:cpu|:discrete:N|:integrated:N]` a wgpu adapter
+/// (feature `wgpu`); `cuda` / `cuda:N` a CUDA GPU (feature `cuda`).
 pub fn device_from_name(name: &str) -> Result<Device> {
-    match name {
-        "cpu" | "flex" => Ok(Device::flex()),
-        #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(0)),
-        #[cfg(feature = "cuda")]
-        other if other.starts_with("cuda:") => other[5..]
-            .parse::<usize>()
-            .map(Device::cuda)
-            .map_err(|_| Error::invalid("device", format!("'{other}': expected cuda:N"))),
-        other => Err(Error::invalid(
+    let bad = |reason: &str| {
+        Error::invalid(
             "device",
-            format!("'{other}' (available in this build: {DEVICE_NAMES})"),
+            format!(
+                "'{name}': {reason} (available in this build: {})",
+                device_names()
+            ),
+        )
+    };
+    let index = |s: &str| s.parse::<usize>().map_err(|_| bad("expected a number"));
+    let parts: Vec<&str> = name.split(':').collect();
+    match parts[..] {
+        ["cpu"] | ["flex"] => Ok(Device::flex()),
+        #[cfg(feature = "wgpu")]
+        ["wgpu"] => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        #[cfg(feature = "wgpu")]
+        ["wgpu", "cpu"] => Ok(Device::wgpu(burn::tensor::DeviceKind::Cpu)),
+        #[cfg(feature = "wgpu")]
+        ["wgpu", "discrete", i] => Ok(Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(index(
+            i,
+        )?))),
+        #[cfg(feature = "wgpu")]
+        ["wgpu", "integrated", i] => Ok(Device::wgpu(burn::tensor::DeviceKind::IntegratedGpu(
+            index(i)?,
+        ))),
+        #[cfg(feature = "cuda")]
+        ["cuda"] => Ok(Device::cuda(0)),
+        #[cfg(feature = "cuda")]
+        ["cuda", i] => Ok(Device::cuda(index(i)?)),
+        ["wgpu", ..] if !cfg!(feature = "wgpu") => Err(bad(
+            "this build has no wgpu backend: build with --features wgpu",
         )),
+        ["cuda", ..] if !cfg!(feature = "cuda") => Err(bad(
+            "this build has no CUDA backend: build with --features cuda",
+        )),
+        _ => {
+            let _ = index;
+            Err(bad("unknown device"))
+        }
     }
 }
 
@@ -40,5 +77,24 @@ pub fn reuse_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_parsed_or_refused_with_the_list() {
+        assert!(device_from_name("cpu").is_ok());
+        let err = device_from_name("tpu").unwrap_err().to_string();
+        assert!(
+            err.contains("unknown device") && err.contains("cpu"),
+            "{err}"
+        );
+        if !cfg!(feature = "wgpu") {
+            let err = device_from_name("wgpu:cpu").unwrap_err().to_string();
+            assert!(err.contains("--features wgpu"), "{err}");
+        }
     }
 }

@@ -129,6 +129,16 @@ fn with_label(picture: &RgbImage, label: &str, band: u32) -> Result<RgbImage> {
     Ok(out)
 }
 
+/// A frame's title: its time; for a two-frame trajectory (a one-step model, which jumps from
+/// noise to image) also what the frame is.
+fn frame_title(t: f32, frames: usize) -> String {
+    match (frames, t == 1.0) {
+        (2, true) => "t=1.00 noise".into(),
+        (2, false) => format!("t={t:.2} one step"),
+        _ => format!("t={t:.2}"),
+    }
+}
+
 /// One frame of a trajectory: its time and the images at that time.
 #[derive(Debug, Clone)]
 pub struct TrajectoryFrame {
@@ -152,7 +162,11 @@ pub fn save_trajectory_strip(
                 pixels: &f.pixels,
                 shape,
             };
-            with_label(&grid(images, 1, scale, 2), &format!("t={:.2}", f.t), 24)
+            with_label(
+                &grid(images, 1, scale, 2),
+                &frame_title(f.t, frames.len()),
+                24,
+            )
         })
         .collect::<Result<Vec<_>>>()?;
     let (cw, ch) = columns.first().map(|c| c.dimensions()).unwrap_or((1, 1));
@@ -182,7 +196,11 @@ pub fn save_trajectory_gif(
                 shape,
             };
             let cols = (images.count() as f64).sqrt().ceil() as usize;
-            let picture = with_label(&grid(images, cols, 2, 2), &format!("t={:.2}", f.t), 24)?;
+            let picture = with_label(
+                &grid(images, cols, 2, 2),
+                &frame_title(f.t, frames.len()),
+                24,
+            )?;
             let rgba: RgbaImage = image::DynamicImage::ImageRgb8(picture).into_rgba8();
             let ms = if i + 1 == frames.len() { 1500 } else { 80 };
             encoder

@@ -842,6 +842,12 @@ struct BenchArgs {
     /// Shorter runs (1 warm-up, 2 timed steps, 1 sampling run), for a quick look.
     #[arg(long)]
     quick: bool,
+    /// Images per training step.
+    #[arg(long, default_value_t = 128)]
+    train_batch: usize,
+    /// Images per sampling run.
+    #[arg(long, default_value_t = 64)]
+    sample_batch: usize,
 }
 
 fn parse_widths(s: &str) -> std::result::Result<[usize; 3], String> {
@@ -1343,8 +1349,12 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
     println!("trajectory GIF:   {}", report.gif.display());
     println!("loss curve:       {}", report.outcome.loss_curve.display());
     println!("checkpoint:       {}", report.outcome.checkpoint.display());
+    let data = match args.data.data.as_str() {
+        "embedded" => String::new(),
+        other => format!(" --data {other}"),
+    };
     println!(
-        "quality:          flowmatch eval --checkpoint {} --solvers euler --nfe 10,50 --n 1000",
+        "quality:          flowmatch eval --checkpoint {}{data} --solvers euler --nfe 10,50 --n 1000",
         report.outcome.checkpoint.display()
     );
     println!(
@@ -1373,7 +1383,12 @@ fn run_bench(args: BenchArgs, device: &Device) -> Result<()> {
         }
         return Ok(());
     }
+    if args.train_batch == 0 || args.sample_batch == 0 {
+        bail!("invalid --train-batch / --sample-batch: must be positive");
+    }
     let mut config = BenchConfig::for_network(args.network.config(None)?);
+    config.train_batch = args.train_batch;
+    config.sample_batch = args.sample_batch;
     if args.quick {
         config.train_warmup = 1;
         config.train_min_steps = 2;
