@@ -667,9 +667,10 @@ enum ClassifierCommand {
 
 #[derive(Args)]
 struct EvalArgs {
-    /// Model checkpoint.
-    #[arg(long)]
-    checkpoint: PathBuf,
+    /// Model checkpoint (repeatable: the models are measured side by side, on the same noise
+    /// and reference, and plotted together).
+    #[arg(long, required = true)]
+    checkpoint: Vec<PathBuf>,
     /// Classifier written by `flowmatch classifier train` [default: the pinned digit classifier
     /// shipped with flowmatch, for MNIST data].
     #[arg(long)]
@@ -1489,9 +1490,21 @@ fn print_quality_row(name: &str, nfe: &str, q: &Quality) {
 }
 
 fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
-    let model = load_model(&args.checkpoint, device, false)?;
+    let models = args
+        .checkpoint
+        .iter()
+        .map(|path| load_model(path, device, false))
+        .collect::<Result<Vec<_>>>()?;
+    let shape = models[0].image_shape();
+    if let Some(i) = models.iter().position(|m| m.image_shape() != shape) {
+        bail!(
+            "{}: its images are {:?}, those of {} {shape:?}: models are compared on one data set",
+            args.checkpoint[i].display(),
+            models[i].image_shape(),
+            args.checkpoint[0].display()
+        );
+    }
     let source = DataSource::parse(&args.data.data);
-    let shape = model.image_shape();
     let test = args.data.load_for(Split::Test, shape)?;
     let needs_train = args.memorisation || (args.classifier.is_none() && !source.is_mnist());
     let train = match needs_train {
@@ -1583,22 +1596,58 @@ fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
         "{:<18} {:>5} {:>9} {:>20} {:>9} {:>8}",
         "solver", "NFE", "cFID", "KID", "confident", "H(bits)"
     );
-    let report = evaluation::evaluate(
-        &model,
-        classifier.as_ref().map(|(c, _)| c),
-        train.as_ref(),
-        &test,
-        &options,
-        device,
-        print_event,
-    )?;
-    flowmatch::tensor_file::write_atomic(&args.out, report.json_lines().as_bytes())?;
+    let (mut lines, mut curves, mut floor) = (String::new(), Vec::new(), None);
+    for (model, path) in models.iter().zip(&args.checkpoint) {
+        let name = model_name(path);
+        if models.len() > 1 {
+            println!("{name} ({})", path.display());
+        }
+        let report = evaluation::evaluate(
+            model,
+            classifier.as_ref().map(|(c, _)| c),
+            train.as_ref(),
+            &test,
+            &options,
+            device,
+            |event| {
+                // The floor is the same for every model: shown once.
+                if floor.is_none() || !matches!(event, EvalEvent::Floor(_)) {
+                    print_event(event)
+                }
+            },
+        )?;
+        for line in report.json_lines().lines() {
+            let mut value: serde_json::Value = serde_json::from_str(line)?;
+            value["model"] = name.clone().into();
+            lines.push_str(&format!("{value}\n"));
+        }
+        for mut curve in report.curves() {
+            if models.len() > 1 {
+                curve.label = format!("{name} {}", curve.label);
+            }
+            curves.push(curve);
+        }
+        floor = floor.or(report.floor);
+    }
+    flowmatch::tensor_file::write_atomic(&args.out, lines.as_bytes())?;
     println!("results: {}", args.out.display());
-    if let (Some(plot), Some(floor)) = (&args.plot, &report.floor) {
-        image_out::quality_plot(&report.curves(), floor.fid, floor.confident, plot)?;
+    if let (Some(plot), Some(floor)) = (&args.plot, &floor) {
+        image_out::quality_plot(&curves, floor.fid, floor.confident, plot)?;
         println!("plot: {}", plot.display());
     }
     Ok(())
+}
+
+/// A short name for a checkpoint in tables and legends: its folder for `final.safetensors`,
+/// else its file name.
+fn model_name(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map_or(String::new(), |s| s.to_string_lossy().into_owned());
+    match (stem.as_str(), path.parent().and_then(|p| p.file_name())) {
+        ("final" | "last", Some(dir)) => dir.to_string_lossy().into_owned(),
+        _ => stem,
+    }
 }
 
 fn few_step(kind: FewStep, args: FewStepArgs, device: &Device) -> Result<()> {

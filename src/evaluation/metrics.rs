@@ -84,7 +84,9 @@ fn mmd2(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
 }
 
 /// KID: mean and standard deviation of MMD^2 over `subsets` random subsets of `subset_size`
-/// rows of each set (all rows when fewer).
+/// rows of each set (all rows when fewer). Both sets are divided by the root mean square of
+/// `b`'s features first, so that the cubic kernel sees values of order one whatever the
+/// classifier's feature scale (Inception features, for which the kernel was chosen, are).
 pub fn kid(
     a: &[Vec<f32>],
     b: &[Vec<f32>],
@@ -94,9 +96,12 @@ pub fn kid(
 ) -> (f64, f64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let size = subset_size.min(a.len()).min(b.len());
+    let count = b.iter().map(Vec::len).sum::<usize>().max(1) as f64;
+    let squares: f64 = b.iter().flatten().map(|&v| (v as f64).powi(2)).sum();
+    let scale = 1.0 / (squares / count).sqrt().max(1e-12);
     let pick = |rows: &[Vec<f32>], rng: &mut StdRng| {
         let idx = sample(rng, rows.len(), size);
-        matrix(&idx.iter().map(|i| rows[i].clone()).collect::<Vec<_>>())
+        matrix(&idx.iter().map(|i| rows[i].clone()).collect::<Vec<_>>()) * scale
     };
     let values: Vec<f64> = (0..subsets.max(1))
         .map(|_| {
