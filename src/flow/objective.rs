@@ -14,6 +14,7 @@
 
 use std::path::PathBuf;
 
+use burn::module::Module;
 use burn::tensor::Tensor;
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -127,11 +128,20 @@ pub fn loss(
                 labels.clone(),
                 seed,
             );
-            // The same network without gradients for the target (stop-gradient).
+            // The same network off the autodiff graph for the target (stop-gradient): the
+            // inference path, its result a constant of the loss.
+            let frozen_model = model.valid();
+            let plain = |x: Tensor<1>| x.without_autodiff();
             let frozen = |z: Tensor<4>, t: Tensor<1>| {
-                model
-                    .forward_train(z, (Some(rt.clone()), t), labels.clone(), seed)
-                    .detach()
+                let labels = labels.clone().map(|l| l.without_autodiff());
+                frozen_model
+                    .forward_train(
+                        z.without_autodiff(),
+                        (Some(plain(rt.clone())), plain(t)),
+                        labels,
+                        seed,
+                    )
+                    .autodiff()
             };
             let target = mean_flow_target(
                 frozen,
