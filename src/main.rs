@@ -727,6 +727,9 @@ struct EvalArgs {
     /// Also check whether samples copy training images (nearest-neighbour distances).
     #[arg(long)]
     memorisation: bool,
+    /// Measure the raw weights even when a checkpoint holds an EMA.
+    #[arg(long)]
+    no_ema: bool,
     /// Also measure the straightness of the sampling paths (100 samples, 20 Euler steps).
     #[arg(long)]
     straightness: bool,
@@ -1493,7 +1496,7 @@ fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
     let models = args
         .checkpoint
         .iter()
-        .map(|path| load_model(path, device, false))
+        .map(|path| load_model(path, device, args.no_ema))
         .collect::<Result<Vec<_>>>()?;
     let shape = models[0].image_shape();
     if let Some(i) = models.iter().position(|m| m.image_shape() != shape) {
