@@ -46,7 +46,8 @@ struct Cli {
     /// Worker threads of the CPU backend (default: all cores; also RAYON_NUM_THREADS).
     #[arg(long, global = true)]
     threads: Option<usize>,
-    /// Where tensors live: cpu (burn's flex backend), or cuda / cuda:N in a `cuda` build.
+    /// Where tensors live: cpu (burn's flex backend); wgpu, wgpu:cpu, wgpu:discrete:N,
+    /// wgpu:integrated:N in a `wgpu` build; cuda / cuda:N in a `cuda` build.
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
     #[command(subcommand)]
