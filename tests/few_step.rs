@@ -58,6 +58,17 @@ fn reflow_pairs_are_the_base_models_endpoints_and_resume() {
     let again = generate_pairs(&model, 1100, &generation, 7, &dir, &device, |_, _| {}).unwrap();
     assert_eq!(again.reused, 1);
     assert_eq!(std::fs::read(&report.shards[1]).unwrap(), first);
+    // Shards of another sampler (or teacher, or seed) are not taken for this one's.
+    let other = generate_pairs(
+        &model,
+        1100,
+        &Generation::euler(2),
+        7,
+        &dir,
+        &device,
+        |_, _| {},
+    );
+    assert_eq!(other.unwrap().reused, 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

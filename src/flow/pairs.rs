@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::model::{NamedTensor, Network};
@@ -30,19 +31,41 @@ fn shard_path(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("pairs-{index:05}.safetensors"))
 }
 
-/// Whether `path` is a complete shard of `len` pairs of images of `shape`.
-fn complete(path: &Path, len: usize, shape: [usize; 3]) -> bool {
+/// Metadata key of a shard's provenance: the teacher, the generation and the noise seed.
+const PROVENANCE: &str = "flowmatch.pairs";
+
+/// SHA-256 of the model's parameters (names and values): which teacher drew a shard.
+fn fingerprint(model: &Network) -> String {
+    let mut hash = Sha256::new();
+    for p in model.named_parameters() {
+        hash.update(p.name.as_bytes());
+        for v in &p.values {
+            hash.update(v.to_le_bytes());
+        }
+    }
+    hash.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `path` is a complete shard of `len` pairs of images of `shape`, drawn as
+/// `provenance` says (a shard of another teacher, sampler or seed is drawn again).
+fn complete(path: &Path, len: usize, shape: [usize; 3], provenance: &str) -> bool {
     let want: Vec<usize> = [len].into_iter().chain(shape).collect();
     TensorFile::read(path).is_ok_and(|f| {
-        ["x1", "x0"]
-            .iter()
-            .all(|n| f.tensors.get(*n).is_some_and(|t| t.shape == want))
+        f.metadata.get(PROVENANCE).is_some_and(|p| p == provenance)
+            && ["x1", "x0"]
+                .iter()
+                .all(|n| f.tensors.get(*n).is_some_and(|t| t.shape == want))
     })
 }
 
 /// Draws `count` pairs from `model` with `generation` (unconditional sampling; for a
 /// conditional model its label-free branch) into `dir`, shard by shard, each shard's noise
-/// seeded from `seed` and its index; shards already complete are kept. `on_shard(done,
+/// seeded from `seed` and its index; shards already complete (same teacher, generation and
+/// seed) are kept. `on_shard(done,
 /// total)` after each.
 pub fn generate_pairs(
     model: &Network,
@@ -60,6 +83,7 @@ pub fn generate_pairs(
     let shape = model.image_shape();
     let image_len: usize = shape.iter().product();
     let shards = count.div_ceil(SHARD);
+    let teacher = fingerprint(model);
     let mut report = PairsReport {
         shards: Vec::new(),
         reused: 0,
@@ -69,12 +93,13 @@ pub fn generate_pairs(
         let len = SHARD.min(count - index * SHARD);
         let path = shard_path(dir, index);
         report.shards.push(path.clone());
-        if complete(&path, len, shape) {
+        let shard_seed = seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let provenance = format!("teacher {teacher}, {generation:?}, seed {shard_seed}");
+        if complete(&path, len, shape, &provenance) {
             report.reused += 1;
             on_shard(index + 1, shards);
             continue;
         }
-        let shard_seed = seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let x1 = NoiseSource::seeded(shard_seed).take(len, image_len);
         let mut x0 = Vec::with_capacity(len * image_len);
         let stats = generate(
@@ -102,10 +127,7 @@ pub fn generate_pairs(
                 },
             );
         }
-        file.metadata.insert(
-            "flowmatch.pairs".into(),
-            format!("{generation:?}, seed {shard_seed}"),
-        );
+        file.metadata.insert(PROVENANCE.into(), provenance);
         file.write(&path)?;
         on_shard(index + 1, shards);
     }
