@@ -25,13 +25,12 @@ use flowmatch::evaluation::{self, EvalEvent, EvalOptions, LikelihoodOptions};
 use flowmatch::flow::TimeSampling;
 use flowmatch::flow::coupling::Coupling;
 use flowmatch::flow::objective::Objective;
-use flowmatch::image_out::{self, Images};
+use flowmatch::image_out;
 use flowmatch::model::{Network, NetworkConfig, ResUNetConfig, UNetConfig};
-use flowmatch::sampling::guidance::Guided;
 use flowmatch::sampling::solvers::{Solver, TimeGrid};
-use flowmatch::sampling::{self, ClassPlan, Generation, NoiseSource};
+use flowmatch::sampling::to_files::{SampleJob, sample_to_files};
+use flowmatch::sampling::{self, ClassPlan, Generation};
 use flowmatch::serve::{ServeOptions, Server};
-use flowmatch::tensor_file::{TensorFile, TensorStream};
 use flowmatch::training::few_step::{self, FewStep, FewStepOptions};
 use flowmatch::training::lr_schedule::LrSchedule;
 use flowmatch::training::{self, EpochReport, StepReport, TrainConfig, TrainObserver, recipes};
@@ -1140,7 +1139,7 @@ fn sample(args: SampleArgs, device: &Device) -> Result<()> {
     let model = load_model(&args.checkpoint, device, args.no_ema)?;
     check_counts(args.n, args.steps)?;
     // Class labels per sample (conditional models) and the grid's columns.
-    let (classes, cols) = match (args.digit, &args.digits) {
+    let (classes, grid_columns) = match (args.digit, &args.digits) {
         (Some(d), _) => (
             ClassPlan::Rows {
                 classes: vec![d],
@@ -1157,120 +1156,52 @@ fn sample(args: SampleArgs, device: &Device) -> Result<()> {
         ),
         (None, None) => (ClassPlan::Unconditional, None),
     };
-    let generation = Generation {
-        solver: args.solver.solver()?,
-        steps: args.steps,
-        grid: args.solver.grid()?,
-        guidance: args.guidance,
-        chunk: args.batch_size,
-    };
-    if args.batch_size == 0 {
-        bail!("invalid --batch-size: must be positive");
-    }
-    let mut count = match &classes {
-        ClassPlan::Rows { classes, per_class } => {
-            // Checks the model, the classes and the scale before anything is written.
-            Guided::new(&model, classes, args.guidance)?;
-            classes.len() * per_class
-        }
-        ClassPlan::Unconditional if args.guidance != 1.0 => {
-            bail!("invalid --guidance: it needs --digit or --digits")
-        }
-        ClassPlan::Unconditional => args.n,
-    };
-    let noise_file = match &args.init_noise {
-        Some(path) => Some((TensorFile::read(path)?, path)),
-        None => None,
-    };
-    let mut noise = match &noise_file {
-        Some((file, path)) => {
-            let noise = file.get_finite("x1", path)?;
-            let shape = sampling::check_noise_shape(&model, &noise.shape)
-                .with_context(|| format!("{}: tensor 'x1'", path.display()))?;
-            if classes != ClassPlan::Unconditional && shape[0] != count {
-                bail!(
-                    "{}: tensor 'x1' holds {} samples, the labels ask for {count}",
-                    path.display(),
-                    shape[0]
-                );
-            }
-            count = shape[0];
-            NoiseSource::Given(&noise.values)
-        }
-        None => NoiseSource::seeded(args.seed),
-    };
-    let in_grid = count.min(image_out::GRID_MAX_TILES);
-    let tensor_path = match &args.save_tensor {
-        Some(path) => Some(path.clone()),
-        None if count > in_grid => Some(args.out.with_extension("safetensors")),
-        None => None,
-    };
-    let [c, height, width] = model.image_shape();
-    let shape = [count, c, height, width];
-    let mut stream = match &tensor_path {
-        Some(path) => Some(TensorStream::create(path, "x0", &shape)?),
-        None => None,
-    };
-    let image_len = shape[1] * shape[2] * shape[3];
-    let mut grid_values = Vec::with_capacity(in_grid * image_len);
-    let bar = progress_bar(count as u64, "samples");
-    let started = Instant::now();
-    let stats = sampling::generate(
-        &model,
-        count,
-        &classes,
-        &mut noise,
-        &generation,
-        device,
-        |start, values| {
-            if start < in_grid {
-                let take = (in_grid - start).min(values.len() / image_len);
-                grid_values.extend_from_slice(&values[..take * image_len]);
-            }
-            bar.inc((values.len() / image_len) as u64);
-            match &mut stream {
-                Some(stream) => stream.write(&values),
-                None => Ok(()),
-            }
+    let job = SampleJob {
+        n: args.n,
+        classes,
+        init_noise: args.init_noise.clone(),
+        seed: args.seed,
+        generation: Generation {
+            solver: args.solver.solver()?,
+            steps: args.steps,
+            grid: args.solver.grid()?,
+            guidance: args.guidance,
+            chunk: args.batch_size,
         },
-    )?;
-    bar.finish_and_clear();
-    let seconds = started.elapsed().as_secs_f64();
-    let images = Images {
-        pixels: &grid_values,
-        shape: model.image_shape(),
+        grid: args.out.clone(),
+        grid_columns,
+        tensor: args.save_tensor.clone(),
     };
-    match cols {
-        Some(cols) => image_out::save_png(&image_out::grid(images, cols, 1, 2), &args.out)?,
-        None => image_out::save_grid(images, &args.out)?,
-    }
-    if let Some(stream) = stream {
-        stream.finish()?;
-    }
-    let (low, high) = (
-        stats.nfe_per_chunk.iter().min().copied().unwrap_or(0),
-        stats.nfe_per_chunk.iter().max().copied().unwrap_or(0),
-    );
+    let bar = progress_bar(0, "samples");
+    let report = sample_to_files(&model, &job, device, |k, total| {
+        bar.set_length(total as u64);
+        bar.inc(k as u64)
+    })?;
+    bar.finish_and_clear();
+    let (low, high) = report.nfe;
     let nfe = if low == high {
         low.to_string()
     } else {
         format!("{low}-{high} (per chunk)")
     };
+    let count = report.count;
     println!(
-        "{count} samples, {}, {} steps, NFE {nfe}, {seconds:.1} s ({:.1} img/s)",
-        generation.solver,
-        stats.steps,
-        count as f64 / seconds
+        "{count} samples, {}, {} steps, NFE {nfe}, {:.1} s ({:.1} img/s)",
+        job.generation.solver,
+        report.steps,
+        report.seconds,
+        count as f64 / report.seconds
     );
-    if in_grid < count {
+    if report.in_grid < count {
         println!(
-            "grid (the first {in_grid} of {count} samples): {}",
+            "grid (the first {} of {count} samples): {}",
+            report.in_grid,
             args.out.display()
         );
     } else {
         println!("grid: {}", args.out.display());
     }
-    if let Some(path) = &tensor_path {
+    if let Some(path) = &report.tensor {
         println!("raw samples (tensor x0, all {count}): {}", path.display());
     }
     Ok(())

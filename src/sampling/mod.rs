@@ -3,6 +3,7 @@
 
 pub mod guidance;
 pub mod solvers;
+pub mod to_files;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
