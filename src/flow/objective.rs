@@ -150,9 +150,29 @@ pub fn loss(
                 *epsilon,
                 u.clone().detach(),
             );
-            velocity_loss(u, target.detach())
+            adaptive_loss(u, target.detach())
         }
     }
+}
+
+/// MeanFlow's adaptive loss weighting (its `p = 1`, `c = 1e-3`): image `i`'s squared error
+/// `‖Δᵢ‖²` weighted by `wᵢ ∝ 1 / (sg(‖Δᵢ‖²) + c)`, so that every image contributes about
+/// equally however wrong it is, and a bad target (the finite difference through the time
+/// embedding's `sin(1000 t)` is large where the network is rough) cannot blow a step up:
+/// without it, training from scratch diverged (loss spikes above 10^4 in the first 300 steps
+/// at lr 2e-3). The weights are normalised to mean 1 over the batch, so the loss reads as a
+/// mean squared error per value (the harmonic mean of the images' errors), on the scale of
+/// flow matching's.
+pub fn adaptive_loss(predicted: Tensor<4>, target: Tensor<4>) -> Tensor<1> {
+    const C: f64 = 1e-3;
+    let [n, c, h, w] = predicted.dims();
+    let squared = (predicted - target)
+        .square()
+        .reshape([n as i32, -1])
+        .sum_dim(1);
+    let inverse = (squared.clone().detach() + C).recip();
+    let weight = inverse.clone() / inverse.mean().unsqueeze::<2>();
+    (squared * weight).mean() / (c * h * w) as f64
 }
 
 /// `(r, t)` for each of `n` images: two times from `times`, `t` the later; with probability
@@ -258,5 +278,20 @@ mod tests {
         assert!(r.iter().zip(&t).all(|(r, t)| r <= t && *t <= 0.99));
         let equal = r.iter().zip(&t).filter(|(r, t)| r == t).count();
         assert!((150..250).contains(&equal), "{equal}");
+    }
+
+    #[test]
+    fn adaptive_loss_caps_each_images_share() {
+        let device = Device::flex();
+        // Two images of 2 values: errors (3, 4) and (0, 0.01): ‖Δ‖² = 25 and 1e-4.
+        let p = Tensor::<4>::from_data(
+            TensorData::new(vec![3.0f32, 4.0, 0.0, 0.01], [2, 1, 1, 2]),
+            &device,
+        );
+        let loss = adaptive_loss(p, Tensor::zeros([2, 1, 1, 2], &device)).into_scalar::<f32>();
+        let (w1, w2) = (1.0 / 25.001, 1.0 / 1.1e-3);
+        let mean = (w1 + w2) / 2.0;
+        let want = (25.0 * w1 / mean + 1e-4 * w2 / mean) / 2.0 / 2.0;
+        assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
     }
 }
