@@ -340,7 +340,10 @@ fn curves_plot(
     let all = || curves.iter().flat_map(|c| c.points.iter());
     let nfe_min = all().map(|p| p.0).fold(f64::MAX, f64::min).max(1e-3) / 1.3;
     let nfe_max = all().map(|p| p.0).fold(1e-3, f64::max) * 1.3;
-    let fid_max = all().map(|p| p.1).fold(floor_fid, f64::max) * 1.1;
+    // cFID spans decades (a 1-step sample of a 50-step model against the floor): its panel
+    // is drawn on log10 values, labelled with the values themselves.
+    let fid_max = all().map(|p| p.1).fold(floor_fid, f64::max) * 1.3;
+    let fid_min = all().map(|p| p.1).fold(floor_fid, f64::min) / 1.3;
     let ticks: Vec<f64> = x_ticks
         .iter()
         .copied()
@@ -354,29 +357,41 @@ fn curves_plot(
         RGBColor(230, 140, 0),
         CYAN,
         BLACK,
+        RGBColor(140, 86, 75),
+        RGBColor(148, 103, 189),
+        RGBColor(188, 189, 34),
+        RGBColor(255, 152, 150),
+        RGBColor(23, 190, 207),
+        RGBColor(127, 127, 127),
+        RGBColor(0, 0, 128),
     ];
     {
         let area = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
         area.fill(&WHITE).map_err(|e| err(&e))?;
         let panels = area.split_evenly((1, 2));
         type Pick = fn(&(f64, f64, f64)) -> f64;
-        let specs: [(&str, f64, Pick, f64, SeriesLabelPosition); 2] = [
+        type Label = fn(&f64) -> String;
+        let specs: [(&str, (f64, f64), Pick, f64, Label, SeriesLabelPosition); 2] = [
             (
-                "classifier-FID (lower is better)",
-                fid_max.max(1e-6),
-                |p| p.1,
-                floor_fid,
+                "classifier-FID (lower is better; log scale)",
+                (fid_min.max(1e-6).log10(), fid_max.max(1e-5).log10()),
+                |p| p.1.max(1e-6).log10(),
+                floor_fid.max(1e-6).log10(),
+                |v| format!("{:.0}", 10f64.powf(*v)),
                 SeriesLabelPosition::UpperRight,
             ),
             (
                 "confident fraction (p >= 0.9)",
-                1.0,
+                (0.0, 1.0),
                 |p| p.2,
                 floor_confident,
+                |v| format!("{v:.1}"),
                 SeriesLabelPosition::LowerRight,
             ),
         ];
-        for (panel, (title, y_max, pick, floor, legend)) in panels.iter().zip(specs) {
+        for (panel, (title, (y_min, y_max), pick, floor, y_label, legend)) in
+            panels.iter().zip(specs)
+        {
             let mut chart = ChartBuilder::on(panel)
                 .caption(title, (FONT, 20))
                 .margin(12)
@@ -386,7 +401,7 @@ fn curves_plot(
                     (nfe_min..nfe_max)
                         .log_scale()
                         .with_key_points(ticks.clone()),
-                    0.0..y_max,
+                    y_min..y_max,
                 )
                 .map_err(|e| err(&e))?;
             chart
@@ -394,6 +409,7 @@ fn curves_plot(
                 .x_desc(x_label)
                 .x_labels(8)
                 .x_label_formatter(&|v| format!("{v}"))
+                .y_label_formatter(&y_label)
                 .label_style((FONT, 13))
                 .light_line_style(WHITE)
                 .draw()
