@@ -323,6 +323,16 @@ pub fn budget_plot(
     curves_plot(curves, axis, floor_fid, floor_confident, path)
 }
 
+/// One panel of [`curves_plot`]: what it shows of a point `(x, cFID, confident)` and how.
+struct Panel {
+    title: &'static str,
+    range: (f64, f64),
+    pick: fn(&(f64, f64, f64)) -> f64,
+    floor: f64,
+    label: fn(&f64) -> String,
+    legend: SeriesLabelPosition,
+}
+
 /// Two panels, classifier-FID and confident fraction, against `x` (label, ticks) on a log
 /// scale, with the real-data floor as a grey line.
 fn curves_plot(
@@ -369,29 +379,33 @@ fn curves_plot(
         let area = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
         area.fill(&WHITE).map_err(|e| err(&e))?;
         let panels = area.split_evenly((1, 2));
-        type Pick = fn(&(f64, f64, f64)) -> f64;
-        type Label = fn(&f64) -> String;
-        let specs: [(&str, (f64, f64), Pick, f64, Label, SeriesLabelPosition); 2] = [
-            (
-                "classifier-FID (lower is better; log scale)",
-                (fid_min.max(1e-6).log10(), fid_max.max(1e-5).log10()),
-                |p| p.1.max(1e-6).log10(),
-                floor_fid.max(1e-6).log10(),
-                |v| format!("{:.0}", 10f64.powf(*v)),
-                SeriesLabelPosition::UpperRight,
-            ),
-            (
-                "confident fraction (p >= 0.9)",
-                (0.0, 1.0),
-                |p| p.2,
-                floor_confident,
-                |v| format!("{v:.1}"),
-                SeriesLabelPosition::LowerRight,
-            ),
+        let specs = [
+            Panel {
+                title: "classifier-FID (lower is better; log scale)",
+                range: (fid_min.max(1e-6).log10(), fid_max.max(1e-5).log10()),
+                pick: |p| p.1.max(1e-6).log10(),
+                floor: floor_fid.max(1e-6).log10(),
+                label: |v| format!("{:.0}", 10f64.powf(*v)),
+                legend: SeriesLabelPosition::UpperRight,
+            },
+            Panel {
+                title: "confident fraction (p >= 0.9)",
+                range: (0.0, 1.0),
+                pick: |p| p.2,
+                floor: floor_confident,
+                label: |v| format!("{v:.1}"),
+                legend: SeriesLabelPosition::LowerRight,
+            },
         ];
-        for (panel, (title, (y_min, y_max), pick, floor, y_label, legend)) in
-            panels.iter().zip(specs)
-        {
+        for (panel, spec) in panels.iter().zip(specs) {
+            let Panel {
+                title,
+                range: (y_min, y_max),
+                pick,
+                floor,
+                label: y_label,
+                legend,
+            } = spec;
             let mut chart = ChartBuilder::on(panel)
                 .caption(title, (FONT, 20))
                 .margin(12)
