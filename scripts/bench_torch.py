@@ -52,7 +52,12 @@ def main():
     if args.arch == "simple":
         model = SimpleUNet(in_channels=c, ch=tuple(int(w) for w in args.widths.split(",")))
     else:
-        model = ResUNet(in_channels=c, image_size=s, **RESUNET_SIZES[args.size])
+        # The size's attention resolutions are for 28x28; keep them at the same levels, as
+        # flowmatch does (7x7 at 28x28 becomes 8x8 at 32x32).
+        size = dict(RESUNET_SIZES[args.size])
+        levels = len(size.get("channel_mult", (1, 2, 2)))
+        size["attention"] = tuple(s >> l for l in range(levels) if (28 >> l) in size["attention"])
+        model = ResUNet(in_channels=c, image_size=s, **size)
     quick = (1, 2, 0.0, 0, 1, 0.0) if args.quick else (3, 10, 10.0, 1, 2, 10.0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x0 = torch.rand(128, c, s, s) * 2 - 1

@@ -505,16 +505,17 @@ impl NetworkArgs {
                 if let Some(blocks) = self.res_blocks {
                     c.res_blocks = blocks;
                 }
-                if let Some(List(attention)) = &self.attention {
-                    c.attention = attention.clone();
-                }
                 if let Some(h) = self.head_channels {
                     c.head_channels = h;
                 }
                 c.dropout = self.dropout;
                 c.num_classes = classes;
-                c.image_size = self.image_size.unwrap_or(28);
                 c.in_channels = self.channels.unwrap_or(1);
+                // The size's attention moves with the image size; --attention is as given.
+                let mut c = c.with_image_size(self.image_size.unwrap_or(28));
+                if let Some(List(attention)) = &self.attention {
+                    c.attention = attention.clone();
+                }
                 NetworkConfig::Res(c)
             }
         };

@@ -432,5 +432,28 @@ fn every_network_flag_trains_and_shows_in_info() {
     assert_clean_error(&out, &["attention", "5"]);
     let out = flowmatch(&["train", "--preset", "nonsense", "--out", s(&dir)]);
     assert_clean_error(&out, &["preset", "reference"]);
+    // A size's attention (7x7 for 28x28 images) moves with --image-size: 8x8 at 32x32.
+    let out = flowmatch(&[
+        "bench",
+        "--arch",
+        "resunet",
+        "--size",
+        "tiny",
+        "--image-size",
+        "32",
+        "--channels",
+        "3",
+        "--quick",
+        "--train-batch",
+        "2",
+        "--sample-batch",
+        "1",
+    ]);
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("attention at 8x8") && stdout.contains("3x32x32 images"),
+        "{stdout}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

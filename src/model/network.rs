@@ -113,21 +113,9 @@ impl NetworkConfig {
                 image_size: size,
                 ..c
             }),
-            // Attention stays at the same levels (7x7 at 28x28 becomes 8x8 at 32x32).
             NetworkConfig::Res(c) => NetworkConfig::Res(ResUNetConfig {
                 in_channels: channels,
-                image_size: size,
-                attention: c
-                    .attention
-                    .iter()
-                    .map(
-                        |&r| match (0..c.channel_mult.len()).find(|&l| c.resolution(l) == r) {
-                            Some(level) => size >> level,
-                            None => r,
-                        },
-                    )
-                    .collect(),
-                ..c
+                ..c.with_image_size(size)
             }),
         }
     }

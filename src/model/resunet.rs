@@ -100,6 +100,26 @@ impl ResUNetConfig {
         self.image_size >> level
     }
 
+    /// The same network for images of `size`, attention kept at the same levels (7x7 at
+    /// 28x28 becomes 8x8 at 32x32; a resolution that is no level's stays as it is).
+    pub fn with_image_size(self, size: usize) -> Self {
+        let attention = self
+            .attention
+            .iter()
+            .map(
+                |&r| match (0..self.channel_mult.len()).find(|&l| self.resolution(l) == r) {
+                    Some(level) => size >> level,
+                    None => r,
+                },
+            )
+            .collect();
+        ResUNetConfig {
+            image_size: size,
+            attention,
+            ..self
+        }
+    }
+
     /// The embedding size (time and class): four times the base width.
     pub fn embedding_dim(&self) -> usize {
         4 * self.channels
