@@ -372,7 +372,7 @@ fn curves_plot(
         RGBColor(188, 189, 34),
         RGBColor(255, 152, 150),
         RGBColor(23, 190, 207),
-        RGBColor(127, 127, 127),
+        RGBColor(0, 110, 90),
         RGBColor(0, 0, 128),
     ];
     {
