@@ -26,13 +26,6 @@ fn teacher() -> Network {
         .model
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn reflow_pairs_are_the_base_models_endpoints_and_resume() {
     let device = Device::flex();
@@ -217,7 +210,7 @@ fn the_finite_difference_jvp_agrees_with_an_exact_one() {
         let at = u(z.clone(), t.clone());
         let fd = finite_difference_jvp(u, (z.clone(), t.clone()), v.clone(), epsilon, at);
         let fd = fd.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
-        errors.push(max_diff(&fd, &exact) / scale);
+        errors.push(common::max_diff(&fd, &exact) / scale);
     }
     // The step: the time embedding's fastest frequency (1000 t) makes the first-order error
     // large above 1e-4; below 3e-6 f32 rounding takes over. 1e-5 (the default) is the best.

@@ -34,13 +34,6 @@ fn values(x: Tensor<4>) -> Vec<f32> {
     x.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn the_parity_fixture_matches_the_reference_on_wgpu() {
     let device = gpu();
@@ -63,7 +56,7 @@ fn the_parity_fixture_matches_the_reference_on_wgpu() {
             |_, _, _| {},
         )
         .x;
-        let err = max_diff(&values(x), &values(tensor(name)));
+        let err = common::max_diff(&values(x), &values(tensor(name)));
         println!("wgpu parity {name}: max abs error {err:e}");
         assert!(err <= 1e-3, "{name}: {err}");
     }
@@ -116,7 +109,7 @@ fn both_architectures_every_solver_guidance_and_the_likelihood_match_the_cpu() {
                 TimeGrid::Uniform,
                 |_, _, _| {},
             );
-            let err = max_diff(&values(a.x), &values(b.x));
+            let err = common::max_diff(&values(a.x), &values(b.x));
             assert!(err < 1e-3, "{} {solver}: {err}", config.arch());
             assert_eq!(a.nfe, b.nfe);
         }
@@ -125,7 +118,7 @@ fn both_architectures_every_solver_guidance_and_the_likelihood_match_the_cpu() {
             let x = x1.clone().to_device(device);
             values(solve(&field, Solver::Euler, x, 4, TimeGrid::Uniform, |_, _, _| {}).x)
         };
-        let err = max_diff(&guided(&on_cpu, &cpu), &guided(&on_gpu, &gpu));
+        let err = common::max_diff(&guided(&on_cpu, &cpu), &guided(&on_gpu, &gpu));
         assert!(err < 1e-3, "{} guided: {err}", config.arch());
         let density = |model: &Network, device: &Device| {
             let ad = device.clone().autodiff();
@@ -213,7 +206,7 @@ fn a_few_training_steps_and_the_ema_match_the_cpu_run() {
     // side of it: the weights agree on average, and everywhere to a few learning rates.
     let (mut worst, mut total, mut count) = (0.0f32, 0.0f64, 0usize);
     for (a, b) in cpu_ema.iter().zip(&gpu_ema) {
-        worst = worst.max(max_diff(&a.values, &b.values));
+        worst = worst.max(common::max_diff(&a.values, &b.values));
         total += a
             .values
             .iter()

@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: running the binary, temporary folders, the parity
-//! fixture, IDX bytes and the shape of a clean command-line error.
+//! fixture, IDX bytes, the shape of a clean command-line error and value comparison.
 #![allow(dead_code)] // each test crate uses its own subset
 
 use std::path::{Path, PathBuf};
@@ -68,4 +68,12 @@ pub fn idx_bytes(dims: &[u32], data: &[u8]) -> Vec<u8> {
     }
     out.extend(data);
     out
+}
+
+/// The largest absolute difference between two equally long value lists.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
