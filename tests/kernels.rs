@@ -340,3 +340,68 @@ fn modulated_group_norm_silu_matches_burn() {
     let y2 = kernels::plain_group_norm_silu_modulated(x, gamma, beta, groups, 1e-5);
     assert!(max_diff(y1, y2) < 1e-5, "in-place forward differs");
 }
+
+#[test]
+fn channel_concatenation_matches_burn() {
+    let device = Device::flex().autodiff();
+    // `a` is a channel slice of a larger map (a strided view, gathered run by run).
+    let wide = random([2, 8, 16, 16], &device);
+    let b = random([2, 3, 16, 16], &device);
+    let r = random([2, 8, 16, 16], &device);
+    type CatOp = fn(Tensor<4>, Tensor<4>) -> Tensor<4>;
+    let plain: CatOp = |a, b| Tensor::cat(vec![a, b], 1);
+    let run = |op: CatOp| {
+        let (wide, b) = (wide.clone().require_grad(), b.clone().require_grad());
+        let y = op(wide.clone().narrow(1, 2, 5), b.clone());
+        // A convolution downstream takes the gradient from the kernels' own backward pass.
+        let w = Tensor::<4>::ones([4, 8, 3, 3], &y.device()) * 0.1;
+        let z = kernels::conv2d(y.clone(), w, Tensor::zeros([4], &y.device()), 1, 1);
+        let grads = ((y.clone() * r.clone()).sum() + z.sum()).backward();
+        (y, wide.grad(&grads).unwrap(), b.grad(&grads).unwrap())
+    };
+    let (y1, dw1, db1) = run(kernels::concat_channels);
+    let (y2, dw2, db2) = run(plain);
+    assert_eq!(y1.dims(), [2, 8, 16, 16]);
+    assert_eq!(max_diff(y1, y2), 0.0, "forward differs");
+    assert!(
+        max_diff(dw1, dw2) < 1e-4,
+        "gradient of the first input differs"
+    );
+    assert!(
+        max_diff(db1, db2) < 1e-4,
+        "gradient of the second input differs"
+    );
+
+    let flex = Device::flex();
+    let (wide, b) = (wide.to_device(&flex), b.to_device(&flex));
+    let y1 = kernels::concat_channels(wide.clone().narrow(1, 2, 5), b.clone());
+    let y2 = Tensor::cat(vec![wide.narrow(1, 2, 5), b], 1);
+    assert_eq!(max_diff(y1, y2), 0.0, "forward without autodiff differs");
+}
+
+#[test]
+fn scaled_softmax_matches_burn() {
+    let device = Device::flex().autodiff();
+    let x = random([2, 3, 49, 49], &device) * 3.0;
+    let r = random([2, 3, 49, 49], &device);
+    let scale = 0.25;
+    type SoftmaxOp = fn(Tensor<4>, f32) -> Tensor<4>;
+    let plain: SoftmaxOp = |x, scale| burn::tensor::activation::softmax(x * scale, 3);
+    let run = |op: SoftmaxOp| {
+        let x = x.clone().require_grad();
+        let y = op(x.clone(), scale);
+        let grads = (y.clone() * r.clone()).sum().backward();
+        (y, x.grad(&grads).unwrap())
+    };
+    let (y1, dx1) = run(kernels::scaled_softmax);
+    let (y2, dx2) = run(plain);
+    assert!(max_diff(y1, y2) < 1e-6, "forward differs");
+    assert!(max_diff(dx1, dx2) < 1e-5, "gradient differs");
+
+    let x = x.to_device(&Device::flex());
+    let y1 = kernels::scaled_softmax(x.clone(), scale);
+    assert!(
+        max_diff(y1, plain(x, scale)) < 1e-6,
+        "forward without autodiff differs"
+    );
+}

@@ -3,18 +3,22 @@
 //! [`conv2d`] and [`conv_transpose2d`] look like burn's functions of the same names
 //! ([`conv2d_skip`] and [`conv_transpose2d_skip`] take a U-Net skip connection as a second
 //! input instead of a concatenated copy); [`group_norm_silu`] is a U-Net block's tail (time
-//! shift, GroupNorm, SiLU) in one pass. On the `flex` CPU backend they run the kernels of
-//! [`conv_gemm`] and [`norm_silu`] (registered in `conv_ops` and `norm_ops`), with their own
+//! shift, GroupNorm, SiLU) in one pass; [`concat_channels`] is a parallel `cat` along the
+//! channels and [`scaled_softmax`] attention's softmax. On the `flex` CPU backend they run the
+//! kernels of [`conv_gemm`] and [`norm_silu`] and the loops of `concat_ops` and `softmax_ops`
+//! (registered in `conv_ops`, `norm_ops`, `concat_ops` and `softmax_ops`), with their own
 //! backward passes under autodiff; on any other device they are burn's plain composition
-//! (`plain_*`). Tests compare both paths, forward and gradients.
+//! (`plain_*`, or burn's `cat` and `softmax`). Tests compare both paths, forward and gradients.
 
 #[macro_use]
 mod simd;
+mod concat_ops;
 pub mod conv_gemm;
 mod conv_ops;
 mod norm_ops;
 pub mod norm_silu;
 mod polyphase;
+mod softmax_ops;
 mod winograd;
 
 use std::borrow::Cow;
@@ -22,13 +26,15 @@ use std::mem::MaybeUninit;
 
 use burn::backend::Dispatch;
 use burn::backend::flex::FlexTensor;
-use burn::tensor::activation::silu;
+use burn::tensor::activation::{silu, softmax};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
 
+pub use concat_ops::ConcatKernelOps;
 pub use conv_ops::ConvKernelOps;
 pub use norm_ops::NormKernelOps;
+pub use softmax_ops::SoftmaxKernelOps;
 
 /// Convolution with a square kernel, the same `stride` and zero `padding` on both axes, as
 /// PyTorch's `Conv2d`: `x` `[batch, in, h, w]`, `weight` `[out, in, k, k]`, `bias` `[out]`.
@@ -190,6 +196,33 @@ pub fn group_norm_silu_modulated(
     }
 }
 
+/// The channel concatenation `[a, b]` of two `[batch, channels, h, w]` maps, as burn's
+/// `Tensor::cat(vec![a, b], 1)`; on `flex`, copied in parallel with a contiguous gradient for
+/// each input.
+pub fn concat_channels(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
+    if on_flex(&a) {
+        Tensor::from_dispatch(<Dispatch as ConcatKernelOps>::concat_channels_par(
+            a.into_dispatch(),
+            b.into_dispatch(),
+        ))
+    } else {
+        Tensor::cat(vec![a, b], 1)
+    }
+}
+
+/// `softmax(scale · x)` over the last axis of `x` (`scale > 0`), as attention weights are
+/// made; on `flex` one parallel pass each way.
+pub fn scaled_softmax(x: Tensor<4>, scale: f32) -> Tensor<4> {
+    if on_flex(&x) {
+        Tensor::from_dispatch(<Dispatch as SoftmaxKernelOps>::scaled_softmax_rows(
+            x.into_dispatch(),
+            scale,
+        ))
+    } else {
+        softmax(x * scale, 3)
+    }
+}
+
 /// `group_norm(h)` over `groups` groups, without the affine map: burn's composition (used where
 /// no SiLU follows, e.g. before attention, and by the tests).
 pub fn group_norm(h: Tensor<4>, groups: usize, eps: f32) -> Tensor<4> {
@@ -274,12 +307,29 @@ pub(crate) fn write_copy<'a>(values: &'a mut [MaybeUninit<f32>], src: &[f32]) ->
     values.write_copy_of_slice(src)
 }
 
-/// The `f32` values of `t` in row-major order (borrowed when it is contiguous).
+/// The `f32` values of `t` in row-major order (borrowed when it is contiguous). A strided
+/// view made of long contiguous runs (a channel slice of a batch, say) is gathered in
+/// parallel, run by run; `flex` copies other layouts.
 fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
-    match t.as_slice::<f32>() {
-        Some(slice) => Cow::Borrowed(slice),
-        None => Cow::Owned(t.to_contiguous().as_slice::<f32>().unwrap().to_vec()),
+    if let Some(slice) = t.as_slice::<f32>() {
+        return Cow::Borrowed(slice);
     }
+    let layout = t.layout();
+    let blocks = layout.strided_blocks();
+    let run = blocks.block_len();
+    if layout.has_positive_strides() && run >= 1024 {
+        let starts: Vec<usize> = blocks.block_starts().collect();
+        let src = t.storage::<f32>();
+        // SAFETY: each run is one copy of `run` values.
+        let (out, _) = unsafe {
+            par_written(starts.len() * run, run, |i, dst| {
+                write_copy(dst, &src[starts[i]..starts[i] + run]);
+            })
+        };
+        return Cow::Owned(out);
+    }
+    let data = t.to_contiguous().into_data();
+    Cow::Owned(data.try_into_vec::<f32>().expect("an f32 tensor"))
 }
 
 /// A `flex` tensor of `values` with `shape`.

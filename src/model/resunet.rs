@@ -16,10 +16,11 @@
 //! `scripts/torch_models.py`.
 
 use burn::module::Module;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -28,7 +29,8 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::kernels::{
-    conv_transpose2d, conv2d, group_norm, group_norm_silu, group_norm_silu_modulated,
+    concat_channels, conv_transpose2d, conv2d, group_norm, group_norm_silu,
+    group_norm_silu_modulated, scaled_softmax,
 };
 
 /// The shape of a residual U-Net.
@@ -231,23 +233,34 @@ impl Dropout {
     }
 
     /// `x` with each value zeroed with probability `p` and the rest scaled by `1 / (1 - p)`.
+    /// A mask takes one draw from the generator; its values are the SplitMix64 stream from
+    /// that draw, indexed by position, so they are made in parallel.
     fn apply(&mut self, x: Tensor<4>, p: f32) -> Tensor<4> {
         if p == 0.0 {
             return x;
         }
         let (dims, device) = (x.dims(), x.device());
+        let seed: u64 = self.rng.random();
+        // A value is dropped when the top 32 bits of its hash fall below `p · 2^32`.
+        let drop_below = (p as f64 * 4_294_967_296.0) as u64;
         let keep = 1.0 / (1.0 - p);
-        let mask: Vec<f32> = (0..dims.iter().product::<usize>())
-            .map(|_| {
-                if self.rng.random::<f32>() < p {
-                    0.0
-                } else {
-                    keep
-                }
+        let mask: Vec<f32> = (0..dims.iter().product::<usize>() as u64)
+            .into_par_iter()
+            .map(|i| match splitmix64(seed, i) >> 32 < drop_below {
+                true => 0.0,
+                false => keep,
             })
             .collect();
         x * Tensor::from_data(TensorData::new(mask, dims), &device)
     }
+}
+
+/// The `index`-th output of the SplitMix64 generator started at `seed`.
+fn splitmix64(seed: u64, index: u64) -> u64 {
+    let mut z = seed.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 fn conv<S: ParamSource>(
@@ -435,8 +448,7 @@ impl Attention {
         let part = |i: usize| qkv.clone().narrow(1, i, 1).reshape([b, heads, d, n]);
         let (q, k, v) = (part(0), part(1), part(2));
         // weights[i, j] = softmax_j(q_i . k_j / sqrt(d)); out_i = sum_j weights[i, j] v_j.
-        let scores = q.swap_dims(2, 3).matmul(k) * (1.0 / (d as f64).sqrt());
-        let weights = softmax(scores, 3);
+        let weights = scaled_softmax(q.swap_dims(2, 3).matmul(k), 1.0 / (d as f32).sqrt());
         let out = v.matmul(weights.swap_dims(2, 3)).reshape([b, c, h, w]);
         x + conv2d(out, self.proj.weight.val(), self.proj.bias.val(), 1, 0)
     }
@@ -753,7 +765,7 @@ impl ResUNet {
             for (i, block) in level.blocks.iter().enumerate() {
                 let skip = skips.pop().expect("one skip per block of the way up");
                 h = block.forward(
-                    Tensor::cat(vec![h, skip], 1),
+                    concat_channels(h, skip),
                     emb.clone(),
                     dropout.as_deref_mut(),
                 );
@@ -879,7 +891,14 @@ mod tests {
         assert_eq!((a.clone() - b).abs().max().into_scalar::<f32>(), 0.0);
         let mean = a.clone().mean().into_scalar::<f32>();
         assert!((mean - 1.0).abs() < 0.1, "{mean}");
-        let zeros = a.equal_elem(0.0).int().sum().into_scalar::<i64>();
+        let zeros = a.clone().equal_elem(0.0).int().sum().into_scalar::<i64>();
         assert!((700..900).contains(&zeros), "{zeros} of 3200 dropped");
+        // The next mask of the same generator, and another seed's, are different masks.
+        let mut d = Dropout::new(5);
+        let first = d.apply(x.clone(), 0.25);
+        let next = d.apply(x.clone(), 0.25);
+        let other = Dropout::new(6).apply(x, 0.25);
+        assert!((first.clone() - next).abs().max().into_scalar::<f32>() > 0.0);
+        assert!((first - other).abs().max().into_scalar::<f32>() > 0.0);
     }
 }
