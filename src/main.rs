@@ -108,6 +108,10 @@ struct CurveArgs {
     /// The plot (PNG).
     #[arg(long, default_value = "curve.png")]
     plot: PathBuf,
+    /// Keep the points already in --out for the same checkpoint, NFE, --n and --seed, and
+    /// measure only the others (new checkpoints of a run still training, another run).
+    #[arg(long)]
+    reuse: bool,
 }
 
 #[derive(Args)]
@@ -1669,13 +1673,16 @@ fn curve(args: CurveArgs, device: &Device) -> Result<()> {
         "{:<24} {:>8} {:>7} {:>4} {:>9} {:>9}",
         "run", "minutes", "steps", "NFE", "cFID", "confident"
     );
+    let known = match args.reuse && args.out.exists() {
+        true => evaluation::curve::read_points(&args.out)?,
+        false => Vec::new(),
+    };
     let (floor, points) = evaluation::curve::training_curve(
         &args.run,
         &classifier,
         &test,
-        &args.nfe,
-        args.n,
-        args.seed,
+        (&args.nfe, args.n, args.seed),
+        &known,
         device,
         |p| {
             println!(

@@ -457,3 +457,80 @@ fn every_network_flag_trains_and_shows_in_info() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn curve_measures_each_checkpoint_and_reuses_what_it_measured() {
+    let dir = temp_dir("curve");
+    let run = dir.join("run");
+    let out = flowmatch(&[
+        "train",
+        "--widths",
+        "8,16,32",
+        "--limit",
+        "64",
+        "--batch-size",
+        "32",
+        "--steps",
+        "4",
+        "--checkpoint-every",
+        "0",
+        "--out",
+        s(&run),
+    ]);
+    assert_success(&out);
+    let (jsonl, plot) = (dir.join("curve.jsonl"), dir.join("curve.png"));
+    let curve = |nfe: &str, reuse: bool| {
+        let mut args = vec![
+            "curve",
+            "--run",
+            s(&run),
+            "--nfe",
+            nfe,
+            "--n",
+            "20",
+            "--out",
+            s(&jsonl),
+            "--plot",
+            s(&plot),
+        ];
+        if reuse {
+            args.push("--reuse");
+        }
+        assert_success(&flowmatch(&args));
+        let text = std::fs::read_to_string(&jsonl).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        lines
+    };
+    let first = curve("2", false);
+    assert!(first[0].get("floor").is_some() && plot.is_file());
+    assert_eq!(
+        first.len(),
+        2,
+        "the floor and the final checkpoint at 2 NFE"
+    );
+    assert_eq!(
+        (first[1]["nfe"].as_u64(), first[1]["steps"].as_u64()),
+        (Some(2), Some(4))
+    );
+
+    // Mark the measured point: --reuse keeps it and measures only the new NFE.
+    let marked = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .replace(&format!("\"fid\":{}", first[1]["fid"]), "\"fid\":12345.0");
+    std::fs::write(&jsonl, marked).unwrap();
+    let second = curve("2,3", true);
+    assert_eq!(second.len(), 3);
+    assert_eq!(
+        second[1]["fid"].as_f64(),
+        Some(12345.0),
+        "the known point is kept"
+    );
+    assert_eq!(second[2]["nfe"].as_u64(), Some(3));
+    // Without --reuse everything is measured again.
+    let third = curve("2", false);
+    assert_eq!(third[1]["fid"], first[1]["fid"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

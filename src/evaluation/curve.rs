@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::classifier::Classifier;
 use super::metrics::Quality;
@@ -17,7 +17,7 @@ use crate::image_out::QualityCurve;
 use crate::sampling::solvers::Solver;
 
 /// One checkpoint measured at one NFE.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CurvePoint {
     /// The run (its folder's name).
     pub run: String,
@@ -29,6 +29,9 @@ pub struct CurvePoint {
     pub steps: u64,
     /// Euler NFE of the sampling.
     pub nfe: usize,
+    /// Seed of the starting noise (0 in files written before it was recorded).
+    #[serde(default)]
+    pub seed: u64,
     /// Metrics against the held-out reference.
     #[serde(flatten)]
     pub quality: Quality,
@@ -67,43 +70,67 @@ pub fn timed_checkpoints(run: &Path) -> Result<Vec<(PathBuf, f64, u64)>> {
 
 /// Measures every timed checkpoint of every run with Euler at each of `nfe`, `n` samples
 /// against `n` held-out images; returns the real-data floor and the points, each reported to
-/// `on_point` as it is measured.
+/// `on_point` as it is measured. A point of `known` for the same checkpoint (file and step),
+/// NFE, `n` and `seed` is taken as it is instead of measured again.
 #[allow(clippy::too_many_arguments)]
 pub fn training_curve(
     runs: &[PathBuf],
     classifier: &Classifier,
     test: &ImageSet,
-    nfe: &[usize],
-    n: usize,
-    seed: u64,
+    (nfe, n, seed): (&[usize], usize, u64),
+    known: &[CurvePoint],
     device: &Device,
     mut on_point: impl FnMut(&CurvePoint),
 ) -> Result<(Quality, Vec<CurvePoint>)> {
     let (floor, reference) = real_floor(classifier, test, n, device)?;
-    let plan = EvalPlan {
-        solvers: vec![Solver::Euler],
-        nfe: nfe.to_vec(),
-        dopri_tolerances: Vec::new(),
-        grid: crate::sampling::solvers::TimeGrid::Uniform,
-        n,
-        seed,
-        chunk: crate::sampling::DEFAULT_CHUNK,
-    };
     let mut points = Vec::new();
     for run in runs {
         let name = run.file_name().map_or(run.display().to_string(), |n| {
             n.to_string_lossy().into_owned()
         });
         for (path, minutes, steps) in timed_checkpoints(run)? {
-            let model = checkpoint::load_weights(&path, device, Weights::PreferEma)?.model;
-            for row in sample_quality(&model, classifier, &reference, &plan, device, |_| {})? {
-                let point = CurvePoint {
-                    run: name.clone(),
-                    checkpoint: path.clone(),
-                    minutes,
-                    steps,
-                    nfe: row.nfe,
-                    quality: row.quality,
+            let find = |nfe: usize| {
+                known.iter().find(|p| {
+                    (p.checkpoint == path && p.steps == steps && p.nfe == nfe)
+                        && (p.quality.n == n && p.seed == seed)
+                })
+            };
+            let missing: Vec<usize> = nfe.iter().copied().filter(|k| find(*k).is_none()).collect();
+            let mut measured = Vec::new();
+            if !missing.is_empty() {
+                let model = checkpoint::load_weights(&path, device, Weights::PreferEma)?.model;
+                let plan = EvalPlan {
+                    solvers: vec![Solver::Euler],
+                    nfe: missing,
+                    dopri_tolerances: Vec::new(),
+                    grid: crate::sampling::solvers::TimeGrid::Uniform,
+                    n,
+                    seed,
+                    chunk: crate::sampling::DEFAULT_CHUNK,
+                };
+                measured = sample_quality(&model, classifier, &reference, &plan, device, |_| {})?;
+            }
+            for &k in nfe {
+                let point = match find(k) {
+                    Some(p) => CurvePoint {
+                        run: name.clone(),
+                        minutes,
+                        ..p.clone()
+                    },
+                    None => CurvePoint {
+                        run: name.clone(),
+                        checkpoint: path.clone(),
+                        minutes,
+                        steps,
+                        nfe: k,
+                        seed,
+                        quality: measured
+                            .iter()
+                            .find(|row| row.nfe == k)
+                            .expect("every missing NFE measured")
+                            .quality
+                            .clone(),
+                    },
                 };
                 on_point(&point);
                 points.push(point);
@@ -111,6 +138,24 @@ pub fn training_curve(
         }
     }
     Ok((floor, points))
+}
+
+/// The points of a curve's JSON lines file (as `flowmatch curve` writes it; the real-data
+/// floor's line is skipped).
+pub fn read_points(path: &Path) -> Result<Vec<CurvePoint>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut points = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::bad_file(path, format!("line {}: {e}", i + 1)))?;
+        if value.get("floor").is_some() {
+            continue;
+        }
+        let point = serde_json::from_value(value)
+            .map_err(|e| Error::bad_file(path, format!("line {}: {e}", i + 1)))?;
+        points.push(point);
+    }
+    Ok(points)
 }
 
 /// The points as one curve per (run, NFE), against minutes.

@@ -6,7 +6,7 @@ use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::evaluation::classifier::{Embedding, argmax};
 
@@ -14,7 +14,7 @@ use crate::evaluation::classifier::{Embedding, argmax};
 pub const CONFIDENT: f32 = 0.9;
 
 /// Quality of one set of samples against a reference set.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Quality {
     /// Samples measured.
     pub n: usize,
