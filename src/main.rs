@@ -933,8 +933,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo(args, &device),
         Command::Train(args) => {
             if args.list_presets {
+                let width = recipes::RECIPES.iter().map(|r| r.name.len()).max();
                 for r in recipes::RECIPES {
-                    println!("{:<10} {}", r.name, r.summary);
+                    println!("{:<w$} {}", r.name, r.summary, w = width.unwrap_or(0));
                 }
                 return Ok(());
             }
