@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::{
-    assert_clean_error, assert_success, fixture as parity, run as flowmatch, s, temp_dir,
+    TINY_NET, assert_clean_error, assert_success, fixture as parity, run as flowmatch, s, temp_dir,
 };
 
 use flowmatch::model::NamedTensor;
@@ -51,19 +51,8 @@ fn a_pytorch_export_loads_and_samples_like_the_reference() {
 fn train_sample_trajectory_and_info_on_a_tiny_model() {
     let dir = temp_dir("tiny");
     let run = dir.join("run");
-    let out = flowmatch(&[
-        "train",
-        "--widths",
-        "8,16,32",
-        "--limit",
-        "64",
-        "--batch-size",
-        "32",
-        "--epochs",
-        "1",
-        "--out",
-        s(&run),
-    ]);
+    let train = ["--epochs", "1", "--out", s(&run)];
+    let out = flowmatch(&[&["train"], &TINY_NET[..], &train].concat());
     assert_success(&out);
     let ckpt = run.join("final.safetensors");
     assert!(
@@ -462,21 +451,8 @@ fn every_network_flag_trains_and_shows_in_info() {
 fn curve_measures_each_checkpoint_and_reuses_what_it_measured() {
     let dir = temp_dir("curve");
     let run = dir.join("run");
-    let out = flowmatch(&[
-        "train",
-        "--widths",
-        "8,16,32",
-        "--limit",
-        "64",
-        "--batch-size",
-        "32",
-        "--steps",
-        "4",
-        "--checkpoint-every",
-        "0",
-        "--out",
-        s(&run),
-    ]);
+    let train = ["--steps", "4", "--checkpoint-every", "0", "--out", s(&run)];
+    let out = flowmatch(&[&["train"], &TINY_NET[..], &train].concat());
     assert_success(&out);
     let (jsonl, plot) = (dir.join("curve.jsonl"), dir.join("curve.png"));
     let curve = |nfe: &str, reuse: bool| {

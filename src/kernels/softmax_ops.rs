@@ -2,6 +2,7 @@
 //! `flex` one parallel pass over the rows, and under autodiff a backward pass from the output
 //! alone (`dx = scale · y · (g - <g, y>)` per row) instead of burn's chain of element-wise ops.
 
+use super::{assume_written, flex_tensor, par_written, values};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -9,9 +10,6 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, backend_extension};
-use rayon::prelude::*;
-
-use super::{flex_tensor, values};
 
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 16;
@@ -30,40 +28,45 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
 
 /// `softmax(scale · row)` of each row of `x` (rows of `n` values).
 fn forward(x: &[f32], n: usize, scale: f32) -> Vec<f32> {
-    let mut y = vec![0.0f32; x.len()];
-    y.par_chunks_mut(n * ROWS_PER_TASK)
-        .zip(x.par_chunks(n * ROWS_PER_TASK))
-        .for_each(|(ys, xs)| {
+    let task = n * ROWS_PER_TASK;
+    // SAFETY: every value of a task's rows is written (the exponentials, then scaled).
+    let (y, _) = unsafe {
+        par_written(x.len(), task, |i, ys| {
+            let xs = &x[i * task..i * task + ys.len()];
             for (y, x) in ys.chunks_mut(n).zip(xs.chunks(n)) {
                 let max = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
                 let mut sum = 0.0f32;
                 for (y, x) in y.iter_mut().zip(x) {
-                    *y = ((x - max) * scale).exp();
-                    sum += *y;
+                    let e = ((x - max) * scale).exp();
+                    y.write(e);
+                    sum += e;
                 }
                 let inv = 1.0 / sum;
+                // The row was written just above (covered by the SAFETY note of the block).
+                let y = assume_written(y);
                 y.iter_mut().for_each(|y| *y *= inv);
             }
-        });
+        })
+    };
     y
 }
 
 /// The gradient of the input given the output `y` and its gradient `g`, row by row.
 fn backward(y: &[f32], g: &[f32], n: usize, scale: f32) -> Vec<f32> {
-    let mut dx = vec![0.0f32; y.len()];
-    dx.par_chunks_mut(n * ROWS_PER_TASK)
-        .zip(
-            y.par_chunks(n * ROWS_PER_TASK)
-                .zip(g.par_chunks(n * ROWS_PER_TASK)),
-        )
-        .for_each(|(dxs, (ys, gs))| {
+    let task = n * ROWS_PER_TASK;
+    // SAFETY: every value of a task's rows is written.
+    let (dx, _) = unsafe {
+        par_written(y.len(), task, |i, dxs| {
+            let range = i * task..i * task + dxs.len();
+            let (ys, gs) = (&y[range.clone()], &g[range]);
             for ((dx, y), g) in dxs.chunks_mut(n).zip(ys.chunks(n)).zip(gs.chunks(n)) {
                 let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
                 for ((dx, y), g) in dx.iter_mut().zip(y).zip(g) {
-                    *dx = scale * y * (g - dot);
+                    dx.write(scale * y * (g - dot));
                 }
             }
-        });
+        })
+    };
     dx
 }
 

@@ -5,6 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The smallest network and data the training tests use: SimpleUNet 8/16/32 on 64 digits in
+/// batches of 32.
+pub const TINY_NET: [&str; 6] = ["--widths", "8,16,32", "--limit", "64", "--batch-size", "32"];
+
 /// The flowmatch binary with 2 worker threads.
 pub fn flowmatch() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowmatch"));
