@@ -295,16 +295,20 @@ fn group_norm_silu_matches_burn() {
     assert!(max_diff(y3, y2) < 1e-5, "in-place forward differs");
 }
 
-#[test]
-fn modulated_group_norm_silu_matches_burn() {
+/// A fused GroupNorm (`kernel`) against burn's composition (`plain`), with `gamma` and `beta`
+/// of shape `affine`: forward and gradients under autodiff, then the in-place forward.
+fn compare_norm<const D: usize>(
+    kernel: fn(Tensor<4>, Tensor<D>, Tensor<D>, usize, f32) -> Tensor<4>,
+    plain: fn(Tensor<4>, Tensor<D>, Tensor<D>, usize, f32) -> Tensor<4>,
+    affine: [usize; D],
+) {
     let device = Device::flex().autodiff();
     let (b, c, h, w, groups) = (3, 16, 5, 7, 8);
     let x = random([b, c, h, w], &device) * 2.0 + 0.5;
-    let gamma = random([b, c], &device) + 1.0;
-    let beta = random([b, c], &device);
+    let gamma = random(affine, &device) + 1.0;
+    let beta = random(affine, &device);
     let r = random([b, c, h, w], &device);
-    type NormOp = fn(Tensor<4>, Tensor<2>, Tensor<2>, usize, f32) -> Tensor<4>;
-    let run = |op: NormOp| {
+    let run = |op: fn(Tensor<4>, Tensor<D>, Tensor<D>, usize, f32) -> Tensor<4>| {
         let (x, g, bt) = (
             x.clone().require_grad(),
             gamma.clone().require_grad(),
@@ -319,15 +323,12 @@ fn modulated_group_norm_silu_matches_burn() {
             bt.grad(&grads).unwrap(),
         )
     };
-    let (y1, dx1, dg1, db1) = run(kernels::group_norm_silu_modulated);
-    let (y2, dx2, dg2, db2) = run(kernels::plain_group_norm_silu_modulated);
+    let (y1, dx1, dg1, db1) = run(kernel);
+    let (y2, dx2, dg2, db2) = run(plain);
     assert!(max_diff(y1, y2) < 1e-5, "forward differs");
     assert!(max_diff(dx1, dx2) < 1e-4, "input gradient differs");
-    assert!(
-        max_diff(dg1, dg2) < 1e-3,
-        "per-image gamma gradient differs"
-    );
-    assert!(max_diff(db1, db2) < 1e-3, "per-image beta gradient differs");
+    assert!(max_diff(dg1, dg2) < 1e-3, "gamma gradient differs");
+    assert!(max_diff(db1, db2) < 1e-3, "beta gradient differs");
 
     let flex = Device::flex();
     let (x, gamma, beta) = (
@@ -336,9 +337,29 @@ fn modulated_group_norm_silu_matches_burn() {
         beta.to_device(&flex),
     );
     let unique = x.clone() * 1.0;
-    let y1 = kernels::group_norm_silu_modulated(unique, gamma.clone(), beta.clone(), groups, 1e-5);
-    let y2 = kernels::plain_group_norm_silu_modulated(x, gamma, beta, groups, 1e-5);
+    let y1 = kernel(unique, gamma.clone(), beta.clone(), groups, 1e-5);
+    let y2 = plain(x, gamma, beta, groups, 1e-5);
     assert!(max_diff(y1, y2) < 1e-5, "in-place forward differs");
+}
+
+#[test]
+fn modulated_group_norm_silu_matches_burn() {
+    // gamma and beta per image and channel.
+    compare_norm(
+        kernels::group_norm_silu_modulated,
+        kernels::plain_group_norm_silu_modulated,
+        [3, 16],
+    );
+}
+
+#[test]
+fn group_norm_affine_matches_burn() {
+    // No SiLU, gamma and beta per channel.
+    compare_norm(
+        kernels::group_norm_affine,
+        kernels::plain_group_norm_affine,
+        [16],
+    );
 }
 
 #[test]
@@ -380,28 +401,26 @@ fn channel_concatenation_matches_burn() {
 }
 
 #[test]
-fn scaled_softmax_matches_burn() {
+fn attention_matches_burn() {
     let device = Device::flex().autodiff();
-    let x = random([2, 3, 49, 49], &device) * 3.0;
-    let r = random([2, 3, 49, 49], &device);
-    let scale = 0.25;
-    type SoftmaxOp = fn(Tensor<4>, f32) -> Tensor<4>;
-    let plain: SoftmaxOp = |x, scale| burn::tensor::activation::softmax(x * scale, 3);
-    let run = |op: SoftmaxOp| {
-        let x = x.clone().require_grad();
-        let y = op(x.clone(), scale);
+    // Two heads of 8 channels over 7x7 positions; projections large enough for peaked weights.
+    let qkv = random([3, 48, 7, 7], &device) * 2.0;
+    let r = random([3, 16, 7, 7], &device);
+    type AttentionOp = fn(Tensor<4>, usize) -> Tensor<4>;
+    let run = |op: AttentionOp| {
+        let qkv = qkv.clone().require_grad();
+        let y = op(qkv.clone(), 2);
         let grads = (y.clone() * r.clone()).sum().backward();
-        (y, x.grad(&grads).unwrap())
+        (y, qkv.grad(&grads).unwrap())
     };
-    let (y1, dx1) = run(kernels::scaled_softmax);
-    let (y2, dx2) = run(plain);
-    assert!(max_diff(y1, y2) < 1e-6, "forward differs");
-    assert!(max_diff(dx1, dx2) < 1e-5, "gradient differs");
+    let (y1, dx1) = run(kernels::attention);
+    let (y2, dx2) = run(kernels::plain_attention);
+    assert!(max_diff(y1, y2) < 1e-5, "forward differs");
+    assert!(max_diff(dx1, dx2) < 1e-4, "gradient differs");
 
-    let x = x.to_device(&Device::flex());
-    let y1 = kernels::scaled_softmax(x.clone(), scale);
-    assert!(
-        max_diff(y1, plain(x, scale)) < 1e-6,
-        "forward without autodiff differs"
-    );
+    // Without autodiff, and from a strided view (a channel slice) of a larger map.
+    let wide = random([3, 52, 7, 7], &Device::flex()) * 2.0;
+    let y1 = kernels::attention(wide.clone().narrow(1, 2, 48), 2);
+    let y2 = kernels::plain_attention(wide.narrow(1, 2, 48), 2);
+    assert!(max_diff(y1, y2) < 1e-5, "forward without autodiff differs");
 }

@@ -4,21 +4,22 @@
 //! ([`conv2d_skip`] and [`conv_transpose2d_skip`] take a U-Net skip connection as a second
 //! input instead of a concatenated copy); [`group_norm_silu`] is a U-Net block's tail (time
 //! shift, GroupNorm, SiLU) in one pass; [`concat_channels`] is a parallel `cat` along the
-//! channels and [`scaled_softmax`] attention's softmax. On the `flex` CPU backend they run the
-//! kernels of [`conv_gemm`] and [`norm_silu`] and the loops of `concat_ops` and `softmax_ops`
-//! (registered in `conv_ops`, `norm_ops`, `concat_ops` and `softmax_ops`), with their own
-//! backward passes under autodiff; on any other device they are burn's plain composition
-//! (`plain_*`, or burn's `cat` and `softmax`). Tests compare both paths, forward and gradients.
+//! channels and [`attention`] multi-head self-attention from its projections. On the `flex`
+//! CPU backend they run the kernels of [`conv_gemm`] and [`norm_silu`] and the loops of
+//! `concat_ops` and `attention_ops` (registered in `conv_ops`, `norm_ops`, `concat_ops` and
+//! `attention_ops`), with their own backward passes under autodiff; on any other device they
+//! are burn's plain composition (`plain_*`, or burn's `cat`). Tests compare both paths, forward
+//! and gradients.
 
 #[macro_use]
 mod simd;
+mod attention_ops;
 mod concat_ops;
 pub mod conv_gemm;
 mod conv_ops;
 mod norm_ops;
 pub mod norm_silu;
 mod polyphase;
-mod softmax_ops;
 mod winograd;
 
 use std::borrow::Cow;
@@ -31,10 +32,10 @@ use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
 
+pub use attention_ops::AttentionKernelOps;
 pub use concat_ops::ConcatKernelOps;
 pub use conv_ops::ConvKernelOps;
 pub use norm_ops::NormKernelOps;
-pub use softmax_ops::SoftmaxKernelOps;
 
 /// Convolution with a square kernel, the same `stride` and zero `padding` on both axes, as
 /// PyTorch's `Conv2d`: `x` `[batch, in, h, w]`, `weight` `[out, in, k, k]`, `bias` `[out]`.
@@ -155,17 +156,9 @@ pub fn group_norm_silu(
     groups: usize,
     eps: f32,
 ) -> Tensor<4> {
-    if on_flex(&h) {
-        Tensor::from_dispatch(<Dispatch as NormKernelOps>::group_norm_silu_fused(
-            h.into_dispatch(),
-            shift.into_dispatch(),
-            gamma.into_dispatch(),
-            beta.into_dispatch(),
-            groups,
-            eps,
-        ))
-    } else {
-        plain_group_norm_silu(h, shift, gamma, beta, groups, eps)
+    match on_flex(&h) {
+        true => fused_norm(h, Some(shift), gamma, beta, groups, eps, true),
+        false => plain_group_norm_silu(h, shift, gamma, beta, groups, eps),
     }
 }
 
@@ -180,20 +173,49 @@ pub fn group_norm_silu_modulated(
     groups: usize,
     eps: f32,
 ) -> Tensor<4> {
-    let [b, c, ..] = h.dims();
-    if on_flex(&h) {
-        let shift = Tensor::<2>::zeros([b, c], &h.device());
-        Tensor::from_dispatch(<Dispatch as NormKernelOps>::group_norm_silu_fused(
-            h.into_dispatch(),
-            shift.into_dispatch(),
-            gamma.into_dispatch(),
-            beta.into_dispatch(),
-            groups,
-            eps,
-        ))
-    } else {
-        plain_group_norm_silu_modulated(h, gamma, beta, groups, eps)
+    match on_flex(&h) {
+        true => fused_norm(h, None, gamma, beta, groups, eps, true),
+        false => plain_group_norm_silu_modulated(h, gamma, beta, groups, eps),
     }
+}
+
+/// `gamma · group_norm(h) + beta` with `gamma`, `beta` `[channels]`: GroupNorm with its affine
+/// map and no activation (as before attention); on `flex` the fused kernel of
+/// [`group_norm_silu`] with SiLU left out.
+pub fn group_norm_affine(
+    h: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    groups: usize,
+    eps: f32,
+) -> Tensor<4> {
+    match on_flex(&h) {
+        true => fused_norm(h, None, gamma, beta, groups, eps, false),
+        false => plain_group_norm_affine(h, gamma, beta, groups, eps),
+    }
+}
+
+/// The fused kernel of the three above on `flex` (no shift: zeros).
+fn fused_norm<const D: usize>(
+    h: Tensor<4>,
+    shift: Option<Tensor<2>>,
+    gamma: Tensor<D>,
+    beta: Tensor<D>,
+    groups: usize,
+    eps: f32,
+    silu: bool,
+) -> Tensor<4> {
+    let [b, c, ..] = h.dims();
+    let shift = shift.unwrap_or_else(|| Tensor::zeros([b, c], &h.device()));
+    Tensor::from_dispatch(<Dispatch as NormKernelOps>::group_norm_silu_fused(
+        h.into_dispatch(),
+        shift.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        groups,
+        eps,
+        silu,
+    ))
 }
 
 /// The channel concatenation `[a, b]` of two `[batch, channels, h, w]` maps, as burn's
@@ -210,26 +232,53 @@ pub fn concat_channels(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
     }
 }
 
-/// `softmax(scale · x)` over the last axis of `x` (`scale > 0`), as attention weights are
-/// made; on `flex` one parallel pass each way.
-pub fn scaled_softmax(x: Tensor<4>, scale: f32) -> Tensor<4> {
-    if on_flex(&x) {
-        Tensor::from_dispatch(<Dispatch as SoftmaxKernelOps>::scaled_softmax_rows(
-            x.into_dispatch(),
-            scale,
+/// Multi-head self-attention over the positions of a feature map from its projections `qkv`
+/// `[batch, 3·c, h, w]` (queries, keys and values, each `c = heads·d` channels, head-major):
+/// per head, `out = v · softmax(qᵀk / √d)ᵀ`, as `[batch, c, h, w]`. On `flex` each image's
+/// heads are one parallel task, with a backward pass of their own.
+pub fn attention(qkv: Tensor<4>, heads: usize) -> Tensor<4> {
+    if on_flex(&qkv) {
+        Tensor::from_dispatch(<Dispatch as AttentionKernelOps>::attention_heads(
+            qkv.into_dispatch(),
+            heads,
         ))
     } else {
-        softmax(x * scale, 3)
+        plain_attention(qkv, heads)
     }
 }
 
-/// `group_norm(h)` over `groups` groups, without the affine map: burn's composition (used where
-/// no SiLU follows, e.g. before attention, and by the tests).
+/// [`attention`] as burn's own composition (what the kernel is tested against).
+pub fn plain_attention(qkv: Tensor<4>, heads: usize) -> Tensor<4> {
+    let [b, c3, h, w] = qkv.dims();
+    let (c, n) = (c3 / 3, h * w);
+    let d = c / heads;
+    let qkv = qkv.reshape([b, 3, heads, d, n]);
+    let part = |i: usize| qkv.clone().narrow(1, i, 1).reshape([b, heads, d, n]);
+    let (q, k, v) = (part(0), part(1), part(2));
+    // weights[i, j] = softmax_j(q_i . k_j / sqrt(d)); out_i = sum_j weights[i, j] v_j.
+    let weights = softmax(q.swap_dims(2, 3).matmul(k) * (1.0 / (d as f32).sqrt()), 3);
+    v.matmul(weights.swap_dims(2, 3)).reshape([b, c, h, w])
+}
+
+/// `group_norm(h)` over `groups` groups, without the affine map: burn's composition (of the
+/// plain functions above and the tests).
 pub fn group_norm(h: Tensor<4>, groups: usize, eps: f32) -> Tensor<4> {
     let [b, c, height, width] = h.dims();
     let grouped = h.reshape([b, groups, (c / groups) * height * width]);
     let (var, mean) = grouped.clone().var_mean_bias(2);
     ((grouped - mean) / (var + eps as f64).sqrt()).reshape([b, c, height, width])
+}
+
+/// [`group_norm_affine`] as burn's own composition (what the kernel is tested against).
+pub fn plain_group_norm_affine(
+    h: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    groups: usize,
+    eps: f32,
+) -> Tensor<4> {
+    let c = h.dims()[1];
+    group_norm(h, groups, eps) * gamma.reshape([1, c, 1, 1]) + beta.reshape([1, c, 1, 1])
 }
 
 /// [`group_norm_silu`] as burn's own composition (what the kernel is tested against).

@@ -1,5 +1,5 @@
-//! The fused time-shift + GroupNorm + SiLU ([`super::norm_silu`]) as a burn backend extension,
-//! for `flex` and for autodiff over `flex` (hand-written backward pass).
+//! The fused time-shift + GroupNorm + SiLU ([`super::norm_silu`], SiLU optional) as a burn
+//! backend extension, for `flex` and for autodiff over `flex` (hand-written backward pass).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -16,7 +16,7 @@ use super::{flex_tensor, values};
 /// The fused block tail as a backend extension.
 #[backend_extension(Flex, Autodiff)]
 pub trait NormKernelOps: Backend {
-    /// See [`super::group_norm_silu`].
+    /// See [`super::group_norm_silu`] (and [`super::group_norm_affine`], with `silu` off).
     fn group_norm_silu_fused(
         h: FloatTensor<Self>,
         shift: FloatTensor<Self>,
@@ -24,6 +24,7 @@ pub trait NormKernelOps: Backend {
         beta: FloatTensor<Self>,
         groups: usize,
         eps: f32,
+        silu: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -37,14 +38,19 @@ fn norm_shape(h: &FlexTensor, groups: usize) -> NormShape {
     }
 }
 
-/// Runs `f` with the raw values of the op's `[shift, gamma, beta]` and `eps`.
-fn with_params<R>(tensors: [&FlexTensor; 3], eps: f32, f: impl FnOnce(&NormParams) -> R) -> R {
+/// Runs `f` with the raw values of the op's `[shift, gamma, beta]`, `eps` and `silu`.
+fn with_params<R>(
+    tensors: [&FlexTensor; 3],
+    (eps, silu): (f32, bool),
+    f: impl FnOnce(&NormParams) -> R,
+) -> R {
     let [shift, gamma, beta] = tensors.map(values);
     f(&NormParams {
         shift: &shift,
         gamma: &gamma,
         beta: &beta,
         eps,
+        silu,
     })
 }
 
@@ -56,6 +62,7 @@ impl NormKernelOps for Flex {
         beta: FlexTensor,
         groups: usize,
         eps: f32,
+        silu: bool,
     ) -> FlexTensor {
         let shape = norm_shape(&h, groups);
         let mut h = h;
@@ -65,12 +72,12 @@ impl NormKernelOps for Flex {
             && let Some(hy) = h.try_storage_mut::<f32>()
             && hy.len() == len
         {
-            with_params([&shift, &gamma, &beta], eps, |params| {
+            with_params([&shift, &gamma, &beta], (eps, silu), |params| {
                 norm_silu::forward_in_place(&shape, hy, params)
             });
             return h;
         }
-        let y = with_params([&shift, &gamma, &beta], eps, |params| {
+        let y = with_params([&shift, &gamma, &beta], (eps, silu), |params| {
             norm_silu::forward(&shape, &values(&h), params)
         });
         let dims = h.layout().shape();
@@ -78,8 +85,9 @@ impl NormKernelOps for Flex {
     }
 }
 
-/// What the backward pass of the fused GroupNorm keeps: its four inputs, groups and epsilon.
-type NormState = ([FlexTensor; 4], usize, f32);
+/// What the backward pass of the fused GroupNorm keeps: its four inputs, groups, epsilon and
+/// whether SiLU follows.
+type NormState = ([FlexTensor; 4], usize, f32, bool);
 
 #[derive(Debug)]
 struct GroupNormSiluBackward;
@@ -89,11 +97,11 @@ impl Backward<Flex, 4> for GroupNormSiluBackward {
 
     fn backward(self, ops: Ops<NormState, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<Flex>(&ops.node);
-        let ([h, shift, gamma, beta], groups, eps) = ops.state;
+        let ([h, shift, gamma, beta], groups, eps, silu) = ops.state;
         let shape = norm_shape(&h, groups);
         let dims = h.layout().shape().to_vec();
         let affine_dims = gamma.layout().shape().to_vec();
-        let g = with_params([&shift, &gamma, &beta], eps, |params| {
+        let g = with_params([&shift, &gamma, &beta], (eps, silu), |params| {
             norm_silu::backward(&shape, &values(&h), params, &values(&grad))
         });
         let outputs = [
@@ -118,6 +126,7 @@ impl<C: CheckpointStrategy> NormKernelOps for Autodiff<Flex, C> {
         beta: FloatTensor<Self>,
         groups: usize,
         eps: f32,
+        silu: bool,
     ) -> FloatTensor<Self> {
         let nodes = [h.node(), shift.node(), gamma.node(), beta.node()];
         let inputs = [h, shift, gamma, beta].map(|t| t.into_primitive());
@@ -128,13 +137,13 @@ impl<C: CheckpointStrategy> NormKernelOps for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(prep) => {
                 let [h, shift, gamma, beta] = inputs.clone();
-                let output = Flex::group_norm_silu_fused(h, shift, gamma, beta, groups, eps);
-                prep.finish((inputs, groups, eps), output)
+                let output = Flex::group_norm_silu_fused(h, shift, gamma, beta, groups, eps, silu);
+                prep.finish((inputs, groups, eps, silu), output)
             }
             OpsKind::UnTracked(prep) => {
                 let [h, shift, gamma, beta] = inputs;
                 prep.finish(Flex::group_norm_silu_fused(
-                    h, shift, gamma, beta, groups, eps,
+                    h, shift, gamma, beta, groups, eps, silu,
                 ))
             }
         }

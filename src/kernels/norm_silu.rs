@@ -1,11 +1,12 @@
 //! The tail of every U-Net block in one pass: add a per-(image, channel) shift (the time
-//! embedding's projection), GroupNorm with its affine map, then SiLU — forward and backward, on
-//! contiguous `[batch, channels, plane]` `f32` buffers.
+//! embedding's projection), GroupNorm with its affine map, then SiLU (or no activation, as
+//! before attention) — forward and backward, on contiguous `[batch, channels, plane]` `f32`
+//! buffers.
 //!
 //! With `u = h + shift`, `z = (u - mean_g) / sqrt(var_g + eps)` over each group `g` of channels
-//! of one image, `a = gamma·z + beta` and `y = a·sigmoid(a)`:
+//! of one image, `a = gamma·z + beta` and `y = a·sigmoid(a)` (or `y = a` without SiLU):
 //!
-//! - `da = dy · sigmoid(a) · (1 + a·(1 - sigmoid(a)))`, `dgamma = Σ da·z`, `dbeta = Σ da`
+//! - `da = dy · sigmoid(a) · (1 + a·(1 - sigmoid(a)))` (or `dy`), `dgamma = Σ da·z`, `dbeta = Σ da`
 //! - `dh = rstd · (dz - mean_g(dz) - z · mean_g(dz·z))` with `dz = gamma·da`, `dshift = Σ_plane dh`
 //!
 //! Groups run in parallel. The inner loops are written to vectorise (an exponential by range
@@ -53,6 +54,8 @@ pub struct NormParams<'a> {
     pub beta: &'a [f32],
     /// Variance epsilon.
     pub eps: f32,
+    /// Whether SiLU follows the affine map.
+    pub silu: bool,
 }
 
 /// Gradients of the fused op.
@@ -185,6 +188,15 @@ fn affine_silu<const FMA: bool>(h: f32, scale: f32, offset: f32) -> f32 {
     a * sigmoid::<FMA>(a)
 }
 
+/// `h·scale + offset`, then SiLU if `silu`: the output of one value.
+#[inline(always)]
+fn activate<const FMA: bool>(silu: bool, h: f32, scale: f32, offset: f32) -> f32 {
+    match silu {
+        true => affine_silu::<FMA>(h, scale, offset),
+        false => madd::<FMA>(h, scale, offset),
+    }
+}
+
 /// Forward pass over one group: `y` from `h` (`[group_channels, plane]` each; `shift`, `gamma`,
 /// `beta`: this group's channels), every value written.
 #[inline(always)]
@@ -194,7 +206,7 @@ fn group_forward<const FMA: bool>(
     shift: &[f32],
     gamma: &[f32],
     beta: &[f32],
-    eps: f32,
+    (eps, silu): (f32, bool),
 ) {
     assert_eq!(h.len(), y.len(), "group sizes");
     let plane = h.len() / shift.len();
@@ -206,7 +218,7 @@ fn group_forward<const FMA: bool>(
     {
         let (scale, offset) = affine(c);
         for (h, y) in h.iter().zip(y) {
-            y.write(affine_silu::<FMA>(*h, scale, offset));
+            y.write(activate::<FMA>(silu, *h, scale, offset));
         }
     }
 }
@@ -218,14 +230,14 @@ fn group_forward_in_place<const FMA: bool>(
     shift: &[f32],
     gamma: &[f32],
     beta: &[f32],
-    eps: f32,
+    (eps, silu): (f32, bool),
 ) {
     let plane = hy.len() / shift.len();
     let affine = channel_affine(hy, shift, gamma, beta, eps);
     for (c, hy) in hy.chunks_exact_mut(plane).enumerate() {
         let (scale, offset) = affine(c);
         for v in hy {
-            *v = affine_silu::<FMA>(*v, scale, offset);
+            *v = activate::<FMA>(silu, *v, scale, offset);
         }
     }
 }
@@ -241,7 +253,7 @@ fn group_backward<const FMA: bool>(
     shift: &[f32],
     gamma: &[f32],
     beta: &[f32],
-    eps: f32,
+    (eps, silu): (f32, bool),
     sums: (&mut [f32], &mut [f32], &mut [f32]),
 ) {
     let plane = h.len() / shift.len();
@@ -262,10 +274,14 @@ fn group_backward<const FMA: bool>(
     {
         let z_shift = (shift[c] - mean) * rstd;
         let (scale, offset) = (gamma[c] * rstd, gamma[c] * z_shift + beta[c]);
-        for ((h, dy), da) in h.iter().zip(dy).zip(da.iter_mut()) {
-            let a = madd::<FMA>(*h, scale, offset);
-            let s = sigmoid::<FMA>(a);
-            da.write(dy * s * (1.0 + a * (1.0 - s)));
+        if silu {
+            for ((h, dy), da) in h.iter().zip(dy).zip(da.iter_mut()) {
+                let a = madd::<FMA>(*h, scale, offset);
+                let s = sigmoid::<FMA>(a);
+                da.write(dy * s * (1.0 + a * (1.0 - s)));
+            }
+        } else {
+            da.write_copy_of_slice(dy);
         }
         // SAFETY: every value of this channel was written just above.
         let da = unsafe { assume_written(da) };
@@ -293,11 +309,16 @@ fn group_backward<const FMA: bool>(
 }
 
 simd_dispatch!(group_forward_simd => group_forward::<FMA>(
-    h: &[f32], y: &mut [MaybeUninit<f32>], shift: &[f32], gamma: &[f32], beta: &[f32], eps: f32,
+    h: &[f32],
+    y: &mut [MaybeUninit<f32>],
+    shift: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps_silu: (f32, bool),
 ));
 
 simd_dispatch!(group_forward_in_place_simd => group_forward_in_place::<FMA>(
-    hy: &mut [f32], shift: &[f32], gamma: &[f32], beta: &[f32], eps: f32,
+    hy: &mut [f32], shift: &[f32], gamma: &[f32], beta: &[f32], eps_silu: (f32, bool),
 ));
 
 simd_dispatch!(group_backward_simd => group_backward::<FMA>(
@@ -307,11 +328,11 @@ simd_dispatch!(group_backward_simd => group_backward::<FMA>(
     shift: &[f32],
     gamma: &[f32],
     beta: &[f32],
-    eps: f32,
+    eps_silu: (f32, bool),
     sums: (&mut [f32], &mut [f32], &mut [f32]),
 ));
 
-/// The fused forward pass: `silu(group_norm(h + shift))`.
+/// The fused forward pass: `silu(group_norm(h + shift))` (without `silu` if `p.silu` is off).
 pub fn forward(s: &NormShape, h: &[f32], p: &NormParams) -> Vec<f32> {
     assert_eq!(h.len(), s.batch * s.channels * s.plane, "input size");
     per_image(s, p);
@@ -320,7 +341,7 @@ pub fn forward(s: &NormShape, h: &[f32], p: &NormParams) -> Vec<f32> {
         par_written(h.len(), s.group_len(), |i, y| {
             let h = &h[i * s.group_len()..][..s.group_len()];
             let (shift, gamma, beta) = group_params(s, p, i);
-            group_forward_simd(h, y, shift, gamma, beta, p.eps);
+            group_forward_simd(h, y, shift, gamma, beta, (p.eps, p.silu));
         })
     };
     y
@@ -334,7 +355,7 @@ pub fn forward_in_place(s: &NormShape, hy: &mut [f32], p: &NormParams) {
         .enumerate()
         .for_each(|(i, hy)| {
             let (shift, gamma, beta) = group_params(s, p, i);
-            group_forward_in_place_simd(hy, shift, gamma, beta, p.eps);
+            group_forward_in_place_simd(hy, shift, gamma, beta, (p.eps, p.silu));
         });
 }
 
@@ -385,7 +406,8 @@ pub fn backward(s: &NormShape, h: &[f32], p: &NormParams, dy: &[f32]) -> NormGra
             let mut sums = vec![0.0f32; 3 * cg];
             let (dshift, rest) = sums.split_at_mut(cg);
             let (dgamma, dbeta) = rest.split_at_mut(cg);
-            group_backward_simd(h, dy, dh, t, gamma, beta, p.eps, (dshift, dgamma, dbeta));
+            let eps_silu = (p.eps, p.silu);
+            group_backward_simd(h, dy, dh, t, gamma, beta, eps_silu, (dshift, dgamma, dbeta));
             sums
         })
     };

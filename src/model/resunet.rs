@@ -29,8 +29,8 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::kernels::{
-    concat_channels, conv_transpose2d, conv2d, group_norm, group_norm_silu,
-    group_norm_silu_modulated, scaled_softmax,
+    attention, concat_channels, conv_transpose2d, conv2d, group_norm_affine, group_norm_silu,
+    group_norm_silu_modulated,
 };
 
 /// The shape of a residual U-Net.
@@ -437,19 +437,15 @@ impl Attention {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
-        let (heads, n) = (self.heads, h * w);
-        let d = c / heads;
-        let normed = group_norm(x.clone(), NORM_GROUPS, NORM_EPS)
-            * self.norm.weight.val().reshape([1, c, 1, 1])
-            + self.norm.bias.val().reshape([1, c, 1, 1]);
-        let qkv = conv2d(normed, self.qkv.weight.val(), self.qkv.bias.val(), 1, 0)
-            .reshape([b, 3, heads, d, n]);
-        let part = |i: usize| qkv.clone().narrow(1, i, 1).reshape([b, heads, d, n]);
-        let (q, k, v) = (part(0), part(1), part(2));
-        // weights[i, j] = softmax_j(q_i . k_j / sqrt(d)); out_i = sum_j weights[i, j] v_j.
-        let weights = scaled_softmax(q.swap_dims(2, 3).matmul(k), 1.0 / (d as f32).sqrt());
-        let out = v.matmul(weights.swap_dims(2, 3)).reshape([b, c, h, w]);
+        let normed = group_norm_affine(
+            x.clone(),
+            self.norm.weight.val(),
+            self.norm.bias.val(),
+            NORM_GROUPS,
+            NORM_EPS,
+        );
+        let qkv = conv2d(normed, self.qkv.weight.val(), self.qkv.bias.val(), 1, 0);
+        let out = attention(qkv, self.heads);
         x + conv2d(out, self.proj.weight.val(), self.proj.bias.val(), 1, 0)
     }
 }
