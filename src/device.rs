@@ -70,6 +70,9 @@ pub fn device_from_name(name: &str) -> Result<Device> {
 /// Asks glibc's allocator to serve tensor-sized buffers (up to 32 MiB) from its heap and to keep
 /// freed memory for reuse, instead of mapping fresh zeroed pages for every large tensor and
 /// unmapping them again (page faults and TLB flushes that cost about a tenth of a training step).
+/// The 64 MiB top pad keeps the worker threads' arenas too: glibc deletes an extra heap of a
+/// thread's arena as soon as it is empty unless the pad asks for more room than that, and the
+/// demo's training then faulted in about 15 MB of fresh pages per step (7 % of its wall time).
 /// Call once at start-up; does nothing on other platforms.
 pub fn reuse_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -77,6 +80,7 @@ pub fn reuse_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
 
