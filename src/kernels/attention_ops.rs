@@ -142,7 +142,7 @@ fn forward(s: &Dims, qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
 /// One image's input gradient (`[3, heads, d, n]`: dq, dk, dv) from its projections, weights
 /// and output gradient.
 fn image_backward(s: &Dims, qkv: &[f32], w: &[f32], dout: &[f32], dqkv: &mut [MaybeUninit<f32>]) {
-    let (d, n) = (s.d, s.n);
+    let (d, n, scale) = (s.d, s.n, s.scale());
     let dqkv = write_all(dqkv, 0.0);
     let mut g = vec![0.0f32; n * n];
     for h in 0..s.heads {
@@ -156,7 +156,7 @@ fn image_backward(s: &Dims, qkv: &[f32], w: &[f32], dout: &[f32], dqkv: &mut [Ma
         for (g, w) in g.chunks_exact_mut(n).zip(w_h.chunks_exact(n)) {
             let dot: f32 = g.iter().zip(w).map(|(g, w)| g * w).sum();
             for (g, w) in g.iter_mut().zip(w) {
-                *g = s.scale() * w * (*g - dot);
+                *g = scale * w * (*g - dot);
             }
         }
         let gm = MatRef::row_major(&g, n);
