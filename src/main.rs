@@ -263,8 +263,8 @@ struct TrainArgs {
     #[arg(long, default_value = "runs/train")]
     out: PathBuf,
     /// Train with a named recipe (reference, demo, ...: `flowmatch train --list-presets`); of
-    /// the other flags only the data, --classes, --seed, --steps and --checkpoint-minutes
-    /// apply.
+    /// the other flags only the data, --classes, --flip, --objective, --init-from, --seed,
+    /// --steps, --max-minutes and --checkpoint-minutes apply.
     #[arg(long, conflicts_with = "config")]
     preset: Option<String>,
     /// List the named recipes and exit.

@@ -48,6 +48,12 @@ pub const RECIPES: &[Recipe] = &[
                   90 minutes on 2 cores (cFID 2.1x the real-data floor at 10 NFE, 1.5x at 50)",
         config: small_90min,
     },
+    Recipe {
+        name: "small-2h",
+        summary: "the small-90min recipe with its cosine decay spread over 21,500 steps, \
+                  2 hours on 2 cores",
+        config: small_2h,
+    },
 ];
 
 /// The recipe called `name`.
@@ -107,6 +113,13 @@ fn small_90min() -> TrainConfig {
         lr: 1e-3,
         checkpoint_every: 10,
         ..demo()
+    }
+}
+
+fn small_2h() -> TrainConfig {
+    TrainConfig {
+        max_steps: Some(21_500),
+        ..small_90min()
     }
 }
 
