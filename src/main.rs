@@ -389,7 +389,9 @@ impl TrainArgs {
             if self.steps.is_some() {
                 config.max_steps = self.steps;
             }
-            config.max_minutes = self.max_minutes;
+            if self.max_minutes.is_some() {
+                config.max_minutes = self.max_minutes;
+            }
             config.checkpoint_minutes = self.checkpoint_minutes.clone();
             config.validate()?;
             return Ok(config);

@@ -448,6 +448,26 @@ fn every_network_flag_trains_and_shows_in_info() {
 }
 
 #[test]
+fn a_preset_keeps_its_time_limit_unless_the_flag_overrides_it() {
+    let dir = temp_dir("preset-minutes");
+    for (extra, expected) in [
+        (&[][..], "max_minutes = 120.0"),
+        (&["--max-minutes", "3"][..], "max_minutes = 3.0"),
+    ] {
+        let mut args = vec![
+            "train", "--preset", "small-2h", "--limit", "64", "--steps", "1",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--out", s(&dir)]);
+        assert_success(&flowmatch(&args));
+        let out = flowmatch(&["info", s(&dir.join("final.safetensors"))]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains(expected), "{expected}: {stdout}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn curve_measures_each_checkpoint_and_reuses_what_it_measured() {
     let dir = temp_dir("curve");
     let run = dir.join("run");

@@ -51,7 +51,7 @@ pub const RECIPES: &[Recipe] = &[
     Recipe {
         name: "small-2h",
         summary: "the small-90min recipe with its cosine decay spread over 21,500 steps, \
-                  2 hours on 2 cores",
+                  stopped after 2 hours on 2 cores (about 20,300 steps)",
         config: small_2h,
     },
 ];
@@ -119,6 +119,7 @@ fn small_90min() -> TrainConfig {
 fn small_2h() -> TrainConfig {
     TrainConfig {
         max_steps: Some(21_500),
+        max_minutes: Some(120.0),
         ..small_90min()
     }
 }
