@@ -386,12 +386,8 @@ impl TrainArgs {
             config.class_names = class_names;
             config.flip |= self.flip;
             config.seed = self.seed;
-            if self.steps.is_some() {
-                config.max_steps = self.steps;
-            }
-            if self.max_minutes.is_some() {
-                config.max_minutes = self.max_minutes;
-            }
+            config.max_steps = self.steps.or(config.max_steps);
+            config.max_minutes = self.max_minutes.or(config.max_minutes);
             config.checkpoint_minutes = self.checkpoint_minutes.clone();
             config.validate()?;
             return Ok(config);
