@@ -13,17 +13,21 @@ use crate::evaluation::classifier::{Embedding, argmax};
 /// Probability above which a sample counts as confidently classified.
 pub const CONFIDENT: f32 = 0.9;
 
-/// Quality of one set of samples against a reference set.
+/// Quality of one set of samples against a reference set. A metric that is not finite (the
+/// samples of a diverged model) is written to JSON as `null` and read back as NaN.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Quality {
     /// Samples measured.
     pub n: usize,
     /// Fréchet distance between Gaussian fits of the features.
+    #[serde(deserialize_with = "nan_if_null")]
     pub fid: f64,
     /// Kernel inception distance (unbiased MMD^2, cubic polynomial kernel), mean over 10
     /// subsets of half the samples (at most 1000).
+    #[serde(deserialize_with = "nan_if_null")]
     pub kid: f64,
     /// Standard deviation of KID over the subsets.
+    #[serde(deserialize_with = "nan_if_null")]
     pub kid_std: f64,
     /// Fraction of samples whose top class probability is at least 0.9.
     pub confident: f64,
@@ -31,6 +35,11 @@ pub struct Quality {
     pub histogram: Vec<usize>,
     /// Entropy of the predicted-class histogram in bits (log2(10) = 3.32 when balanced).
     pub class_entropy_bits: f64,
+}
+
+/// A number, or NaN for the `null` that serde_json writes for a non-finite one.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 fn matrix(rows: &[Vec<f32>]) -> DMatrix<f64> {
@@ -49,20 +58,29 @@ fn mean_cov(x: &DMatrix<f64>) -> (DVector<f64>, DMatrix<f64>) {
     (mean, cov)
 }
 
-/// Square root of a symmetric positive semi-definite matrix (negative eigenvalues clamped).
-fn sqrt_psd(m: DMatrix<f64>) -> DMatrix<f64> {
+/// A factor `F` (d x r) with `F F^T = m` for a symmetric positive semi-definite `m`, over the
+/// eigenvalues above the rank tolerance only: a dead feature gives a zero column of `F`'s
+/// complement instead of rounding noise, on which nalgebra's eigensolver can return `inf`
+/// (dimforge/nalgebra#379).
+fn psd_factor(m: DMatrix<f64>) -> DMatrix<f64> {
+    let tolerance = m.nrows() as f64 * f64::EPSILON;
     let eig = SymmetricEigen::new(m);
-    let roots = eig.eigenvalues.map(|v| v.max(0.0).sqrt());
-    &eig.eigenvectors * DMatrix::from_diagonal(&roots) * eig.eigenvectors.transpose()
+    let largest = eig.eigenvalues.iter().cloned().fold(0.0, f64::max);
+    let kept: Vec<usize> = (0..eig.eigenvalues.len())
+        .filter(|&i| eig.eigenvalues[i] > tolerance * largest)
+        .collect();
+    DMatrix::from_fn(eig.eigenvectors.nrows(), kept.len(), |row, k| {
+        eig.eigenvectors[(row, kept[k])] * eig.eigenvalues[kept[k]].sqrt()
+    })
 }
 
 /// Fréchet distance `|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))` between Gaussian fits.
 pub fn frechet_distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
     let (mu_a, s_a) = mean_cov(&matrix(a));
     let (mu_b, s_b) = mean_cov(&matrix(b));
-    let root_a = sqrt_psd(s_a.clone());
-    // Tr((S_a S_b)^(1/2)) = Tr((A^(1/2) S_b A^(1/2))^(1/2)), a symmetric form.
-    let middle = &root_a * &s_b * &root_a;
+    // With S_a = F F^T, Tr((S_a S_b)^(1/2)) = Tr((F^T S_b F)^(1/2)), a symmetric form.
+    let factor = psd_factor(s_a.clone());
+    let middle = factor.transpose() * &s_b * &factor;
     let middle = (&middle + middle.transpose()) / 2.0;
     let tr_root = SymmetricEigen::new(middle)
         .eigenvalues
@@ -171,6 +189,58 @@ mod tests {
         assert!((fd - 8.0).abs() < 0.3, "{fd}");
         let same = frechet_distance(&a, &gaussian(20000, 4, 0.0, 1.0, 3));
         assert!(same < 0.01, "{same}");
+    }
+
+    /// Keeps the first `k` features of each row and zeroes the rest, as dead ReLUs do.
+    fn dead_after(rows: Vec<Vec<f32>>, k: usize) -> Vec<Vec<f32>> {
+        rows.into_iter()
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .map(|(i, &v)| if i < k { v } else { 0.0 })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frechet_distance_counts_features_that_vary_in_one_set_only() {
+        // Only a's first 8 of 32 features vary: the other 24 add Tr(S_b) = 24 there.
+        let a = dead_after(gaussian(4000, 32, 0.0, 1.0, 1), 8);
+        let b = gaussian(4000, 32, 0.0, 1.0, 2);
+        let fd = frechet_distance(&a, &b);
+        assert!((fd - 24.0).abs() < 1.0, "{fd}");
+    }
+
+    #[test]
+    fn frechet_distance_of_a_barely_trained_models_features() {
+        // 20 samples of a 4-step model (99 of 128 features dead) and 20 digits, as f32: the
+        // eigensolver returned inf on them before the rank cut. NumPy's eigh: 11556.06.
+        let bytes = include_bytes!("../../tests/fixtures/fid-dead-features.f32");
+        let values: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let rows: Vec<Vec<f32>> = values.chunks(128).map(<[f32]>::to_vec).collect();
+        let fd = frechet_distance(&rows[..20], &rows[20..]);
+        assert!((fd - 11556.06).abs() < 0.01, "{fd}");
+    }
+
+    #[test]
+    fn a_non_finite_metric_survives_json() {
+        let q = Quality {
+            n: 2,
+            fid: f64::NEG_INFINITY,
+            kid: f64::NAN,
+            kid_std: 0.5,
+            confident: 1.0,
+            histogram: vec![2],
+            class_entropy_bits: 0.0,
+        };
+        let text = serde_json::to_string(&q).unwrap();
+        assert!(text.contains("\"fid\":null"), "{text}");
+        let back: Quality = serde_json::from_str(&text).unwrap();
+        assert!(back.fid.is_nan() && back.kid.is_nan() && back.kid_std == 0.5);
     }
 
     #[test]
