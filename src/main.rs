@@ -109,7 +109,8 @@ struct CurveArgs {
     #[arg(long, default_value = "curve.png")]
     plot: PathBuf,
     /// Keep the points already in --out for the same checkpoint, NFE, --n and --seed, and
-    /// measure only the others (new checkpoints of a run still training, another run).
+    /// measure only the others (new checkpoints of a run still training, another run); the
+    /// points of runs not given stay in --out and in the plot.
     #[arg(long)]
     reuse: bool,
 }
@@ -1706,14 +1707,8 @@ fn curve(args: CurveArgs, device: &Device) -> Result<()> {
         "real-data floor: cFID {:.2}, confident {:.3}",
         floor.fid, floor.confident
     );
-    let mut lines = vec![serde_json::json!({"floor": floor}).to_string()];
-    lines.extend(
-        points
-            .iter()
-            .map(|p| serde_json::to_string(p).expect("serialises")),
-    );
-    flowmatch::tensor_file::write_atomic(&args.out, (lines.join("\n") + "\n").as_bytes())?;
-    let curves = evaluation::curve::curves(&points);
+    let written = evaluation::curve::write_points(&args.out, &floor, &points, &known)?;
+    let curves = evaluation::curve::curves(&written);
     image_out::budget_plot(&curves, floor.fid, floor.confident, &args.plot)?;
     println!(
         "results: {}\nplot: {}",

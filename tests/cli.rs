@@ -475,11 +475,11 @@ fn curve_measures_each_checkpoint_and_reuses_what_it_measured() {
     let out = flowmatch(&[&["train"], &TINY_NET[..], &train].concat());
     assert_success(&out);
     let (jsonl, plot) = (dir.join("curve.jsonl"), dir.join("curve.png"));
-    let curve = |nfe: &str, reuse: bool| {
+    let curve_of = |run: &std::path::Path, nfe: &str, reuse: bool| {
         let mut args = vec![
             "curve",
             "--run",
-            s(&run),
+            s(run),
             "--nfe",
             nfe,
             "--n",
@@ -500,6 +500,7 @@ fn curve_measures_each_checkpoint_and_reuses_what_it_measured() {
             .collect();
         lines
     };
+    let curve = |nfe: &str, reuse: bool| curve_of(&run, nfe, reuse);
     let first = curve("2", false);
     assert!(first[0].get("floor").is_some() && plot.is_file());
     assert_eq!(
@@ -528,5 +529,22 @@ fn curve_measures_each_checkpoint_and_reuses_what_it_measured() {
     // Without --reuse everything is measured again.
     let third = curve("2", false);
     assert_eq!(third[1]["fid"], first[1]["fid"]);
+
+    // Another run measured with --reuse keeps the first run's points beside its own.
+    let other = dir.join("other");
+    let train = [
+        "--steps",
+        "2",
+        "--checkpoint-every",
+        "0",
+        "--out",
+        s(&other),
+    ];
+    assert_success(&flowmatch(&[&["train"], &TINY_NET[..], &train].concat()));
+    let runs: Vec<String> = curve_of(&other, "2", true)[1..]
+        .iter()
+        .map(|p| p["run"].to_string())
+        .collect();
+    assert_eq!(runs, ["\"other\"", "\"run\""]);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -158,6 +158,29 @@ pub fn read_points(path: &Path) -> Result<Vec<CurvePoint>> {
     Ok(points)
 }
 
+/// Writes the curve's JSON lines file atomically: the real-data floor, then `points`, then
+/// the points of `kept` whose run is not among `points`' (runs measured before and not this
+/// time, which stay as they were). Returns every point written.
+pub fn write_points(
+    path: &Path,
+    floor: &Quality,
+    points: &[CurvePoint],
+    kept: &[CurvePoint],
+) -> Result<Vec<CurvePoint>> {
+    let measured = |run: &str| points.iter().any(|p| p.run == run);
+    let all: Vec<CurvePoint> = points
+        .iter()
+        .chain(kept.iter().filter(|p| !measured(&p.run)))
+        .cloned()
+        .collect();
+    let mut lines = vec![serde_json::json!({ "floor": floor }).to_string()];
+    for p in &all {
+        lines.push(serde_json::to_string(p).map_err(|e| Error::bad_file(path, e.to_string()))?);
+    }
+    crate::tensor_file::write_atomic(path, (lines.join("\n") + "\n").as_bytes())?;
+    Ok(all)
+}
+
 /// The points as one curve per (run, NFE), against minutes.
 pub fn curves(points: &[CurvePoint]) -> Vec<QualityCurve> {
     let mut curves: Vec<QualityCurve> = Vec::new();
