@@ -602,10 +602,11 @@ struct SolverArgs {
     /// Relative and absolute tolerance of dopri5.
     #[arg(long, default_value_t = 1e-5)]
     tol: f32,
-    /// Time grid of the fixed-step solvers: uniform, or shifted towards the data end.
+    /// Time grid of the fixed-step solvers: uniform, or shifted (towards one end, by --grid-shift).
     #[arg(long, value_enum, default_value_t = GridArg::Uniform)]
     time_grid: GridArg,
-    /// Shift s of the shifted grid, t = s u / (1 + (s - 1) u); s < 1 puts more steps near t = 0.
+    /// Shift s of the shifted grid, t = s u / (1 + (s - 1) u): s < 1 puts more steps near t = 0
+    /// (data), s > 1 near t = 1 (noise).
     #[arg(long, default_value_t = 0.5)]
     grid_shift: f32,
 }
@@ -700,10 +701,11 @@ struct EvalArgs {
     /// Seed of the starting noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Time grid of the fixed-step solvers.
+    /// Time grid of the fixed-step solvers: uniform, or shifted (towards one end, by --grid-shift).
     #[arg(long, value_enum, default_value_t = GridArg::Uniform)]
     time_grid: GridArg,
-    /// Shift of the shifted grid.
+    /// Shift s of the shifted grid, t = s u / (1 + (s - 1) u): s < 1 puts more steps near t = 0
+    /// (data), s > 1 near t = 1 (noise).
     #[arg(long, default_value_t = 0.5)]
     grid_shift: f32,
     /// JSON lines output.
