@@ -58,10 +58,9 @@ fn mean_cov(x: &DMatrix<f64>) -> (DVector<f64>, DMatrix<f64>) {
     (mean, cov)
 }
 
-/// A factor `F` (d x r) with `F F^T = m` for a symmetric positive semi-definite `m`, over the
-/// eigenvalues above the rank tolerance only: a dead feature gives a zero column of `F`'s
-/// complement instead of rounding noise, on which nalgebra's eigensolver can return `inf`
-/// (dimforge/nalgebra#379).
+/// A factor `F` (d x r) with `F F^T = m` for a symmetric positive semi-definite `m`, from the
+/// eigenvalues above the rank tolerance only. The others (a dead feature's) are rounding
+/// noise, on which nalgebra's eigensolver can return `inf` (dimforge/nalgebra#379).
 fn psd_factor(m: DMatrix<f64>) -> DMatrix<f64> {
     let tolerance = m.nrows() as f64 * f64::EPSILON;
     let eig = SymmetricEigen::new(m);
