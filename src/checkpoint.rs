@@ -49,7 +49,7 @@ pub struct EmaInfo {
 /// How far training had got when a checkpoint was written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
-    /// Completed epochs.
+    /// Epochs begun and reported (completed, or the last one cut short by `max_steps`).
     pub epoch: usize,
     /// Completed optimiser steps.
     pub step: u64,

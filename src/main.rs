@@ -26,11 +26,12 @@ use flowmatch::flow::TimeSampling;
 use flowmatch::flow::coupling::Coupling;
 use flowmatch::flow::objective::Objective;
 use flowmatch::image_out;
-use flowmatch::model::{Network, NetworkConfig, ResUNetConfig, UNetConfig};
+use flowmatch::model::{MAX_CLASSES, Network, NetworkConfig, ResUNetConfig, UNetConfig};
 use flowmatch::sampling::solvers::{Solver, TimeGrid};
 use flowmatch::sampling::to_files::{SampleJob, sample_to_files};
 use flowmatch::sampling::{self, ClassPlan, Generation};
 use flowmatch::serve::{ServeOptions, Server};
+use flowmatch::tensor_file::refuse_to_replace;
 use flowmatch::training::few_step::{self, FewStep, FewStepOptions};
 use flowmatch::training::lr_schedule::LrSchedule;
 use flowmatch::training::{self, EpochReport, StepReport, TrainConfig, TrainObserver, recipes};
@@ -203,6 +204,9 @@ impl DataArgs {
     /// Loads `split`, brought to `size` x `size` and `channels` where given, printing what
     /// the user should know about how it was read.
     fn load(&self, split: Split, size: Option<usize>, channels: Option<usize>) -> Result<ImageSet> {
+        if self.limit == Some(0) {
+            bail!("invalid --limit: must be positive");
+        }
         let source = DataSource::parse(&self.data);
         let options = DataOptions {
             cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
@@ -210,6 +214,7 @@ impl DataArgs {
             image_size: size,
             channels,
             holdout: self.holdout,
+            limit: self.limit,
         };
         if matches!(
             source,
@@ -224,11 +229,7 @@ impl DataArgs {
         for note in &set.notes {
             eprintln!("warning: {note}");
         }
-        Ok(match (self.limit, split) {
-            (Some(0), _) => bail!("invalid --limit: must be positive"),
-            (Some(n), Split::Train) => set.take(n),
-            _ => set,
-        })
+        Ok(set)
     }
 
     /// Loads `split` in the shape of a model's images.
@@ -796,13 +797,17 @@ fn parse_digits(s: &str) -> std::result::Result<Digits, String> {
 }
 
 fn parse_digit_list(s: &str) -> std::result::Result<Vec<usize>, String> {
-    let bad = || format!("'{s}': expected a range like 0-9 or a list like 1,3,7");
+    let bad = || {
+        format!(
+            "'{s}': expected a range like 0-9 or a list like 1,3,7 (at most {MAX_CLASSES} classes)"
+        )
+    };
     if let Some((a, b)) = s.split_once('-') {
         let (a, b) = (
             a.trim().parse::<usize>().map_err(|_| bad())?,
             b.trim().parse::<usize>().map_err(|_| bad())?,
         );
-        return if a <= b {
+        return if a <= b && b - a < MAX_CLASSES {
             Ok((a..=b).collect())
         } else {
             Err(bad())
@@ -842,6 +847,8 @@ struct TrajectoryArgs {
 
 /// Most samples a trajectory view shows (it keeps every frame of each in memory).
 const MAX_TRAJECTORY_ROWS: usize = 64;
+/// Most values the frames of a trajectory may hold (1 GiB of f32).
+const MAX_TRAJECTORY_FLOATS: usize = 1 << 28;
 
 #[derive(Args)]
 struct BenchArgs {
@@ -1025,6 +1032,18 @@ fn run_command(command: Command, device: &Device) -> Result<()> {
                      {MAX_TRAJECTORY_ROWS} rows (use `sample` for many samples)"
                 );
             }
+            let floats = (args.steps + 1) * args.n * model.image_shape().iter().product::<usize>();
+            if floats > MAX_TRAJECTORY_FLOATS {
+                bail!(
+                    "invalid --steps / --n: a trajectory keeps every frame in memory; \
+                     {} steps of {} samples need {} MB (at most {} MB: fewer steps or samples)",
+                    args.steps,
+                    args.n,
+                    (floats * 4) >> 20,
+                    (MAX_TRAJECTORY_FLOATS * 4) >> 20
+                );
+            }
+            refuse_to_replace(&args.checkpoint, &[&args.out, &args.gif])?;
             let x1 = sampling::initial_noise(&model, args.n, args.seed, device);
             let (solver, grid) = (args.solver.solver()?, args.solver.grid()?);
             write_trajectory(&model, x1, solver, args.steps, grid, &args.out, &args.gif)
@@ -1083,8 +1102,8 @@ fn check_counts(n: usize, steps: usize) -> Result<()> {
     if n == 0 {
         bail!("invalid --n: must be positive");
     }
-    if steps == 0 {
-        bail!("invalid --steps: must be positive");
+    if !(1..=sampling::MAX_STEPS).contains(&steps) {
+        bail!("invalid --steps: from 1 to {}", sampling::MAX_STEPS);
     }
     Ok(())
 }
@@ -1190,6 +1209,7 @@ fn sample(args: SampleArgs, device: &Device) -> Result<()> {
         grid: args.out.clone(),
         grid_columns,
         tensor: args.save_tensor.clone(),
+        inputs: vec![args.checkpoint.clone()],
     };
     let bar = progress_bar(0, "samples");
     let report = sample_to_files(&model, &job, device, |k, total| {

@@ -133,6 +133,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     file.commit()
 }
 
+/// Errors when an output path names the file `input` (the same path or, through links, the
+/// same file): a job never replaces what it reads.
+pub fn refuse_to_replace(input: &Path, outputs: &[&Path]) -> Result<()> {
+    let Ok(input_file) = input.canonicalize() else {
+        return Ok(());
+    };
+    for output in outputs {
+        if output.canonicalize().is_ok_and(|o| o == input_file) {
+            return Err(Error::invalid(
+                "output",
+                format!(
+                    "{} is the input {}: write to another path",
+                    output.display(),
+                    input.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A file written under a temporary name beside its destination and renamed over it by
 /// [`commit`](Self::commit) once complete and synced; dropped uncommitted, it is removed.
 pub struct AtomicFile {
@@ -212,7 +233,11 @@ pub struct TensorStream {
 impl TensorStream {
     /// Starts `path` holding the tensor `name` of `shape`.
     pub fn create(path: &Path, name: &str, shape: &[usize]) -> Result<Self> {
-        let len: usize = shape.iter().product();
+        let len = shape
+            .iter()
+            .try_fold(4usize, |acc, &d| acc.checked_mul(d))
+            .map(|bytes| bytes / 4)
+            .ok_or_else(|| Error::invalid("tensor shape", format!("{shape:?} is too large")))?;
         let header = serde_json::json!({
             name: {"dtype": "F32", "shape": shape, "data_offsets": [0, len * 4]}
         })

@@ -327,6 +327,78 @@ fn bad_checkpoints_and_noise_fail_without_overwriting_outputs() {
 }
 
 #[test]
+fn no_output_replaces_the_checkpoint_and_huge_counts_fail_cleanly() {
+    let dir = temp_dir("inputs");
+    let ckpt = dir.join("final.safetensors");
+    std::fs::copy(parity("weights.safetensors"), &ckpt).unwrap();
+    let before = std::fs::read(&ckpt).unwrap();
+    let c = s(&ckpt);
+
+    // More samples than a grid shows go to the grid's name with .safetensors: the checkpoint.
+    let grid = dir.join("final.png");
+    let out = flowmatch(&[
+        "sample",
+        "--checkpoint",
+        c,
+        "--n",
+        "1100",
+        "--steps",
+        "1",
+        "--out",
+        s(&grid),
+    ]);
+    assert_clean_error(&out, &["final.safetensors", "is the input"]);
+    let out = flowmatch(&["sample", "--checkpoint", c, "--n", "4", "--out", c]);
+    assert_clean_error(&out, &["is the input"]);
+    let out = flowmatch(&["trajectory", "--checkpoint", c, "--steps", "2", "--gif", c]);
+    assert_clean_error(&out, &["is the input"]);
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        before,
+        "the checkpoint changed"
+    );
+    assert!(!grid.exists());
+
+    // Counts that would need terabytes are refused before anything is allocated.
+    let out = flowmatch(&[
+        "sample",
+        "--checkpoint",
+        c,
+        "--steps",
+        "1000000000000",
+        "--out",
+        s(&grid),
+    ]);
+    assert_clean_error(&out, &["--steps", "100000"]);
+    let out = flowmatch(&[
+        "trajectory",
+        "--checkpoint",
+        c,
+        "--steps",
+        "90000",
+        "--n",
+        "64",
+    ]);
+    assert_clean_error(&out, &["--steps", "MB"]);
+    let out = flowmatch(&[
+        "sample",
+        "--checkpoint",
+        c,
+        "--digits",
+        "0-99999999999999",
+        "--out",
+        s(&grid),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 100000 classes"));
+    let out = flowmatch(&["eval", "--checkpoint", c, "--n", "1", "--nfe", "1"]);
+    assert_clean_error(&out, &["sample count", "from 2 to"]);
+    let out = flowmatch(&["eval", "--checkpoint", c, "--n", "8", "--nfe", "1000000000"]);
+    assert_clean_error(&out, &["steps", "100000"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_runs_config_file_reproduces_the_run() {
     let dir = temp_dir("config");
     let (first, second) = (dir.join("first"), dir.join("second"));

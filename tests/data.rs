@@ -94,6 +94,37 @@ fn folder_of_raw_idx_files_loads_and_errors_name_the_file() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn images_without_pixels_are_refused_and_limits_come_before_resizing() {
+    let dir = temp_dir("idx-empty-images");
+    let files = [
+        ("train-images-idx3-ubyte", idx_bytes(&[3, 0, 28], &[])),
+        ("train-labels-idx1-ubyte", idx_bytes(&[3], &[0, 1, 2])),
+        ("t10k-images-idx3-ubyte", idx_bytes(&[1, 0, 28], &[])),
+        ("t10k-labels-idx1-ubyte", idx_bytes(&[1], &[0])),
+    ];
+    for (name, bytes) in files {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let err = load_error(&dir);
+    assert!(
+        err.contains("train-images-idx3-ubyte") && err.contains("hold no pixel"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // --limit takes its images before they are brought to the asked size.
+    let options = DataOptions {
+        image_size: Some(64),
+        limit: Some(10),
+        ..DataOptions::default()
+    };
+    let train = ImageSet::load(&DataSource::Embedded, Split::Train, &options).unwrap();
+    assert_eq!((train.len(), train.shape()), (10, [1, 64, 64]));
+    let test = ImageSet::load(&DataSource::Embedded, Split::Test, &options).unwrap();
+    assert_eq!(test.len(), 2000, "the limit is for the training split");
+}
+
 /// The error of loading the training split from `dir`.
 fn load_error(dir: &Path) -> String {
     let source = DataSource::Dir(dir.to_path_buf());

@@ -337,3 +337,29 @@ fn faults_of_real_folders() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn thin_images_and_folder_links_stay_bounded() {
+    use flowmatch::data::{DataOptions, DataSource, ImageSet, Split};
+    let dir = temp_dir("folder-bounds");
+    let root = dir.join("images");
+    let mut rng = StdRng::seed_from_u64(2);
+    write_class(&root, "red", 4, 16, &mut rng);
+    write_class(&root, "blue", 4, 16, &mut rng);
+    // A 1 x 20,000 picture: resized before its centre was cropped, it needed 8 x 160,000.
+    image::GrayImage::from_fn(1, 20_000, |_, y| image::Luma([(y % 256) as u8]))
+        .save(root.join("red/thin.png"))
+        .unwrap();
+    // A link from inside a class back to the top: each folder is walked once.
+    std::os::unix::fs::symlink(&root, root.join("blue/loop")).unwrap();
+    let options = DataOptions {
+        cache_dir: dir.join("cache"),
+        image_size: Some(8),
+        channels: Some(3),
+        holdout: 0.0,
+        ..DataOptions::default()
+    };
+    let set = ImageSet::load(&DataSource::Dir(root.clone()), Split::Train, &options).unwrap();
+    assert_eq!((set.len(), set.shape()), (9, [3, 8, 8]));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

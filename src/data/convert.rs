@@ -55,13 +55,31 @@ pub fn to_shape(set: &ImageSet, [channels, size, width]: [usize; 3]) -> Result<I
     }
     check_target(channels, size)?;
     let len = channels * size * size;
-    let mut bytes = vec![0u8; set.len() * len];
+    let total = set
+        .len()
+        .checked_mul(len)
+        .filter(|&total| total <= MAX_CONVERTED_BYTES)
+        .ok_or_else(|| {
+            Error::invalid(
+                "image size",
+                format!(
+                    "{} images of {channels}x{size}x{size} need more than {} GiB \
+                     (use --limit or a smaller --image-size)",
+                    set.len(),
+                    MAX_CONVERTED_BYTES >> 30
+                ),
+            )
+        })?;
+    let mut bytes = vec![0u8; total];
     bytes.par_chunks_mut(len).enumerate().for_each(|(i, out)| {
         let image = to_image(set.image(i), set.shape());
         out.copy_from_slice(&from_image(&fit(image, size), channels));
     });
     set.with_pixels(bytes, [channels, size, size])
 }
+
+/// The most bytes a converted data set may take in memory.
+const MAX_CONVERTED_BYTES: usize = 16 << 30;
 
 /// An image from planar bytes `[c, h, w]` (1 or 3 channels).
 pub fn to_image(bytes: &[u8], [c, h, w]: [usize; 3]) -> DynamicImage {
@@ -95,21 +113,22 @@ pub fn from_image(image: &DynamicImage, channels: usize) -> Vec<u8> {
     out
 }
 
-/// Resizes `image` so its shorter side is `size` (a triangle filter), then crops the centre
-/// `size x size`.
+/// Crops the centre square of `image` (its shorter side), then resizes it to `size x size`
+/// (a triangle filter): memory stays within `size²` whatever the image's aspect.
 pub fn fit(image: DynamicImage, size: usize) -> DynamicImage {
-    let (w, h) = (image.width() as usize, image.height() as usize);
+    let (w, h) = (image.width(), image.height());
+    let size = size as u32;
     if (w, h) == (size, size) {
         return image;
     }
-    let scale = size as f64 / w.min(h) as f64;
-    let (nw, nh) = (
-        ((w as f64 * scale).round() as u32).max(size as u32),
-        ((h as f64 * scale).round() as u32).max(size as u32),
+    let side = w.min(h).max(1);
+    let square = image.crop_imm(
+        w.saturating_sub(side) / 2,
+        h.saturating_sub(side) / 2,
+        side,
+        side,
     );
-    let resized = image.resize_exact(nw, nh, FilterType::Triangle);
-    let (x, y) = ((nw - size as u32) / 2, (nh - size as u32) / 2);
-    resized.crop_imm(x, y, size as u32, size as u32)
+    square.resize_exact(size, size, FilterType::Triangle)
 }
 
 #[cfg(test)]

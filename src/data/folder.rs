@@ -9,6 +9,7 @@
 //! name are ignored, and counted in a note; mixed sizes without `--image-size` are an error
 //! naming two of the files; a folder with a single class trains without labels, with a warning.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -52,8 +53,12 @@ fn is_image(path: &Path) -> bool {
     matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg"))
 }
 
-/// Every file below `dir` (hidden ones skipped), sorted.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// Every file below `dir` (hidden ones skipped), sorted; a folder reached twice (through a
+/// link) is walked once.
+fn walk(dir: &Path, visited: &mut HashSet<PathBuf>, out: &mut Vec<PathBuf>) -> Result<()> {
+    if !visited.insert(dir.canonicalize().map_err(|e| Error::io(dir, e))?) {
+        return Ok(());
+    }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -65,7 +70,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     entries.sort();
     for path in entries {
         if path.is_dir() {
-            walk(&path, out)?;
+            walk(&path, visited, out)?;
         } else if path.is_file() {
             out.push(path);
         }
@@ -76,7 +81,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 /// The image files and class names of `dir`, with the notes a user should see.
 fn scan(dir: &Path) -> Result<(Vec<Found>, Vec<String>, Vec<String>)> {
     let mut files = Vec::new();
-    walk(dir, &mut files)?;
+    walk(dir, &mut HashSet::new(), &mut files)?;
     let others = files.iter().filter(|p| !is_image(p)).count();
     let images: Vec<PathBuf> = files.into_iter().filter(|p| is_image(p)).collect();
     if images.is_empty() {
@@ -216,10 +221,11 @@ fn target_shape(found: &[Found], options: &DataOptions) -> Result<[usize; 3]> {
     Ok([channels, size, size])
 }
 
-/// The cache key of a folder at a shape: its files (names, sizes, times) and the shape.
+/// The cache key of a folder at a shape: its files (names, sizes, times) and the shape (v2:
+/// the centre square is cropped before the resize).
 fn cache_key(dir: &Path, found: &[Found], shape: [usize; 3], classes: &[String]) -> String {
     let mut text = format!(
-        "flowmatch-folder-v1\n{}\n{shape:?}\n{classes:?}\n",
+        "flowmatch-folder-v2\n{}\n{shape:?}\n{classes:?}\n",
         dir.display()
     );
     for f in found {
@@ -249,6 +255,9 @@ fn decode_into(found: &[Found], shape: [usize; 3], bin: &Path) -> Result<(Vec<u1
                     .map_err(|e| e.to_string())?
                     .decode()
                     .map_err(|e| e.to_string())?;
+                if image.width() == 0 || image.height() == 0 {
+                    return Err("it has no pixels".to_string());
+                }
                 Ok(from_image(&fit(image, size), channels))
             })
             .collect();

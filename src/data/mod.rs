@@ -102,6 +102,8 @@ pub struct DataOptions {
     pub channels: Option<usize>,
     /// Fraction of an image folder held out as its test split (seeded, the same every time).
     pub holdout: f64,
+    /// Keep only the first this many training images, taken before any resizing.
+    pub limit: Option<usize>,
 }
 
 impl Default for DataOptions {
@@ -112,6 +114,7 @@ impl Default for DataOptions {
             image_size: None,
             channels: None,
             holdout: 0.1,
+            limit: None,
         }
     }
 }
@@ -193,7 +196,15 @@ impl ImageSet {
                 cifar::read_split(&dir, split)?
             }
         };
-        convert::to_options(set, options)
+        convert::to_options(limited(set, split, options), options)
+    }
+}
+
+/// `set` cut to `options.limit` images when it is the training split.
+fn limited(set: ImageSet, split: Split, options: &DataOptions) -> ImageSet {
+    match (options.limit, split) {
+        (Some(n), Split::Train) if n < set.len() => set.take(n),
+        _ => set,
     }
 }
 
@@ -238,13 +249,15 @@ fn from_dir(dir: &Path, split: Split, options: &DataOptions) -> Result<ImageSet>
         ));
     }
     let has = |name: &str| dir.join(name).is_file();
-    if has("train-images-idx3-ubyte") || has("train-images-idx3-ubyte.gz") {
-        return convert::to_options(idx_dir(dir, split)?, options);
-    }
-    if let Some(batches) = cifar::batches_folder(dir) {
-        return convert::to_options(cifar::read_split(&batches, split)?, options);
-    }
-    folder::load(dir, split, options)
+    let set = if has("train-images-idx3-ubyte") || has("train-images-idx3-ubyte.gz") {
+        idx_dir(dir, split)?
+    } else if let Some(batches) = cifar::batches_folder(dir) {
+        cifar::read_split(&batches, split)?
+    } else {
+        // Decoded in bounded chunks into a memory-mapped cache, already in the asked shape.
+        return Ok(limited(folder::load(dir, split, options)?, split, options));
+    };
+    convert::to_options(limited(set, split, options), options)
 }
 
 fn idx_dir(dir: &Path, split: Split) -> Result<ImageSet> {

@@ -60,8 +60,16 @@ impl ImageSet {
         classes: Vec<String>,
     ) -> Result<Self> {
         let [channels, height, width] = shape;
-        let expected = labels.len() * channels * height * width;
-        if pixels.bytes().len() != expected || labels.is_empty() {
+        if channels * height * width == 0 {
+            return Err(Error::invalid(
+                "image set",
+                format!("images of {channels}x{height}x{width} hold no pixel"),
+            ));
+        }
+        let expected = [labels.len(), channels, height, width]
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        if expected != Some(pixels.bytes().len()) || labels.is_empty() {
             return Err(Error::invalid(
                 "image set",
                 format!(

@@ -81,11 +81,16 @@ pub fn frechet_distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
     let factor = psd_factor(s_a.clone());
     let middle = factor.transpose() * &s_b * &factor;
     let middle = (&middle + middle.transpose()) / 2.0;
-    let tr_root = SymmetricEigen::new(middle)
-        .eigenvalues
-        .iter()
-        .map(|v| v.max(0.0).sqrt())
-        .sum::<f64>();
+    // S_a = 0 (every sample the same) leaves an empty factor and a root of 0.
+    let tr_root = if middle.is_empty() {
+        0.0
+    } else {
+        SymmetricEigen::new(middle)
+            .eigenvalues
+            .iter()
+            .map(|v| v.max(0.0).sqrt())
+            .sum::<f64>()
+    };
     (mu_a - mu_b).norm_squared() + s_a.trace() + s_b.trace() - 2.0 * tr_root
 }
 
@@ -223,6 +228,15 @@ mod tests {
         let rows: Vec<Vec<f32>> = values.chunks(128).map(<[f32]>::to_vec).collect();
         let fd = frechet_distance(&rows[..20], &rows[20..]);
         assert!((fd - 11556.06).abs() < 0.01, "{fd}");
+    }
+
+    #[test]
+    fn frechet_distance_of_identical_samples_is_the_other_sets_spread() {
+        // A collapsed model: S_a = 0, so the distance is |mu_a - mu_b|^2 + Tr(S_b).
+        let a = vec![vec![0.0f32; 4]; 10];
+        let b = gaussian(20000, 4, 0.0, 1.0, 2);
+        let fd = frechet_distance(&a, &b);
+        assert!((fd - 4.0).abs() < 0.2, "{fd}");
     }
 
     #[test]

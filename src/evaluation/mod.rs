@@ -107,6 +107,9 @@ pub fn evaluate(
     mut on_event: impl FnMut(EvalEvent),
 ) -> Result<EvalReport> {
     let plan = &options.plan;
+    if plan.n == 0 {
+        return Err(Error::invalid("sample count", "must be positive"));
+    }
     let (mut floor, mut samplers, mut conditional) = (None, Vec::new(), Vec::new());
     if let Some(classifier) = classifier {
         let (q, reference) = real_floor(classifier, test, plan.n, device)?;
@@ -159,6 +162,17 @@ pub fn evaluate(
                 "needs the training set",
             ));
         }
+        (true, Some(_)) if plan.n > test.len() => {
+            return Err(Error::invalid(
+                "sample count",
+                format!(
+                    "{}: the memorisation check compares with as many held-out images, \
+                     and there are {}",
+                    plan.n,
+                    test.len()
+                ),
+            ));
+        }
         (true, Some(train)) => {
             let steps = plan.nfe.iter().copied().max().unwrap_or(50);
             let mut samples = Vec::with_capacity(plan.n * test.image_len());
@@ -177,7 +191,7 @@ pub fn evaluate(
                     Ok(())
                 },
             )?;
-            let held_out = test.values(0, plan.n.min(test.len()));
+            let held_out = test.values(0, plan.n);
             let m = memorisation(&samples, train, &held_out, device)?;
             on_event(EvalEvent::Memorisation(&m));
             Some(m)
@@ -257,6 +271,16 @@ fn conditional_sampling(
     let classes = model.num_classes().ok_or_else(|| {
         Error::invalid("guidance scales", "the model is unconditional (no classes)")
     })?;
+    let per_class = options.plan.n / classes;
+    if per_class == 0 {
+        return Err(Error::invalid(
+            "sample count",
+            format!(
+                "{}: class-balanced sampling needs at least one sample per class ({classes})",
+                options.plan.n
+            ),
+        ));
+    }
     let mut out = Vec::new();
     for &scale in &options.guidance_scales {
         let q = conditional_quality(
@@ -264,7 +288,7 @@ fn conditional_sampling(
             classifier,
             reference,
             scale,
-            options.plan.n / classes,
+            per_class,
             options.conditional_steps,
             options.plan.seed,
             device,

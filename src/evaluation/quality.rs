@@ -56,13 +56,13 @@ pub struct EvalPlan {
 
 /// Splits the held-out set into a reference half and a floor half of `n` images each.
 fn halves(test: &ImageSet, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-    if 2 * n > test.len() {
+    if n < 2 || 2 * n > test.len() {
         return Err(Error::invalid(
             "sample count",
             format!(
-                "{n}: the held-out split has {} images, at most {} can be used",
-                test.len(),
-                test.len() / 2
+                "{n}: from 2 to {} (the held-out split has {} images, and the floor takes half)",
+                test.len() / 2,
+                test.len()
             ),
         ));
     }

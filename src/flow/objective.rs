@@ -21,6 +21,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::{TimeSampling, training_tuple, velocity_loss};
+use crate::error::{Error, Result};
 use crate::model::Network;
 
 /// A training objective.
@@ -57,6 +58,35 @@ impl Objective {
         match self {
             Objective::Reflow { pairs } | Objective::Distill { pairs, .. } => Some(pairs),
             _ => None,
+        }
+    }
+
+    /// Checks the parameters: a mean flow's `equal_fraction` in [0, 1] and `epsilon` in
+    /// (0, 0.5]; a student of at least one step.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            Objective::MeanFlow {
+                equal_fraction,
+                epsilon,
+            } => {
+                if !(0.0..=1.0).contains(&equal_fraction) {
+                    return Err(Error::invalid(
+                        "mean-flow equal fraction",
+                        format!("{equal_fraction}: must be in [0, 1]"),
+                    ));
+                }
+                if epsilon.is_nan() || epsilon <= 0.0 || epsilon > 0.5 {
+                    return Err(Error::invalid(
+                        "mean-flow epsilon",
+                        format!("{epsilon}: must be in (0, 0.5]"),
+                    ));
+                }
+                Ok(())
+            }
+            Objective::Distill { steps: 0, .. } => {
+                Err(Error::invalid("student steps", "must be positive"))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -236,6 +266,27 @@ mod tests {
     use super::*;
     use burn::tensor::{Device, TensorData};
     use rand::SeedableRng;
+
+    #[test]
+    fn objective_parameters_are_checked() {
+        let mean_flow = |equal_fraction, epsilon| Objective::MeanFlow {
+            equal_fraction,
+            epsilon,
+        };
+        assert!(mean_flow(0.75, 1e-5).validate().is_ok());
+        for (fraction, epsilon) in [(0.75, 0.0), (0.75, f32::NAN), (0.75, 1.0), (0.75, -1e-3)] {
+            assert!(
+                mean_flow(fraction, epsilon).validate().is_err(),
+                "{epsilon}"
+            );
+        }
+        assert!(mean_flow(1.5, 1e-5).validate().is_err());
+        let distill = |steps| Objective::Distill {
+            pairs: PathBuf::from("pairs"),
+            steps,
+        };
+        assert!(distill(2).validate().is_ok() && distill(0).validate().is_err());
+    }
 
     /// `u(z, t) = sin(z) t^2 + z t`, whose derivative along `(v, 1)` is
     /// `v (cos(z) t^2 + t) + 2 t sin(z) + z`.

@@ -7,6 +7,9 @@ use crate::error::{Error, Result};
 use crate::model::{Network, one_hot_labels};
 use crate::sampling::solvers::VelocityField;
 
+/// The largest guidance scale accepted, either way (useful ones are below 10).
+pub const MAX_GUIDANCE_SCALE: f32 = 100.0;
+
 /// Labels for a grid with one row per class: each of `classes` repeated `per_class` times.
 pub fn class_rows(classes: impl IntoIterator<Item = usize>, per_class: usize) -> Vec<usize> {
     classes
@@ -41,8 +44,11 @@ impl<'a> Guided<'a> {
                 format!("{bad}: the model knows classes 0..{}", classes - 1),
             ));
         }
-        if !scale.is_finite() {
-            return Err(Error::invalid("guidance scale", "must be finite"));
+        if scale.is_nan() || scale.abs() > MAX_GUIDANCE_SCALE {
+            return Err(Error::invalid(
+                "guidance scale",
+                format!("{scale}: at most {MAX_GUIDANCE_SCALE} either way"),
+            ));
         }
         let device = model.device();
         let rows: Vec<Option<usize>> = labels

@@ -26,6 +26,21 @@ pub fn initial_noise(model: &Network, n: usize, seed: u64, device: &Device) -> T
     gaussian_noise(&mut StdRng::seed_from_u64(seed), shape, device)
 }
 
+/// The most steps a fixed-step solver is asked for (each keeps its time points in memory).
+pub const MAX_STEPS: usize = 100_000;
+
+/// Checks a fixed-step solver's step count: from 1 to [`MAX_STEPS`].
+pub fn check_steps(steps: usize) -> Result<()> {
+    if (1..=MAX_STEPS).contains(&steps) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "steps",
+            format!("{steps}: from 1 to {MAX_STEPS}"),
+        ))
+    }
+}
+
 /// Checks that user-supplied starting noise has the shape `model` expects.
 pub fn check_noise_shape(model: &Network, shape: &[usize]) -> Result<[usize; 4]> {
     let [c, height, width] = model.image_shape();
@@ -145,6 +160,9 @@ pub fn generate(
 ) -> Result<GenerationStats> {
     if generation.chunk == 0 {
         return Err(Error::invalid("batch size", "must be positive"));
+    }
+    if generation.solver.stages().is_some() {
+        check_steps(generation.steps)?;
     }
     if *classes == ClassPlan::Unconditional && generation.guidance != 1.0 {
         return Err(Error::invalid(

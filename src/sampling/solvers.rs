@@ -240,6 +240,9 @@ fn rms(x: &Tensor<4>) -> f32 {
     x.clone().square().mean().sqrt().into_scalar::<f32>()
 }
 
+/// The smallest step dopri5 takes: one of this size is accepted whatever its error.
+const MIN_ADAPTIVE_STEP: f32 = 1e-5;
+
 /// Dormand-Prince 5(4) from t = 1 to t = 0 with standard step-size control.
 fn dopri5<F: VelocityField>(
     f: &Counted<F>,
@@ -340,12 +343,19 @@ fn dopri5<F: VelocityField>(
                 acc + k.clone() * (h * c)
             });
         let norm = error_norm(err, &x, &x_new, rtol, atol);
-        if norm <= 1.0 {
+        // A step of the smallest size is taken whatever its error, and a field that is not
+        // finite (no step size helps) finishes in one more step: the loop always ends.
+        let finite = norm.is_finite();
+        if norm <= 1.0 || !finite || -h <= MIN_ADAPTIVE_STEP {
             observe(accepted, t, &x);
             accepted += 1;
             t += h;
             x = x_new;
             k1 = k7;
+        }
+        if !finite {
+            h = -t;
+            continue;
         }
         let factor = if norm == 0.0 {
             5.0
@@ -353,6 +363,7 @@ fn dopri5<F: VelocityField>(
             (0.9 * norm.powf(-0.2)).clamp(0.2, 5.0)
         };
         h *= if norm <= 1.0 { factor } else { factor.min(1.0) };
+        h = h.min(-MIN_ADAPTIVE_STEP);
     }
     Solution {
         x,
@@ -453,6 +464,33 @@ mod tests {
             assert!(sol.nfe >= 2 + 6 * sol.steps);
             assert!(sol.nfe > last_nfe, "tighter tolerance should cost more");
             last_nfe = sol.nfe;
+        }
+    }
+
+    /// A field that is not finite anywhere, as a diverged model's.
+    struct NotFinite(f32);
+
+    impl VelocityField for NotFinite {
+        fn velocity(&self, x: Tensor<4>, _t: f32) -> Tensor<4> {
+            x * self.0
+        }
+    }
+
+    #[test]
+    fn dopri5_ends_on_a_field_that_is_not_finite() {
+        for value in [f32::NAN, f32::INFINITY] {
+            let sol = solve(
+                &NotFinite(value),
+                Solver::Dopri5 {
+                    rtol: 1e-5,
+                    atol: 1e-5,
+                },
+                start(),
+                0,
+                TimeGrid::Uniform,
+                |_, _, _| {},
+            );
+            assert!(sol.steps <= 3 && sol.nfe <= 2 + 6 * 3, "{value}: {sol:?}");
         }
     }
 

@@ -9,8 +9,10 @@ use crate::error::{Error, Result};
 use crate::image_out::{self, Images};
 use crate::model::Network;
 use crate::sampling::guidance::Guided;
-use crate::sampling::{ClassPlan, Generation, NoiseSource, check_noise_shape, generate};
-use crate::tensor_file::{TensorFile, TensorStream};
+use crate::sampling::{
+    ClassPlan, Generation, NoiseSource, check_noise_shape, check_steps, generate,
+};
+use crate::tensor_file::{TensorFile, TensorStream, refuse_to_replace};
 
 /// What to sample and where to write it.
 #[derive(Debug, Clone)]
@@ -33,6 +35,8 @@ pub struct SampleJob {
     /// Every sample as tensor `x0`; when `None` and the grid cannot hold them all, they go to
     /// the grid's path with the extension `.safetensors`.
     pub tensor: Option<PathBuf>,
+    /// Files no output may replace (the checkpoint sampled from; the noise file always).
+    pub inputs: Vec<PathBuf>,
 }
 
 /// What a sampling job did.
@@ -63,13 +67,18 @@ pub fn sample_to_files(
     if job.generation.chunk == 0 {
         return Err(Error::invalid("batch size", "must be positive"));
     }
-    if job.generation.steps == 0 {
-        return Err(Error::invalid("steps", "must be positive"));
+    if job.generation.solver.stages().is_some() {
+        check_steps(job.generation.steps)?;
     }
     let mut count = match &job.classes {
         ClassPlan::Rows { classes, per_class } => {
             Guided::new(model, classes, job.generation.guidance)?;
-            classes.len() * per_class
+            classes.len().checked_mul(*per_class).ok_or_else(|| {
+                Error::invalid(
+                    "number of samples",
+                    format!("{per_class} per class is too many"),
+                )
+            })?
         }
         ClassPlan::Unconditional if job.generation.guidance != 1.0 => {
             return Err(Error::invalid(
@@ -106,6 +115,12 @@ pub fn sample_to_files(
         None if count > in_grid => Some(job.grid.with_extension("safetensors")),
         None => None,
     };
+    let outputs: Vec<&Path> = std::iter::once(job.grid.as_path())
+        .chain(tensor.as_deref())
+        .collect();
+    for input in job.inputs.iter().chain(&job.init_noise) {
+        refuse_to_replace(input, &outputs)?;
+    }
     let [c, h, w] = model.image_shape();
     let mut stream = match &tensor {
         Some(path) => Some(TensorStream::create(path, "x0", &[count, c, h, w])?),

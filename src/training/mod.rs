@@ -162,6 +162,7 @@ impl TrainConfig {
             ));
         }
         self.time_sampling.validate()?;
+        self.objective.validate()?;
         positive("epochs", self.epochs > 0)?;
         positive("learning rate", self.lr > 0.0 && self.lr.is_finite())?;
         positive("max steps", self.max_steps != Some(0))?;
@@ -297,7 +298,8 @@ pub struct TrainOutcome {
     pub loss_curve: PathBuf,
     /// Steps taken in all (including those before a resume).
     pub steps: u64,
-    /// Mean loss of the last epoch (or partial epoch).
+    /// Mean loss of the last epoch reported: a full one, or the partial one that `max_steps`
+    /// ended (NaN when a stop came before the first report).
     pub final_loss: f32,
     /// Whether the run stopped early at the observer's request.
     pub interrupted: bool,
