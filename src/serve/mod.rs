@@ -9,6 +9,7 @@
 
 pub mod api;
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -174,11 +175,30 @@ fn json<T: Serialize>(value: &T) -> Response<std::io::Cursor<Vec<u8>>> {
 }
 
 /// Answers one request. A client that went away is ignored (the write fails, nothing else is
-/// affected).
+/// affected), and a request that panics is answered 500 while the worker goes on serving.
 fn handle(state: &State, request: Request) {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    let response = if *request.method() != Method::Get {
+    let is_get = *request.method() == Method::Get;
+    let response =
+        std::panic::catch_unwind(AssertUnwindSafe(|| respond(state, is_get, path, query)))
+            .unwrap_or_else(|_| {
+                json_error(
+                    500,
+                    "the server failed on this request (a bug: please report it)",
+                )
+            });
+    let _ = request.respond(response);
+}
+
+/// The response to a request for `path` with `query`.
+fn respond(
+    state: &State,
+    is_get: bool,
+    path: &str,
+    query: &str,
+) -> Response<std::io::Cursor<Vec<u8>>> {
+    if !is_get {
         json_error(405, "only GET is served")
     } else {
         match path {
@@ -205,8 +225,7 @@ fn handle(state: &State, request: Request) {
             },
             _ => json_error(404, &format!("no such page: {path}")),
         }
-    };
-    let _ = request.respond(response);
+    }
 }
 
 fn models(state: &State) -> Vec<ModelInfo<'_>> {
