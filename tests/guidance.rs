@@ -94,5 +94,8 @@ fn guidance_steers_samples_to_the_requested_class() {
         "guided {guided} vs unguided {unguided}"
     );
     assert!(Guided::new(&model, &[CLASSES], 2.0).is_err());
+    for scale in [f32::NAN, f32::INFINITY, 1e38, -101.0] {
+        assert!(Guided::new(&model, &[0], scale).is_err(), "{scale}");
+    }
     std::fs::remove_dir_all(&out).unwrap();
 }
