@@ -13,7 +13,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use flowmatch::bench::{self, BenchConfig};
 use flowmatch::checkpoint::{self, Weights};
-use flowmatch::data::augment::Augment;
 use flowmatch::data::{DataOptions, DataSource, ImageSet, Split, default_cache_dir};
 use flowmatch::demo::DemoOptions;
 use flowmatch::device::device_from_name;
@@ -70,8 +69,9 @@ enum Command {
     /// Measure sample quality per solver and NFE (classifier-FID, KID, confidence, classes)
     /// against held-out digits, with the real-data floor, and optionally the likelihood.
     Eval(EvalArgs),
-    /// Quality against training time: every timed checkpoint of the given runs
-    /// (train --checkpoint-minutes), measured with Euler, as JSON lines and a plot.
+    /// Quality against training time of MNIST runs (pinned digit classifier): every timed
+    /// checkpoint of the given runs (train --checkpoint-minutes), measured with Euler, as JSON
+    /// lines and a plot.
     Curve(CurveArgs),
     /// Measure training and sampling throughput and peak memory (one JSON line per width).
     Bench(BenchArgs),
@@ -1427,7 +1427,10 @@ fn classifier(args: ClassifierArgs, device: &Device) -> Result<()> {
     let recipe = ClassifierRecipe {
         epochs,
         lr,
-        augment: (!no_augment).then_some(Augment::DIGITS),
+        // Rotations for grey digits, flips and shifts for colour pictures.
+        augment: classifier::recipe_for(train.len(), train.shape())
+            .augment
+            .filter(|_| !no_augment),
         seed,
         ..ClassifierRecipe::PINNED
     };
@@ -1480,7 +1483,9 @@ fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
     }
     let source = DataSource::parse(&args.data.data);
     let test = args.data.load_for(Split::Test, shape)?;
-    let needs_train = args.memorisation || (args.classifier.is_none() && !source.is_mnist());
+    // The pinned classifier reads MNIST's 28x28 digits; other shapes train one on the labels.
+    let pinned_fits = source.is_mnist() && shape == [1, 28, 28];
+    let needs_train = args.memorisation || (args.classifier.is_none() && !pinned_fits);
     let train = match needs_train {
         true => Some(args.data.load_for(Split::Train, shape)?),
         false => None,
@@ -1490,7 +1495,7 @@ fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
             Some(Classifier::load(path, device)?),
             path.display().to_string(),
         ),
-        (None, Some(train)) if !source.is_mnist() => {
+        (None, Some(train)) if !pinned_fits => {
             let cache = args
                 .data
                 .cache_dir
@@ -1700,6 +1705,19 @@ fn few_step(kind: FewStep, args: FewStepArgs, device: &Device) -> Result<()> {
 fn curve(args: CurveArgs, device: &Device) -> Result<()> {
     if args.nfe.is_empty() || args.nfe.contains(&0) {
         bail!("invalid --nfe: values must be positive");
+    }
+    for run in &args.run {
+        let config = run.join("config.toml");
+        if let Ok(config) = read_config(&config)
+            && !DataSource::parse(&config.data).is_mnist()
+        {
+            bail!(
+                "{}: trained on '{}'; curve measures MNIST runs, with the pinned digit \
+                 classifier (use eval --data for other data)",
+                run.display(),
+                config.data
+            );
+        }
     }
     let (classifier, _) = Classifier::pinned(device)?;
     let test = ImageSet::load(&DataSource::Embedded, Split::Test, &DataOptions::default())?;

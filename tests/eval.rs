@@ -165,6 +165,26 @@ fn quality_does_not_depend_on_the_chunk_size() {
     assert_eq!(whole[0].quality.n, 40);
     assert!((whole[0].quality.fid - chunked[0].quality.fid).abs() < 1e-3 * whole[0].quality.fid);
     assert_eq!(whole[0].quality.histogram, chunked[0].quality.histogram);
+
+    // A model of other images than the classifier reads is an error, not scrambled digits.
+    let wide = UNetConfig {
+        image_size: 32,
+        ..UNetConfig::with_widths([8, 16, 32])
+    };
+    let model = Network::init(&wide.into(), 0, &device).unwrap();
+    let plan = EvalPlan {
+        solvers: vec![Solver::Euler],
+        nfe: vec![1],
+        dopri_tolerances: vec![],
+        grid: TimeGrid::Uniform,
+        n: 40,
+        seed: 3,
+        chunk: 40,
+    };
+    let err = quality::sample_quality(&model, &classifier, &reference, &plan, &device, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1x28x28") && err.contains("1x32x32"), "{err}");
 }
 
 #[test]

@@ -62,6 +62,14 @@ fn reflow_pairs_are_the_base_models_endpoints_and_resume() {
         |_, _| {},
     );
     assert_eq!(other.unwrap().reused, 0);
+    // Fewer pairs into the same folder: the earlier run's extra shard is not read with them,
+    // and a generation that reuses every shard still reports its NFE.
+    generate_pairs(&model, 1100, &generation, 7, &dir, &device, |_, _| {}).unwrap();
+    let fewer = generate_pairs(&model, 1000, &generation, 7, &dir, &device, |_, _| {}).unwrap();
+    assert_eq!((fewer.shards.len(), fewer.nfe), (1, 12));
+    assert_eq!(PairSet::read(&dir).unwrap().len(), 1000);
+    let resumed = generate_pairs(&model, 1000, &generation, 7, &dir, &device, |_, _| {}).unwrap();
+    assert_eq!((resumed.reused, resumed.nfe), (1, 12));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

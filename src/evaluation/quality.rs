@@ -76,10 +76,27 @@ pub fn real_floor(
     n: usize,
     device: &Device,
 ) -> Result<(Quality, Embedding)> {
+    check_shape(classifier, test.shape(), "held-out images")?;
     let (reference, other) = halves(test, n)?;
     let reference = embed(classifier, &reference, device);
     let floor = quality(&embed(classifier, &other, device), &reference);
     Ok((floor, reference))
+}
+
+/// Checks that `classifier` reads images of `shape`.
+fn check_shape(classifier: &Classifier, shape: [usize; 3], what: &str) -> Result<()> {
+    if classifier.shape() == shape {
+        return Ok(());
+    }
+    let [c, h, w] = classifier.shape();
+    let [ic, ih, iw] = shape;
+    Err(Error::invalid(
+        "classifier",
+        format!(
+            "it reads {c}x{h}x{w} images and the {what} are {ic}x{ih}x{iw} \
+             (give --classifier trained on this data, or evaluate on its own data set)"
+        ),
+    ))
 }
 
 /// Samples with every setting of `plan` and measures each against `reference`.
@@ -91,6 +108,7 @@ pub fn sample_quality(
     device: &Device,
     mut on_row: impl FnMut(&EvalRow),
 ) -> Result<Vec<EvalRow>> {
+    check_shape(classifier, model.image_shape(), "model's images")?;
     let mut settings: Vec<(Solver, usize, Option<f32>)> = Vec::new();
     for &solver in &plan.solvers {
         match solver.stages() {
@@ -188,6 +206,7 @@ pub fn conditional_quality(
     seed: u64,
     device: &Device,
 ) -> Result<ConditionalQuality> {
+    check_shape(classifier, model.image_shape(), "model's images")?;
     let classes = model
         .num_classes()
         .ok_or_else(|| Error::invalid("guidance", "the model is unconditional"))?;

@@ -87,7 +87,10 @@ pub fn generate_pairs(
     let mut report = PairsReport {
         shards: Vec::new(),
         reused: 0,
-        nfe: 0,
+        nfe: generation
+            .solver
+            .stages()
+            .map_or(0, |s| s * generation.steps),
     };
     for index in 0..shards {
         let len = SHARD.min(count - index * SHARD);
@@ -131,7 +134,29 @@ pub fn generate_pairs(
         file.write(&path)?;
         on_shard(index + 1, shards);
     }
+    // Shards past this count (an earlier, larger generation) would be read with these.
+    for path in shard_files(dir)? {
+        if !report.shards.contains(&path) {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
     Ok(report)
+}
+
+/// The shard files of `dir` (`pairs-*.safetensors`), in order.
+fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with("pairs-") && n.ends_with(".safetensors")
+            })
+        })
+        .collect();
+    paths.sort();
+    Ok(paths)
 }
 
 /// A set of (noise, sample) pairs, in memory.
@@ -148,15 +173,7 @@ pub struct PairSet {
 impl PairSet {
     /// Reads every shard of `dir` (`pairs-*.safetensors`, in order).
     pub fn read(dir: &Path) -> Result<Self> {
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| Error::io(dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("pairs-"))
-            })
-            .collect();
-        paths.sort();
+        let paths = shard_files(dir)?;
         if paths.is_empty() {
             return Err(Error::bad_file(
                 dir,

@@ -327,7 +327,7 @@ fn im2col_inner(g: &ConvGeometry, x: &Stacked, cols: &mut [f32]) {
         for (b, image_dst) in dst.chunks_exact_mut(g.out_plane()).enumerate() {
             let src = x.plane_of(b, ci);
             for (oh, dst_row) in image_dst.chunks_exact_mut(out_w).enumerate() {
-                if !rows.contains(&oh) {
+                if !rows.contains(&oh) || cols_ok.is_empty() {
                     dst_row.fill(0.0);
                     continue;
                 }
@@ -364,6 +364,9 @@ fn col2im_inner(g: &ConvGeometry, cols: &[f32], images: usize, dx: &mut [f32]) {
         let (ci, kh, kw) = (row / (k * k), (row / k) % k, row % k);
         let rows = g.valid_outputs(kh, in_h, out_h);
         let cols_ok = g.valid_outputs(kw, in_w, out_w);
+        if cols_ok.is_empty() {
+            continue;
+        }
         for (b, image_src) in src.chunks_exact(g.out_plane()).enumerate() {
             let dst = &mut dx[(b * g.c_in + ci) * g.in_plane()..][..g.in_plane()];
             for oh in rows.clone() {
@@ -866,6 +869,8 @@ mod tests {
             (4, 2, 1, [7, 5], 3, 4),
             (1, 1, 0, [5, 4], 3, 4),
             (1, 1, 0, [5, 4], 3, 12),
+            // A kernel reaching past a 1-wide input: some taps see no pixel at all.
+            (5, 1, 2, [6, 1], 3, 4),
         ] {
             let g = ConvGeometry {
                 batch: 5,

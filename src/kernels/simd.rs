@@ -27,7 +27,11 @@ macro_rules! simd_dispatch {
                 fn v3($($arg: $ty),*) {
                     $($fast)*($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
                     // SAFETY: the CPU supports the enabled features (checked just above).
                     return unsafe { v4($($arg),*) };
                 }

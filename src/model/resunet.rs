@@ -160,6 +160,16 @@ impl ResUNetConfig {
                 ),
             );
         }
+        // The base width feeds the first block's GroupNorm and sizes the time embedding.
+        if self.channels == 0 || !self.channels.is_multiple_of(NORM_GROUPS) {
+            return bad(
+                "base channels",
+                format!(
+                    "{}: must be a positive multiple of {NORM_GROUPS} (GroupNorm groups)",
+                    self.channels
+                ),
+            );
+        }
         for level in 0..levels {
             let width = self.channels * self.channel_mult[level];
             if width == 0 || !width.is_multiple_of(NORM_GROUPS) || width > MAX_WIDTH {
@@ -860,6 +870,13 @@ mod tests {
         }));
         assert!(bad(ResUNetConfig {
             channels: 12,
+            ..tiny()
+        }));
+        // Every level a multiple of 8, the base width not: its first GroupNorm would panic.
+        assert!(bad(ResUNetConfig {
+            channels: 4,
+            channel_mult: vec![2, 2],
+            attention: vec![],
             ..tiny()
         }));
         assert!(bad(ResUNetConfig {
