@@ -618,5 +618,16 @@ fn curve_measures_each_checkpoint_and_reuses_what_it_measured() {
         .map(|p| p["run"].to_string())
         .collect();
     assert_eq!(runs, ["\"other\"", "\"run\""]);
+
+    // A run on other data is not measured with the digit classifier.
+    let config = other.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("data = \"embedded\"", "data = \"cifar10\""),
+    )
+    .unwrap();
+    let out = flowmatch(&["curve", "--run", s(&other), "--out", s(&jsonl)]);
+    assert_clean_error(&out, &["other", "cifar10", "MNIST runs"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
