@@ -82,18 +82,23 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// The training progress recorded in the file, if any.
-    pub fn progress(&self) -> Option<Progress> {
-        self.metadata
-            .get(META_PROGRESS)
-            .and_then(|s| serde_json::from_str(s).ok())
+    /// The training progress recorded in the file, if any (an unreadable record is an error).
+    pub fn progress(&self) -> Result<Option<Progress>> {
+        self.record(META_PROGRESS)
     }
 
-    /// The EMA settings recorded in the file, if it holds an average.
-    pub fn ema_info(&self) -> Option<EmaInfo> {
+    /// The EMA settings recorded in the file, if it holds an average (an unreadable record is
+    /// an error).
+    pub fn ema_info(&self) -> Result<Option<EmaInfo>> {
+        self.record(META_EMA)
+    }
+
+    fn record<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>> {
         self.metadata
-            .get(META_EMA)
-            .and_then(|s| serde_json::from_str(s).ok())
+            .get(key)
+            .map(|s| serde_json::from_str(s))
+            .transpose()
+            .map_err(|e| Error::invalid("checkpoint metadata", format!("'{key}': {e}")))
     }
 }
 

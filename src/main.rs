@@ -1388,14 +1388,15 @@ fn info(path: &Path) -> Result<()> {
         .sum();
     println!("checkpoint: {}", path.display());
     println!("network:    {}, {params} parameters", config.describe());
-    match loaded.ema_info() {
+    let in_file = |e: flowmatch::Error| anyhow::anyhow!("{}: {e}", path.display());
+    match loaded.ema_info().map_err(in_file)? {
         Some(e) => println!(
             "weights:    EMA (decay {}, {} updates) and raw",
             e.decay, e.updates
         ),
         None => println!("weights:    raw (no EMA)"),
     }
-    match loaded.progress() {
+    match loaded.progress().map_err(in_file)? {
         Some(p) => {
             let loss = p
                 .last_epoch_loss

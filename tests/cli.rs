@@ -270,6 +270,17 @@ fn bad_checkpoints_and_noise_fail_without_overwriting_outputs() {
         ],
     );
 
+    // Unreadable training records: an error naming the file, not a checkpoint without them.
+    let garbled = dir.join("garbled.safetensors");
+    let mut file = TensorFile::read(&parity("weights.safetensors")).unwrap();
+    file.metadata.insert(
+        flowmatch::checkpoint::META_PROGRESS.into(),
+        "{not json".into(),
+    );
+    file.write(&garbled).unwrap();
+    let out = flowmatch(&["info", s(&garbled)]);
+    assert_clean_error(&out, &["garbled.safetensors", "checkpoint metadata"]);
+
     // Wrong-shaped starting noise.
     let noise = dir.join("noise.safetensors");
     let mut file = TensorFile::default();

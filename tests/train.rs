@@ -71,7 +71,7 @@ fn a_tiny_run_writes_checkpoints_metrics_and_curve() {
         2
     );
     let loaded = checkpoint::load(&outcome.checkpoint, &Device::flex()).unwrap();
-    let progress = loaded.progress().unwrap();
+    let progress = loaded.progress().unwrap().unwrap();
     assert_eq!((progress.epoch, progress.step), (2, 4));
     let stored: TrainConfig =
         toml::from_str(&loaded.metadata[checkpoint::META_TRAIN_CONFIG]).unwrap();
@@ -122,7 +122,7 @@ fn divergence_stops_with_an_error_and_keeps_the_last_checkpoint() {
     assert!(step >= 2 && !loss.is_finite());
     let kept = out.join(format!("epoch-{:04}.safetensors", step - 1));
     let loaded = checkpoint::load(&kept, &Device::flex()).unwrap();
-    assert_eq!(loaded.progress().unwrap().step, step - 1);
+    assert_eq!(loaded.progress().unwrap().unwrap().step, step - 1);
     assert!(!out.join("final.safetensors").exists());
     std::fs::remove_dir_all(&out).unwrap();
 }

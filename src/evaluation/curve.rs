@@ -52,6 +52,7 @@ pub fn timed_checkpoints(run: &Path) -> Result<Vec<(PathBuf, f64, u64)>> {
             let loaded = checkpoint::load_weights(&path, &Device::flex(), Weights::Raw)?;
             let progress = loaded
                 .progress()
+                .map_err(|e| Error::bad_file(&path, e.to_string()))?
                 .ok_or_else(|| Error::bad_file(&path, "no training progress recorded"))?;
             found.push((path, progress.budget_seconds / 60.0, progress.step));
         }

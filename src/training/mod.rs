@@ -491,8 +491,10 @@ pub fn resume<'a>(
     check_data(&config, data)?;
     let device = device.clone().autodiff();
     let raw = checkpoint::model_from_file(&file, &path, &device, Weights::Raw)?;
+    let in_file = |e: Error| Error::bad_file(&path, e.to_string());
     let progress = raw
         .progress()
+        .map_err(in_file)?
         .ok_or_else(|| Error::bad_file(&path, "no training progress in the metadata"))?;
     let state_bytes = file
         .blobs
@@ -501,7 +503,7 @@ pub fn resume<'a>(
     let optimizer = adamw(&config)
         .from_bytes(Bytes::from_bytes_vec(state_bytes))
         .map_err(|e| Error::bad_file(&path, format!("bad optimiser state: {e:?}")))?;
-    let ema = match (config.ema_decay, raw.ema_info()) {
+    let ema = match (config.ema_decay, raw.ema_info().map_err(in_file)?) {
         (Some(decay), Some(info)) => {
             let averaged = checkpoint::model_from_file(
                 &file,
