@@ -1102,7 +1102,7 @@ fn check_counts(n: usize, steps: usize) -> Result<()> {
     if n == 0 {
         bail!("invalid --n: must be positive");
     }
-    if !(1..=sampling::MAX_STEPS).contains(&steps) {
+    if sampling::check_steps(steps).is_err() {
         bail!("invalid --steps: from 1 to {}", sampling::MAX_STEPS);
     }
     Ok(())
