@@ -2,7 +2,7 @@
 //! architectures, a few training steps with AdamW and clipping, EMA, every solver, guidance
 //! and the likelihood. Without a GPU, Mesa's software Vulkan driver (lavapipe, Debian's
 //! `mesa-vulkan-drivers`) gives wgpu its adapter: `.ci/run` installs it and runs
-//! `cargo test --release --features wgpu --test wgpu`. The adapter is `wgpu:cpu` unless
+//! `cargo test --profile gpu-test --features wgpu --test wgpu`. The adapter is `wgpu:cpu` unless
 //! `FLOWMATCH_WGPU_DEVICE` names another (`wgpu` for the best one, e.g. on a GPU machine).
 #![cfg(feature = "wgpu")]
 
