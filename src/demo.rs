@@ -18,6 +18,10 @@ use crate::training::{self, TrainConfig, TrainObserver, TrainOutcome, recipes};
 
 /// Euler steps of the demo's pictures (the reference sampler's 50).
 pub const DEMO_SAMPLING_STEPS: usize = 50;
+/// Time grid of the demo's pictures: steps shifted towards the noise end, where the paths of
+/// the demo's model bend most (pinned-classifier cFID 214 against 226 on the uniform grid at
+/// 50 steps, 264 against 301 at 10).
+pub const DEMO_TIME_GRID: TimeGrid = TimeGrid::Shifted(3.0);
 /// Guidance scale of the one-row-per-class grid of a conditional demo.
 pub const DEMO_GUIDANCE: f32 = 2.0;
 
@@ -93,7 +97,10 @@ pub fn run(
     }
     let model =
         checkpoint::load_weights(&report.outcome.checkpoint, device, Weights::PreferEma)?.model;
-    let steps = Generation::euler(options.sampling_steps);
+    let steps = Generation {
+        grid: DEMO_TIME_GRID,
+        ..Generation::euler(options.sampling_steps)
+    };
     let samples = draw(
         &model,
         64,
@@ -108,7 +115,7 @@ pub fn run(
         sampling::initial_noise(&model, 4, options.seed + 1, device),
         Solver::Euler,
         options.sampling_steps,
-        TimeGrid::Uniform,
+        DEMO_TIME_GRID,
     );
     image_out::save_trajectory_strip(
         &trajectory.key_frames(),

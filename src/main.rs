@@ -1288,7 +1288,7 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
     let config = flowmatch::demo::config(&options);
     println!(
         "demo: training {} for {} steps (batch {}, lr {}) on {} images ({}); about 5 minutes on \
-         2 CPU cores",
+         2 CPU cores with AVX-512, about 10 without",
         config.model.describe(),
         config.max_steps.unwrap_or(0),
         config.batch_size,
@@ -1310,7 +1310,7 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
     );
     let steps = flowmatch::demo::DEMO_SAMPLING_STEPS;
     println!(
-        "samples (64, {steps} Euler steps, no labels): {}",
+        "samples (64, {steps} Euler steps on the shifted time grid, no labels): {}",
         report.samples.display()
     );
     if let Some(path) = &report.class_rows {
@@ -1328,8 +1328,12 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
         "embedded" => String::new(),
         other => format!(" --data {other}"),
     };
+    let grid = match flowmatch::demo::DEMO_TIME_GRID {
+        TimeGrid::Uniform => String::new(),
+        TimeGrid::Shifted(s) => format!(" --time-grid shifted --grid-shift {s}"),
+    };
     println!(
-        "quality:          flowmatch eval --checkpoint {}{data} --solvers euler --nfe 10,50 --n 1000",
+        "quality:          flowmatch eval --checkpoint {}{data} --solvers euler --nfe 10,50 --n 1000{grid}",
         report.outcome.checkpoint.display()
     );
     println!(
