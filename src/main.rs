@@ -1310,7 +1310,8 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
     );
     let steps = flowmatch::demo::DEMO_SAMPLING_STEPS;
     println!(
-        "samples (64, {steps} Euler steps on the shifted time grid, no labels): {}",
+        "samples (64, {steps} Euler steps, time grid {}, no labels): {}",
+        flowmatch::demo::DEMO_TIME_GRID,
         report.samples.display()
     );
     if let Some(path) = &report.class_rows {

@@ -148,6 +148,16 @@ impl TimeGrid {
     }
 }
 
+impl fmt::Display for TimeGrid {
+    /// `uniform` or `shifted by S`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TimeGrid::Uniform => write!(f, "uniform"),
+            TimeGrid::Shifted(s) => write!(f, "shifted by {s}"),
+        }
+    }
+}
+
 /// Counts the evaluations of a field.
 struct Counted<'a, F: VelocityField> {
     field: &'a F,
@@ -502,6 +512,7 @@ mod tests {
         assert_eq!((shifted[0], shifted[4]), (1.0, 0.0));
         // s < 1: the last step (nearest the data) is shorter than the first.
         assert!(shifted[3] - shifted[4] < shifted[0] - shifted[1]);
+        assert_eq!(TimeGrid::Shifted(3.0).to_string(), "shifted by 3");
         let observed: Vec<f32> = {
             let mut ts = Vec::new();
             solve(
