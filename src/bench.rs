@@ -141,6 +141,7 @@ pub fn run(config: &BenchConfig, device: &Device) -> Result<BenchResult> {
                 x0: x0.clone(),
                 x1: None,
                 labels: None,
+                reference: None,
             };
             let (next, _, _) = train_step(
                 current,

@@ -1,7 +1,8 @@
 //! flowmatch: flow-matching generative models on images, built on burn.
 //!
 //! - [`flow`]: the linear probability path, the training tuple and the velocity loss, time
-//!   sampling, and the pairing of data and noise ([`flow::coupling`]).
+//!   sampling, the pairing of data and noise ([`flow::coupling`]) and the stable target
+//!   ([`flow::stable_target`]).
 //! - [`model`]: the velocity networks, the reference SimpleUNet and a residual U-Net, with
 //!   PyTorch-compatible parameter names.
 //! - [`sampling`]: starting noise, chunked generation, trajectories; the ODE solvers

@@ -303,6 +303,10 @@ struct TrainArgs {
     /// Pairing of data and noise in a batch: independent (the reference) or minibatch-ot.
     #[arg(long, value_enum, default_value_t = CouplingArg::Independent)]
     coupling: CouplingArg,
+    /// Average each image's target over a reference batch of this many training images (the
+    /// batch among them): the stable target, less noisy near t = 1; unconditional only.
+    #[arg(long, value_name = "IMAGES")]
+    stable_target: Option<usize>,
     /// Decay of the EMA of the weights, used for sampling (0 disables it).
     #[arg(long, default_value_t = 0.999)]
     ema_decay: f64,
@@ -424,6 +428,7 @@ impl TrainArgs {
                 CouplingArg::Independent => Coupling::Independent,
                 CouplingArg::MinibatchOt => Coupling::MinibatchOt,
             },
+            stable_target: self.stable_target,
             time_sampling: match self.time_sampling {
                 TimeArg::Uniform => TimeSampling::Uniform,
                 TimeArg::LogitNormal => TimeSampling::LogitNormal {

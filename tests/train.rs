@@ -192,3 +192,38 @@ fn collect_ids(model: &Network) -> Vec<(burn::module::ParamId, usize)> {
     model.visit(&mut ids);
     ids.0
 }
+
+#[test]
+fn the_stable_target_trains_both_kinds_of_model_and_is_refused_where_it_cannot_apply() {
+    let data = tiny_data(64);
+    for classes in [None, Some(10)] {
+        let out = temp_dir(&format!("stable-{}", classes.unwrap_or(0)));
+        let base = tiny_config();
+        let config = TrainConfig {
+            model: base.model.clone().with_classes(classes),
+            epochs: 1,
+            stable_target: Some(48),
+            ..base
+        };
+        let outcome = training::train(&config, &data, &out, &Device::flex(), &mut ()).unwrap();
+        assert_eq!(outcome.steps, 2);
+        assert!(outcome.final_loss.is_finite(), "{classes:?}");
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    let smaller_than_the_batch = TrainConfig {
+        stable_target: Some(16),
+        ..tiny_config()
+    };
+    let distillation = TrainConfig {
+        stable_target: Some(64),
+        objective: flowmatch::flow::objective::Objective::Distill {
+            pairs: "pairs".into(),
+            steps: 1,
+        },
+        ..tiny_config()
+    };
+    for config in [smaller_than_the_batch, distillation] {
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("stable"), "{err}");
+    }
+}

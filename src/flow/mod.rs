@@ -7,6 +7,7 @@
 pub mod coupling;
 pub mod objective;
 pub mod pairs;
+pub mod stable_target;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;

@@ -20,6 +20,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
+use super::stable_target::{Reference, stable_target};
 use super::{TimeSampling, training_tuple, velocity_loss};
 use crate::error::{Error, Result};
 use crate::model::Network;
@@ -110,6 +111,9 @@ pub struct Batch {
     pub x1: Option<Tensor<4>>,
     /// One-hot labels (`[batch, classes + 1]`).
     pub labels: Option<Tensor<2>>,
+    /// Training images (the rows of `x0` among them) over which flow matching averages its
+    /// target ([`stable_target`]); none: the target `x1 - x0`.
+    pub reference: Option<Reference>,
 }
 
 /// The loss of `model` on `batch` under `objective`, with `x1` the noise paired with the data
@@ -126,7 +130,13 @@ pub fn loss(
     let device = batch.x0.device();
     match objective {
         Objective::FlowMatching | Objective::Reflow { .. } => {
-            let tuple = training_tuple(batch.x0, x1, times.sample(rng, n, &device));
+            let mut tuple =
+                training_tuple(batch.x0.clone(), x1.clone(), times.sample(rng, n, &device));
+            if let Some(reference) = batch.reference {
+                let point = (tuple.x_t.clone(), tuple.t.clone());
+                let labels = batch.labels.clone();
+                tuple.target = stable_target(point, batch.x0, x1, reference, labels);
+            }
             let predicted =
                 model.forward_train(tuple.x_t, (None, tuple.t), batch.labels, rng.random());
             velocity_loss(predicted, tuple.target)

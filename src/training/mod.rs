@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::flow::coupling::{Coupling, ot_assignment, reorder_rows};
 use crate::flow::objective::{self, Batch, Objective};
 use crate::flow::pairs::PairSet;
+use crate::flow::stable_target::Reference;
 use crate::flow::{self, TimeSampling};
 use crate::image_out;
 use crate::model::{Network, NetworkConfig, UNetConfig, one_hot_labels};
@@ -81,6 +82,11 @@ pub struct TrainConfig {
     /// How data and noise are paired within a batch.
     #[serde(default)]
     pub coupling: Coupling,
+    /// Images in the reference batch of the stable target (the batch and as many random
+    /// training images as make it up; [`crate::flow::stable_target`]); none: the target
+    /// `x1 - x0` of each image alone.
+    #[serde(default)]
+    pub stable_target: Option<usize>,
     /// Decay of the exponential moving average of the weights (none: no average, as the reference).
     pub ema_decay: Option<f64>,
     /// AdamW betas.
@@ -124,6 +130,7 @@ impl Default for TrainConfig {
             ema_decay: None,
             time_sampling: TimeSampling::Uniform,
             coupling: Coupling::Independent,
+            stable_target: None,
             label_dropout: default_label_dropout(),
             betas: (0.9, 0.999),
             eps: 1e-8,
@@ -163,6 +170,23 @@ impl TrainConfig {
         }
         self.time_sampling.validate()?;
         self.objective.validate()?;
+        if let Some(size) = self.stable_target {
+            if !(self.batch_size..=MAX_STABLE_REFERENCE).contains(&size) {
+                return Err(Error::invalid(
+                    "stable-target reference",
+                    format!(
+                        "{size} images: needs at least the batch size ({}) and at most {MAX_STABLE_REFERENCE}",
+                        self.batch_size
+                    ),
+                ));
+            }
+            if self.objective != Objective::FlowMatching {
+                return Err(Error::invalid(
+                    "stable target",
+                    "averages over training images: only for the flow-matching objective",
+                ));
+            }
+        }
         positive("epochs", self.epochs > 0)?;
         positive("learning rate", self.lr > 0.0 && self.lr.is_finite())?;
         positive("max steps", self.max_steps != Some(0))?;
@@ -210,6 +234,9 @@ impl TrainConfig {
 
 /// Largest batch a configuration may ask for.
 pub const MAX_BATCH: usize = 1 << 16;
+
+/// The largest stable-target reference batch.
+pub const MAX_STABLE_REFERENCE: usize = 1 << 16;
 
 fn default_holdout() -> f64 {
     0.1
@@ -605,17 +632,28 @@ fn run(
         let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step));
         let batch = match data {
             TrainData::Images(set) => {
-                let (x0, labels) = match config.flip {
+                let (x0, image_labels) = match config.flip {
                     true => set.batch_flipped(indices, &mut rng, device),
                     false => set.batch(indices, device),
                 };
                 let labels = config.model.num_classes().map(|classes| {
-                    dropped_labels(&labels, classes, config.label_dropout, &mut rng, device)
+                    dropped_labels(
+                        &image_labels,
+                        classes,
+                        config.label_dropout,
+                        &mut rng,
+                        device,
+                    )
+                });
+                let reference = config.stable_target.map(|size| {
+                    let classes = config.model.num_classes();
+                    reference_batch(set, (&x0, &image_labels), size, classes, &mut rng)
                 });
                 Batch {
                     x0,
                     x1: None,
                     labels,
+                    reference,
                 }
             }
             TrainData::Pairs(pairs) => {
@@ -624,6 +662,7 @@ fn run(
                     x0,
                     x1: Some(x1),
                     labels: None,
+                    reference: None,
                 }
             }
         };
@@ -839,6 +878,36 @@ pub fn train_step(
         scale_grads(&model, &mut grads, clip_factor(grad_norm, max_norm));
     }
     Ok((optimizer.step(lr, model, grads), loss_value, grad_norm))
+}
+
+/// The stable target's reference: the batch `x0` (labelled `labels`) and `size - batch`
+/// training images drawn from `set` at random, with their labels when `classes` is some.
+fn reference_batch(
+    set: &ImageSet,
+    (x0, labels): (&Tensor<4>, &[u16]),
+    size: usize,
+    classes: Option<usize>,
+    rng: &mut StdRng,
+) -> Reference {
+    let [batch, c, h, w] = x0.dims();
+    let device = x0.device();
+    let extra: Vec<usize> = (0..size.saturating_sub(batch))
+        .map(|_| rng.random_range(0..set.len()))
+        .collect();
+    let (values, extra_labels) = set.batch_values(&extra);
+    let extra = Tensor::<2>::from_data(TensorData::new(values, [extra.len(), c * h * w]), &device);
+    let labels = classes.map(|classes| {
+        let all: Vec<Option<usize>> = labels
+            .iter()
+            .chain(&extra_labels)
+            .map(|&l| Some(l as usize))
+            .collect();
+        one_hot_labels(&all, classes, &device)
+    });
+    Reference {
+        images: Tensor::cat(vec![x0.clone().reshape([batch, c * h * w]), extra], 0),
+        labels,
+    }
 }
 
 /// Fresh noise for the data `x0`, paired by `coupling`.
