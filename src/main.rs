@@ -304,7 +304,8 @@ struct TrainArgs {
     #[arg(long, value_enum, default_value_t = CouplingArg::Independent)]
     coupling: CouplingArg,
     /// Average each image's target over a reference batch of this many training images (the
-    /// batch among them): the stable target, less noisy near t = 1; unconditional only.
+    /// batch among them; those of its class for a conditional model): the stable target, less
+    /// noisy near t = 1.
     #[arg(long, value_name = "IMAGES")]
     stable_target: Option<usize>,
     /// Decay of the EMA of the weights, used for sampling (0 disables it).
