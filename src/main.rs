@@ -1294,7 +1294,7 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
     let config = flowmatch::demo::config(&options);
     println!(
         "demo: training {} for {} steps (batch {}, lr {}) on {} images ({}); about 5 minutes on \
-         2 CPU cores with AVX-512, 7-10 without",
+         2 CPU cores with AVX-512, 7-11 without",
         config.model.describe(),
         config.max_steps.unwrap_or(0),
         config.batch_size,

@@ -33,7 +33,7 @@ pub const RECIPES: &[Recipe] = &[
         name: "demo",
         summary: "the best unconditional digits in 5 minutes on 2 cores: tiny residual U-Net, \
                   batch 32, lr 2e-3 with warm-up and cosine decay, logit-normal times leaning \
-                  to the noise end, the stable target over 2,048 training images, EMA",
+                  to the noise end (std 0.6), the stable target over 2,048 training images, EMA",
         config: demo,
     },
     Recipe {
@@ -113,10 +113,15 @@ fn tiny_noise_end() -> TrainConfig {
 /// The noise-end recipe with the stable target over 2,048 training images, which costs no
 /// measurable time per step (pilots over two seeds at 10 NFE: 1,024 images 12 % lower cFID
 /// than without, 4,096 and 8,000 17 %, but 20 % more time per step, and 3,000 steps with
-/// 4,096 images only 6 % lower).
+/// 4,096 images only 6 % lower), and the times drawn closer around their centre: with the
+/// stable target, std 0.6 gave 29 % lower cFID than 1 over seeds 0-2 (0.8: 12 %).
 fn demo() -> TrainConfig {
     TrainConfig {
         stable_target: Some(2048),
+        time_sampling: TimeSampling::LogitNormal {
+            mean: 0.5,
+            std: 0.6,
+        },
         ..tiny_noise_end()
     }
 }
