@@ -1340,7 +1340,7 @@ fn demo(args: DemoArgs, device: &Device) -> Result<()> {
         TimeGrid::Shifted(s) => format!(" --time-grid shifted --grid-shift {s}"),
     };
     println!(
-        "quality:          flowmatch eval --checkpoint {}{data} --solvers euler --nfe 10,50 --n 1000{grid}",
+        "quality:          flowmatch eval --checkpoint {}{data} --solvers euler --nfe 10,{steps} --n 1000{grid}",
         report.outcome.checkpoint.display()
     );
     println!(
