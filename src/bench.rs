@@ -123,7 +123,8 @@ pub fn run(config: &BenchConfig, device: &Device) -> Result<BenchResult> {
     let ad_device = device.clone().autodiff();
     let mut model = Some(Network::init(&train_config.model, 0, &ad_device)?);
     let params = model.as_ref().map_or(0, Network::parameter_count);
-    let mut optimizer = adamw(&train_config);
+    let fit_config = train_config.fit_config();
+    let mut optimizer = adamw(&fit_config);
     let [c, h, w] = config.network.image_shape();
     let x0 = Tensor::<4>::random(
         [config.train_batch, c, h, w],
@@ -149,7 +150,7 @@ pub fn run(config: &BenchConfig, device: &Device) -> Result<BenchResult> {
                 batch,
                 &mut rng,
                 train_config.lr,
-                &train_config,
+                &fit_config,
             )
             .expect("random-data training step stays finite");
             model = Some(next);
@@ -158,7 +159,7 @@ pub fn run(config: &BenchConfig, device: &Device) -> Result<BenchResult> {
     drop((model, optimizer));
 
     let sampler = Network::init(&train_config.model, 0, device)?;
-    let x1 = initial_noise(&sampler, config.sample_batch, 0, device);
+    let x1 = initial_noise(&sampler, config.sample_batch, 0, device)?;
     let (sample_runs, sample_secs) = timed(
         config.sample_warmup,
         config.sample_min_runs,

@@ -6,16 +6,18 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use burn::tensor::Device;
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{Network, NetworkConfig, UNetConfig};
+use crate::model::{
+    Init, Network, NetworkConfig, ParamSource, UNetConfig, VelocityModel, named_parameters,
+    pytorch_name,
+};
 use crate::tensor_file::{FileParams, TensorFile};
-use crate::training::ema::Ema;
 
-/// Metadata key of the network's architecture and shape (JSON of [`NetworkConfig`]).
-pub const META_NETWORK: &str = "flowmatch.network";
+pub use crate::model::META_NETWORK;
 /// Metadata key of the training progress (JSON of [`Progress`]).
 pub const META_PROGRESS: &str = "flowmatch.progress";
 /// Metadata key of the training configuration (TOML).
@@ -72,16 +74,16 @@ pub struct Progress {
 
 /// A loaded model and the metadata stored beside it.
 #[derive(Debug)]
-pub struct LoadedModel {
+pub struct LoadedModel<M = Network> {
     /// The network.
-    pub model: Network,
+    pub model: M,
     /// The file's metadata (empty for a plain PyTorch export).
     pub metadata: HashMap<String, String>,
     /// Whether `model` holds the EMA weights.
     pub is_ema: bool,
 }
 
-impl LoadedModel {
+impl<M> LoadedModel<M> {
     /// The training progress recorded in the file, if any (an unreadable record is an error).
     pub fn progress(&self) -> Result<Option<Progress>> {
         self.record(META_PROGRESS)
@@ -103,10 +105,11 @@ impl LoadedModel {
 }
 
 /// Writes the model's parameters (and, when given, their EMA as `ema.*` and the optimiser state
-/// as a byte tensor) and `metadata` to `path` atomically.
-pub fn save(
-    model: &Network,
-    ema: Option<&Ema>,
+/// as a byte tensor), `metadata` and the model's own
+/// [`checkpoint_metadata`](VelocityModel::checkpoint_metadata) to `path` atomically.
+pub fn save<const D: usize, M: VelocityModel<D>>(
+    model: &M,
+    ema: Option<(&M, EmaInfo)>,
     optimizer_state: Option<Vec<u8>>,
     metadata: HashMap<String, String>,
     path: &Path,
@@ -115,22 +118,17 @@ pub fn save(
         metadata,
         ..Default::default()
     };
-    let network = serde_json::to_string(&model.config()).expect("config serialises");
-    file.metadata.insert(META_NETWORK.into(), network);
+    file.metadata.extend(model.checkpoint_metadata());
     file.metadata.insert("format".into(), "pt".into());
-    for tensor in model.named_parameters() {
+    for tensor in named_parameters(model) {
         file.tensors.insert(tensor.name.clone(), tensor);
     }
-    if let Some(ema) = ema {
-        let info = EmaInfo {
-            decay: ema.decay(),
-            updates: ema.updates(),
-        };
+    if let Some((ema, info)) = ema {
         file.metadata.insert(
             META_EMA.into(),
             serde_json::to_string(&info).expect("serialises"),
         );
-        for mut tensor in ema.model().named_parameters() {
+        for mut tensor in named_parameters(ema) {
             tensor.name = format!("{EMA_PREFIX}{}", tensor.name);
             file.tensors.insert(tensor.name.clone(), tensor);
         }
@@ -204,6 +202,108 @@ pub fn model_from_file(
         metadata: file.metadata.clone(),
         is_ema,
     })
+}
+
+/// Loads the chosen weights of the checkpoint at `path` into `model` (any burn module, such as
+/// a user's own [`VelocityModel`]), matching parameters by their names (module paths, as
+/// [`named_parameters`] gives them) and checking every shape; the file may hold no other
+/// model tensors. The parameters keep their ids, so an optimiser's state still applies.
+pub fn load_into<M: Module>(model: M, path: &Path, weights: Weights) -> Result<LoadedModel<M>> {
+    module_from_file(model, &TensorFile::read(path)?, path, weights)
+}
+
+/// [`load_into`] from an already read checkpoint `file` (read from `path`).
+pub fn module_from_file<M: Module>(
+    model: M,
+    file: &TensorFile,
+    path: &Path,
+    weights: Weights,
+) -> Result<LoadedModel<M>> {
+    let has_ema = file.tensors.keys().any(|k| k.starts_with(EMA_PREFIX));
+    let is_ema = has_ema && weights == Weights::PreferEma;
+    let names: Vec<String> = named_parameters(&model)
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    let extra: Vec<&str> = file
+        .tensors
+        .keys()
+        .map(String::as_str)
+        .filter(|k| {
+            !names
+                .iter()
+                .any(|n| n == k.strip_prefix(EMA_PREFIX).unwrap_or(k))
+        })
+        .collect();
+    if !extra.is_empty() {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "holds tensors the model does not have: {}",
+                extra.join(", ")
+            ),
+        ));
+    }
+    let mut loader = Loader {
+        source: FileParams {
+            file,
+            path,
+            prefix: if is_ema { EMA_PREFIX } else { "" },
+            kind: "checkpoint of this model",
+        },
+        path: Vec::new(),
+        error: None,
+    };
+    let model = model.map(&mut loader);
+    match loader.error {
+        Some(error) => Err(error),
+        None => Ok(LoadedModel {
+            model,
+            metadata: file.metadata.clone(),
+            is_ema,
+        }),
+    }
+}
+
+/// Replaces every parameter by the file's tensor of the same name, keeping its id.
+struct Loader<'a> {
+    source: FileParams<'a>,
+    path: Vec<String>,
+    error: Option<Error>,
+}
+
+impl ModuleMapper for Loader<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.path.push(name.to_string());
+        }
+    }
+
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.path.pop();
+        }
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.error.is_some() {
+            return param;
+        }
+        let name = pytorch_name(&self.path.join("."));
+        let source = &mut self.source;
+        let error = &mut self.error;
+        param.map(|old| {
+            let shape = old.dims();
+            let device = old.device();
+            match source.tensor(&name, shape, Init::Constant(0.0), &device) {
+                Ok(new) => new,
+                Err(e) => {
+                    *error = Some(e);
+                    old
+                }
+            }
+        })
+    }
 }
 
 /// What a checkpoint must be, for error messages.

@@ -113,7 +113,7 @@ pub fn run(
     image_out::save_grid(images(&model, &samples), &report.samples)?;
     let trajectory = sampling::trajectory(
         &model,
-        sampling::initial_noise(&model, 4, options.seed + 1, device),
+        sampling::initial_noise(&model, 4, options.seed + 1, device)?,
         Solver::Euler,
         options.sampling_steps,
         DEMO_TIME_GRID,

@@ -73,6 +73,14 @@ pub enum Error {
         /// The offending loss value.
         loss: f32,
     },
+    /// A velocity model's output cannot be used (its shape differs from its input's).
+    #[error("the model's output at training step {step} is unusable: {reason}")]
+    ModelOutput {
+        /// The global step (1-based) of the bad output.
+        step: u64,
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -471,3 +471,87 @@ fn curves_plot(
     let image = RgbImage::from_raw(w, h, buffer).expect("buffer matches the image size");
     save_png(&image, path)
 }
+
+/// 2-D points to draw with [`scatter_plot`]: a legend, a colour and the points.
+#[derive(Debug, Clone)]
+pub struct PointSet {
+    /// Legend.
+    pub label: String,
+    /// RGB colour.
+    pub color: [u8; 3],
+    /// The points `(x, y)`.
+    pub points: Vec<[f32; 2]>,
+}
+
+/// A scatter plot of 2-D point sets (data against samples, say) with `paths` (the flow of a
+/// few points from noise to data) drawn as grey lines, written to `path` as a PNG.
+pub fn scatter_plot(
+    title: &str,
+    sets: &[PointSet],
+    paths: &[Vec<[f32; 2]>],
+    path: &Path,
+) -> Result<()> {
+    register_font();
+    let (w, h) = (800u32, 800u32);
+    let mut buffer = vec![255u8; (w * h * 3) as usize];
+    let plot_err =
+        |e: &dyn std::fmt::Display| Error::bad_file(path, format!("cannot draw the plot: {e}"));
+    let all = sets
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .chain(paths.iter().flatten());
+    let finite: Vec<[f32; 2]> = all
+        .filter(|p| p[0].is_finite() && p[1].is_finite())
+        .copied()
+        .collect();
+    let extent = finite
+        .iter()
+        .fold(1.0f32, |m, p| m.max(p[0].abs()).max(p[1].abs()))
+        * 1.05;
+    {
+        let area = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
+        area.fill(&WHITE).map_err(|e| plot_err(&e))?;
+        let mut chart = ChartBuilder::on(&area)
+            .caption(title, (FONT, 22))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(40)
+            .build_cartesian_2d(-extent..extent, -extent..extent)
+            .map_err(|e| plot_err(&e))?;
+        chart
+            .configure_mesh()
+            .light_line_style(WHITE)
+            .label_style((FONT, 13))
+            .draw()
+            .map_err(|e| plot_err(&e))?;
+        let grey = RGBColor(120, 120, 120);
+        for line in paths {
+            let points = line.iter().map(|p| (p[0], p[1]));
+            chart
+                .draw_series(LineSeries::new(points, grey.stroke_width(1)))
+                .map_err(|e| plot_err(&e))?;
+        }
+        for set in sets {
+            let color = RGBColor(set.color[0], set.color[1], set.color[2]);
+            let points = set
+                .points
+                .iter()
+                .filter(|p| p[0].is_finite() && p[1].is_finite());
+            chart
+                .draw_series(points.map(|p| Circle::new((p[0], p[1]), 2, color.mix(0.6).filled())))
+                .map_err(|e| plot_err(&e))?
+                .label(set.label.clone())
+                .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 15))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| plot_err(&e))?;
+        area.present().map_err(|e| plot_err(&e))?;
+    }
+    let image = RgbImage::from_raw(w, h, buffer).expect("buffer matches the image size");
+    save_png(&image, path)
+}

@@ -28,6 +28,7 @@ pub mod evaluation;
 pub mod flow;
 pub mod image_out;
 pub mod kernels;
+pub mod lr_schedule;
 pub mod model;
 pub mod sampling;
 pub mod serve;

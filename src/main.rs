@@ -1050,7 +1050,7 @@ fn run_command(command: Command, device: &Device) -> Result<()> {
                 );
             }
             refuse_to_replace(&args.checkpoint, &[&args.out, &args.gif])?;
-            let x1 = sampling::initial_noise(&model, args.n, args.seed, device);
+            let x1 = sampling::initial_noise(&model, args.n, args.seed, device)?;
             let (solver, grid) = (args.solver.solver()?, args.solver.grid()?);
             write_trajectory(&model, x1, solver, args.steps, grid, &args.out, &args.gif)
         }
@@ -1680,7 +1680,7 @@ fn few_step(kind: FewStep, args: FewStepArgs, device: &Device) -> Result<()> {
         args.train_steps
     );
     let bar = progress_bar(
-        args.pairs.div_ceil(flowmatch::flow::pairs::SHARD) as u64,
+        args.pairs.div_ceil(flowmatch::training::pairs::SHARD) as u64,
         "shards",
     );
     let started = Instant::now();

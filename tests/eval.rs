@@ -117,7 +117,7 @@ fn trajectories_work_with_every_solver() {
             },
             s => s,
         };
-        let x1 = initial_noise(&model, 2, 0, &device);
+        let x1 = initial_noise(&model, 2, 0, &device).unwrap();
         let traj = trajectory(&model, x1, solver, 6, TimeGrid::Shifted(0.5));
         assert_eq!(traj.frames.len(), traj.solution.steps + 1, "{solver}");
         assert_eq!(traj.frames[0].t, 1.0);

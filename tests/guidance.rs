@@ -66,7 +66,7 @@ fn guidance_steers_samples_to_the_requested_class() {
     let per_class = 8;
     let labels: Vec<usize> = (0..CLASSES).flat_map(|k| vec![k; per_class]).collect();
     let accuracy = |scale: f32| {
-        let x1 = initial_noise(&model, labels.len(), 1, &device);
+        let x1 = initial_noise(&model, labels.len(), 1, &device).unwrap();
         let guided = Guided::new(&model, &labels, scale).unwrap();
         let solution = solve(
             &guided,

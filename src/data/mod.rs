@@ -10,6 +10,7 @@ pub mod download;
 pub mod folder;
 pub mod idx;
 mod set;
+pub mod source;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use crate::error::{Error, Result};
 pub use batches::EpochOrder;
 use idx::{IdxArray, parse_idx, read_idx};
 pub use set::{ImageSet, Pixels, to_unit};
+pub use source::{BatchSource, DataBatch, ImageSource, InMemory};
 
 /// Where Debian's `dataset-fashion-mnist` package installs the data set.
 pub const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";

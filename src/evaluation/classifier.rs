@@ -20,9 +20,9 @@ use crate::data::download::sha256_hex;
 use crate::data::{EpochOrder, ImageSet};
 use crate::error::{Error, Result};
 use crate::kernels::conv2d;
+use crate::lr_schedule::LrSchedule;
 use crate::model::{ConvParams, Dense, Init, ParamSource, RandomInit, named_parameters, param};
 use crate::tensor_file::{FileParams, TensorFile};
-use crate::training::lr_schedule::LrSchedule;
 
 /// Size of the feature layer used by the metrics.
 pub const FEATURES: usize = 128;

@@ -65,7 +65,7 @@ fn per_sample_sum(x: Tensor<4>) -> Vec<f64> {
 
 /// Velocity (without autodiff) and per-image divergence at states `x`, time `t`.
 /// `x` and the field must live on an autodiff device.
-fn velocity_and_divergence<F: VelocityField>(
+fn velocity_and_divergence<F: VelocityField<4>>(
     field: &F,
     x: &Tensor<4>,
     t: f32,
@@ -120,7 +120,7 @@ fn velocity_and_divergence<F: VelocityField>(
 /// Log density (nats) of each image in `x0` (data scale, on an autodiff device) under the
 /// flow of `field`, integrating with `steps` RK4 steps from t = 0 to t = 1.
 /// Returns the log densities and the number of velocity evaluations used.
-pub fn log_density<F: VelocityField, R: Rng>(
+pub fn log_density<F: VelocityField<4>, R: Rng>(
     field: &F,
     x0: Tensor<4>,
     steps: usize,
@@ -235,7 +235,7 @@ mod tests {
     /// `v(x) = a x`: the flow maps N(0, e^{-2a} I) at t = 0 to N(0, I) at t = 1.
     struct Linear(f32);
 
-    impl VelocityField for Linear {
+    impl VelocityField<4> for Linear {
         fn velocity(&self, x: Tensor<4>, _t: f32) -> Tensor<4> {
             x * self.0
         }

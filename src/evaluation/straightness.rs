@@ -10,7 +10,7 @@ use crate::sampling::{initial_noise, to_vec};
 /// and the net velocity `v = x(t=1) - x(t=0)`, the mean over samples of
 /// `mean_i |v_i - v|^2 / |v|^2`. Zero for straight paths travelled at constant speed.
 pub fn straightness(model: &Network, n: usize, steps: usize, seed: u64, device: &Device) -> f64 {
-    let x1 = initial_noise(model, n, seed, device);
+    let x1 = initial_noise(model, n, seed, device).expect("a network takes rank-4 batches");
     let mut states = vec![to_vec(&x1)];
     let solution = solve(
         model,

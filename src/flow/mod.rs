@@ -1,58 +1,58 @@
-//! Flow matching on the linear path (rectified flow / OT-CFM with sigma = 0).
+//! Flow matching: the probability path ([`path`]), the training objectives and their losses
+//! ([`objective`]), the pairing of data and noise ([`coupling`]), the stable target
+//! ([`stable_target`]) and the draws of noise and times.
 //!
-//! Convention of the reference: t = 0 is data, t = 1 is noise.
+//! Convention of the reference: t = 0 is data, t = 1 is noise. On the linear path
 //! `x_t = (1 - t) x0 + t x1`, the target velocity is `dx_t/dt = x1 - x0`, and the loss is the
-//! mean squared error between the predicted and the target velocity.
+//! mean squared error between the predicted and the target velocity. Everything here works on
+//! tensors of any rank (`[batch, features]`, `[batch, c, h, w]`, ...).
 
 pub mod coupling;
 pub mod objective;
-pub mod pairs;
+pub mod path;
 pub mod stable_target;
+
+pub use path::{LinearPath, PathSample, ProbPath};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
 use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
-/// The inputs and target of one flow-matching training step.
-#[derive(Debug, Clone)]
-pub struct TrainingTuple {
-    /// Points on the path, `(1 - t) x0 + t x1`.
-    pub x_t: Tensor<4>,
-    /// The time of each point, `[batch]`.
-    pub t: Tensor<1>,
-    /// The velocity the model should predict, `x1 - x0`.
-    pub target: Tensor<4>,
-}
+/// The inputs and target of one flow-matching training step (a [`PathSample`] of the
+/// [`LinearPath`]).
+pub type TrainingTuple<const D: usize> = PathSample<D>;
 
 /// The point at time `t` (`[batch]`) on the straight path from data `x0` to noise `x1`.
-pub fn interpolate(x0: Tensor<4>, x1: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
-    let [b, ..] = x0.dims();
-    let t = t.reshape([b, 1, 1, 1]);
-    x0 * (t.clone().neg() + 1.0) + x1 * t
+pub fn interpolate<const D: usize>(x0: Tensor<D>, x1: Tensor<D>, t: Tensor<1>) -> Tensor<D> {
+    LinearPath::point(x0, x1, t)
 }
 
 /// The velocity of the straight path, constant in time: `x1 - x0`.
-pub fn target_velocity(x0: Tensor<4>, x1: Tensor<4>) -> Tensor<4> {
+pub fn target_velocity<const D: usize>(x0: Tensor<D>, x1: Tensor<D>) -> Tensor<D> {
     x1 - x0
 }
 
-/// Builds the training tuple for data `x0`, noise `x1` and times `t`.
-pub fn training_tuple(x0: Tensor<4>, x1: Tensor<4>, t: Tensor<1>) -> TrainingTuple {
-    TrainingTuple {
-        x_t: interpolate(x0.clone(), x1.clone(), t.clone()),
-        target: target_velocity(x0, x1),
-        t,
-    }
+/// Builds the training tuple for data `x0`, noise `x1` and times `t` on the linear path.
+pub fn training_tuple<const D: usize>(
+    x0: Tensor<D>,
+    x1: Tensor<D>,
+    t: Tensor<1>,
+) -> TrainingTuple<D> {
+    LinearPath.sample(x0, x1, t)
 }
 
 /// Mean squared error between predicted and target velocity (a one-element tensor).
-pub fn velocity_loss(predicted: Tensor<4>, target: Tensor<4>) -> Tensor<1> {
+pub fn velocity_loss<const D: usize>(predicted: Tensor<D>, target: Tensor<D>) -> Tensor<1> {
     (predicted - target).square().mean()
 }
 
 /// Standard normal noise of the given shape, drawn from `rng` (reproducible from its seed).
-pub fn gaussian_noise<R: Rng>(rng: &mut R, shape: [usize; 4], device: &Device) -> Tensor<4> {
+pub fn gaussian_noise<R: Rng, const D: usize>(
+    rng: &mut R,
+    shape: [usize; D],
+    device: &Device,
+) -> Tensor<D> {
     Tensor::from_data(
         TensorData::new(gaussian_values(rng, shape.iter().product()), shape),
         device,
@@ -121,7 +121,6 @@ impl TimeSampling {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampling::solvers::{VelocityField, euler};
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -158,33 +157,6 @@ mod tests {
         );
         let loss = velocity_loss(pred, target).into_scalar::<f32>();
         assert!((loss - (1.0 + 4.0) / 4.0).abs() < 1e-6);
-    }
-
-    /// The velocity of the straight line through a fixed data point: `(x - x0) / t`.
-    struct TowardsPoint(Tensor<4>);
-
-    impl VelocityField for TowardsPoint {
-        fn velocity(&self, x: Tensor<4>, t: f32) -> Tensor<4> {
-            (x - self.0.clone()) / t
-        }
-    }
-
-    #[test]
-    fn euler_is_exact_on_a_straight_path() {
-        let device = Device::flex();
-        let mut rng = StdRng::seed_from_u64(2);
-        let x0 = gaussian_noise(&mut rng, [2, 1, 3, 3], &device);
-        let x1 = gaussian_noise(&mut rng, [2, 1, 3, 3], &device);
-        for steps in [1, 3, 7] {
-            let mut times = Vec::new();
-            let solution = euler(&TowardsPoint(x0.clone()), x1.clone(), steps, |i, t, _| {
-                times.push((i, t))
-            });
-            assert_eq!(solution.nfe, steps);
-            assert_eq!(times.first(), Some(&(0, 1.0)));
-            assert_eq!(times.len(), steps);
-            assert!(max_abs(solution.x, x0.clone()) < 1e-5, "{steps} steps");
-        }
     }
 
     #[test]

@@ -14,7 +14,6 @@
 
 use std::path::PathBuf;
 
-use burn::module::Module;
 use burn::tensor::Tensor;
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -23,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::stable_target::{Reference, stable_target};
 use super::{TimeSampling, training_tuple, velocity_loss};
 use crate::error::{Error, Result};
-use crate::model::Network;
+use crate::model::{Condition, VelocityModel, per_row};
 
 /// A training objective.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -91,6 +90,11 @@ impl Objective {
         }
     }
 
+    /// Whether it trains a mean-flow model (one with the interval input).
+    pub fn is_mean_flow(&self) -> bool {
+        matches!(self, Objective::MeanFlow { .. })
+    }
+
     /// Its name, as `train --objective` takes it.
     pub fn name(&self) -> &'static str {
         match self {
@@ -104,11 +108,11 @@ impl Objective {
 
 /// One batch: the data (or the teacher's samples) `x0`, the teacher's noise `x1` for the pair
 /// objectives (fresh noise is drawn otherwise), and one-hot labels of a conditional model.
-pub struct Batch {
-    /// Data, `[batch, c, h, w]`.
-    pub x0: Tensor<4>,
+pub struct Batch<const D: usize> {
+    /// Data, `[batch, ...]` (`[batch, c, h, w]` for images).
+    pub x0: Tensor<D>,
     /// The noise each `x0` was drawn from (pair objectives).
-    pub x1: Option<Tensor<4>>,
+    pub x1: Option<Tensor<D>>,
     /// One-hot labels (`[batch, classes + 1]`).
     pub labels: Option<Tensor<2>>,
     /// Training images (the rows of `x0` among them) over which flow matching averages its
@@ -117,16 +121,22 @@ pub struct Batch {
 }
 
 /// The loss of `model` on `batch` under `objective`, with `x1` the noise paired with the data
-/// and times drawn from `times` with `rng`.
-pub fn loss(
+/// and times drawn from `times` with `rng`; an error says what was wrong with the model's
+/// output (a shape other than its input's).
+pub fn loss<const D: usize, M: VelocityModel<D>>(
     objective: &Objective,
-    model: &Network,
-    batch: Batch,
-    x1: Tensor<4>,
+    model: &M,
+    batch: Batch<D>,
+    x1: Tensor<D>,
     times: &TimeSampling,
     rng: &mut StdRng,
-) -> Tensor<1> {
-    let [n, ..] = batch.x0.dims();
+) -> Result<Tensor<1>, String> {
+    let train = |labels: Option<Tensor<2>>, r: Option<Tensor<1>>, seed: u64| Condition {
+        labels,
+        r,
+        train_seed: Some(seed),
+    };
+    let n = batch.x0.dims()[0];
     let device = batch.x0.device();
     match objective {
         Objective::FlowMatching | Objective::Reflow { .. } => {
@@ -137,20 +147,20 @@ pub fn loss(
                 let labels = batch.labels.clone();
                 tuple.target = stable_target(point, batch.x0, x1, reference, labels);
             }
-            let predicted =
-                model.forward_train(tuple.x_t, (None, tuple.t), batch.labels, rng.random());
-            velocity_loss(predicted, tuple.target)
+            let cond = train(batch.labels, None, rng.random());
+            let predicted = checked(model.velocity(tuple.x_t, tuple.t, &cond), &tuple.target)?;
+            Ok(velocity_loss(predicted, tuple.target))
         }
         Objective::Distill { steps, .. } => {
             let mut x = x1;
             for i in 0..*steps {
                 let t = 1.0 - i as f32 / *steps as f32;
                 let t = Tensor::<1>::full([n], t, &device);
-                let v =
-                    model.forward_train(x.clone(), (None, t), batch.labels.clone(), rng.random());
+                let cond = train(batch.labels.clone(), None, rng.random());
+                let v = checked(model.velocity(x.clone(), t, &cond), &x)?;
                 x = x - v / *steps as f64;
             }
-            (x - batch.x0).square().mean()
+            Ok((x - batch.x0).square().mean())
         }
         Objective::MeanFlow {
             equal_fraction,
@@ -162,25 +172,20 @@ pub fn loss(
             let tuple = training_tuple(batch.x0, x1, tt.clone());
             let seed = rng.random();
             let labels = batch.labels;
-            let u = model.forward_train(
-                tuple.x_t.clone(),
-                (Some(rt.clone()), tt.clone()),
-                labels.clone(),
-                seed,
-            );
+            let cond = train(labels.clone(), Some(rt.clone()), seed);
+            let u = checked(
+                model.velocity(tuple.x_t.clone(), tt.clone(), &cond),
+                &tuple.x_t,
+            )?;
             // The same network off the autodiff graph for the target (stop-gradient): the
             // inference path, its result a constant of the loss.
             let frozen_model = model.valid();
             let plain = |x: Tensor<1>| x.without_autodiff();
-            let frozen = |z: Tensor<4>, t: Tensor<1>| {
+            let frozen = |z: Tensor<D>, t: Tensor<1>| {
                 let labels = labels.clone().map(|l| l.without_autodiff());
+                let cond = train(labels, Some(plain(rt.clone())), seed);
                 frozen_model
-                    .forward_train(
-                        z.without_autodiff(),
-                        (Some(plain(rt.clone())), plain(t)),
-                        labels,
-                        seed,
-                    )
+                    .velocity(z.without_autodiff(), plain(t), &cond)
                     .autodiff()
             };
             let target = mean_flow_target(
@@ -190,8 +195,20 @@ pub fn loss(
                 *epsilon,
                 u.clone().detach(),
             );
-            adaptive_loss(u, target.detach())
+            Ok(adaptive_loss(u, target.detach()))
         }
+    }
+}
+
+/// `output` when it has the shape of `input`, else what is wrong.
+fn checked<const D: usize>(output: Tensor<D>, input: &Tensor<D>) -> Result<Tensor<D>, String> {
+    match output.dims() == input.dims() {
+        true => Ok(output),
+        false => Err(format!(
+            "it returned shape {:?} for input of shape {:?} (the velocity has the input's shape)",
+            output.dims(),
+            input.dims()
+        )),
     }
 }
 
@@ -203,16 +220,17 @@ pub fn loss(
 /// at lr 2e-3). The weights are normalised to mean 1 over the batch, so the loss reads as a
 /// mean squared error per value (the harmonic mean of the images' errors), on the scale of
 /// flow matching's.
-pub fn adaptive_loss(predicted: Tensor<4>, target: Tensor<4>) -> Tensor<1> {
+pub fn adaptive_loss<const D: usize>(predicted: Tensor<D>, target: Tensor<D>) -> Tensor<1> {
     const C: f64 = 1e-3;
-    let [n, c, h, w] = predicted.dims();
+    let dims = predicted.dims();
+    let (n, values): (usize, usize) = (dims[0], dims[1..].iter().product());
     let squared = (predicted - target)
         .square()
         .reshape([n as i32, -1])
         .sum_dim(1);
     let inverse = (squared.clone().detach() + C).recip();
     let weight = inverse.clone() / inverse.mean().unsqueeze::<2>();
-    (squared * weight).mean() / (c * h * w) as f64
+    (squared * weight).mean() / values as f64
 }
 
 /// `(r, t)` for each of `n` images: two times from `times`, `t` the later; with probability
@@ -243,16 +261,16 @@ fn interval(
 /// d/dt u`, the derivative along the path by [`finite_difference_jvp`]. For an empty interval
 /// (`r = t`) it is `v` itself: there the model learns the instantaneous velocity, as flow
 /// matching does.
-pub fn mean_flow_target(
-    u: impl Fn(Tensor<4>, Tensor<1>) -> Tensor<4>,
-    (z, r, t): (Tensor<4>, Tensor<1>, Tensor<1>),
-    v: Tensor<4>,
+pub fn mean_flow_target<const D: usize>(
+    u: impl Fn(Tensor<D>, Tensor<1>) -> Tensor<D>,
+    (z, r, t): (Tensor<D>, Tensor<1>, Tensor<1>),
+    v: Tensor<D>,
     epsilon: f32,
-    u_at: Tensor<4>,
-) -> Tensor<4> {
-    let [n, ..] = z.dims();
+    u_at: Tensor<D>,
+) -> Tensor<D> {
+    let n = z.dims()[0];
     let du = finite_difference_jvp(u, (z, t.clone()), v.clone(), epsilon, u_at);
-    v - du * (t - r).reshape([n, 1, 1, 1])
+    v - du * (t - r).reshape(per_row::<D>(n))
 }
 
 /// The derivative of `u` along the path, `d/dt u(z_t, r, t) = v · ∂_z u + ∂_t u`, by a forward
@@ -260,13 +278,13 @@ pub fn mean_flow_target(
 /// (already computed). Its error is `O(ε)` (the second derivative along the path, large: the
 /// time embedding oscillates as `sin(1000 t)`) plus `O(f32 rounding / ε)`; against an exact JVP
 /// (tests/few_step.rs) it is smallest, 0.4 % of the largest component, at `ε = 1e-5`.
-pub fn finite_difference_jvp(
-    u: impl Fn(Tensor<4>, Tensor<1>) -> Tensor<4>,
-    (z, t): (Tensor<4>, Tensor<1>),
-    v: Tensor<4>,
+pub fn finite_difference_jvp<const D: usize>(
+    u: impl Fn(Tensor<D>, Tensor<1>) -> Tensor<D>,
+    (z, t): (Tensor<D>, Tensor<1>),
+    v: Tensor<D>,
     epsilon: f32,
-    u_at: Tensor<4>,
-) -> Tensor<4> {
+    u_at: Tensor<D>,
+) -> Tensor<D> {
     let ahead = u(z + v * epsilon, t + epsilon);
     (ahead - u_at) / epsilon
 }

@@ -14,13 +14,16 @@
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 
+use crate::model::per_row;
+
 /// Added to the logit of a reference of another class: its weight is exactly 0.
 const OTHER_CLASS: f32 = -1e30;
 
 /// The training images a batch's targets average over.
 #[derive(Debug, Clone)]
 pub struct Reference {
-    /// `[references, c * h * w]`, the rows of the batch's `x0` among them.
+    /// `[references, values per sample]` (`c * h * w` for images), the rows of the batch's `x0`
+    /// among them.
     pub images: Tensor<2>,
     /// Their one-hot labels (`[references, classes + 1]`, none dropped) for a conditional model.
     pub labels: Option<Tensor<2>>,
@@ -29,17 +32,17 @@ pub struct Reference {
 /// The stable target for points `x_t` at times `t` (`[batch]`) drawn from data `x0` and noise
 /// `x1`, over `reference`; `labels` are the batch's one-hot labels (the last column: dropped)
 /// when the model is conditional.
-pub fn stable_target(
-    (x_t, t): (Tensor<4>, Tensor<1>),
-    x0: Tensor<4>,
-    x1: Tensor<4>,
+pub fn stable_target<const D: usize>(
+    (x_t, t): (Tensor<D>, Tensor<1>),
+    x0: Tensor<D>,
+    x1: Tensor<D>,
     reference: Reference,
     labels: Option<Tensor<2>>,
-) -> Tensor<4> {
+) -> Tensor<D> {
     let dims = x_t.dims();
-    let [b, c, h, w] = dims;
+    let (b, values): (usize, usize) = (dims[0], dims[1..].iter().product());
     let images = reference.images;
-    let points = x_t.reshape([b, c * h * w]);
+    let points = x_t.reshape([b, values]);
     let t = t.reshape([b, 1]);
     let keep = t.clone().neg() + 1.0;
     // -‖x_t - (1-t) r‖² / 2t², less its part that is the same for every r (softmax drops it).
@@ -55,7 +58,7 @@ pub fn stable_target(
     }
     let posterior_mean = softmax(logits, 1).matmul(images).reshape(dims);
     // `(x_t - x̂0) / t`, written so that it is exactly `x1 - x0` when the weights are one-hot.
-    ((x1 - x0.clone()) + (x0 - posterior_mean) / t.reshape([b, 1, 1, 1])).detach()
+    ((x1 - x0.clone()) + (x0 - posterior_mean) / t.reshape(per_row::<D>(b))).detach()
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
-//! The networks that predict a velocity `v(x, t)`: the reference [`SimpleUNet`] and the
-//! residual U-Net [`ResUNet`], behind one [`Network`] type, plus what they share (parameter
-//! sources and initialisation, dense and convolution parameters, time and class embeddings,
-//! PyTorch naming).
+//! Velocity models: the [`VelocityModel`] trait that every part of flowmatch takes (bring your
+//! own burn module), and the built-in networks that implement it: the reference [`SimpleUNet`]
+//! and the residual U-Net [`ResUNet`], behind one [`Network`] type, plus what they share
+//! (parameter sources and initialisation, dense and convolution parameters, time and class
+//! embeddings, PyTorch naming).
 //!
 //! Parameters use PyTorch's layouts (Conv2d `[out, in, k, k]`, ConvTranspose2d `[in, out, k, k]`,
 //! Linear `[out, in]`) and PyTorch's `state_dict` names, so weights move between flowmatch and
@@ -10,6 +11,7 @@
 mod network;
 pub mod resunet;
 pub mod simple;
+mod velocity;
 
 use std::path::Path;
 
@@ -24,6 +26,11 @@ use crate::error::{Error, Result};
 pub use network::{Network, NetworkConfig};
 pub use resunet::{ResUNet, ResUNetConfig};
 pub use simple::{SimpleUNet, UNetConfig};
+pub use velocity::{Condition, VelocityModel, batch_shape, per_row};
+
+/// Checkpoint metadata key of a built-in network's architecture and shape (JSON of
+/// [`NetworkConfig`]).
+pub const META_NETWORK: &str = "flowmatch.network";
 
 /// Number of GroupNorm groups in every block.
 pub const NORM_GROUPS: usize = 8;

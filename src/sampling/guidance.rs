@@ -4,7 +4,7 @@
 use burn::tensor::Tensor;
 
 use crate::error::{Error, Result};
-use crate::model::{Network, one_hot_labels};
+use crate::model::{Condition, VelocityModel, one_hot_labels};
 use crate::sampling::solvers::VelocityField;
 
 /// The largest guidance scale accepted, either way (useful ones are below 10).
@@ -22,16 +22,19 @@ pub fn class_rows(classes: impl IntoIterator<Item = usize>, per_class: usize) ->
 ///
 /// `w = 0` is the unconditional model and `w = 1` the plain conditional one (one evaluation per
 /// call); any other `w` evaluates both branches (two evaluations per call, counted as such).
-pub struct Guided<'a> {
-    model: &'a Network,
+pub struct Guided<'a, M> {
+    model: &'a M,
     /// One-hot labels: conditional rows, then "no label" rows.
     both: Tensor<2>,
     scale: f32,
 }
 
-impl<'a> Guided<'a> {
+impl<'a, M> Guided<'a, M> {
     /// Guides `model` towards `labels` (one per sample) with scale `scale`.
-    pub fn new(model: &'a Network, labels: &[usize], scale: f32) -> Result<Self> {
+    pub fn new<const D: usize>(model: &'a M, labels: &[usize], scale: f32) -> Result<Self>
+    where
+        M: VelocityModel<D>,
+    {
         let classes = model.num_classes().ok_or_else(|| {
             Error::invalid(
                 "guidance",
@@ -50,7 +53,11 @@ impl<'a> Guided<'a> {
                 format!("{scale}: at most {MAX_GUIDANCE_SCALE} either way"),
             ));
         }
-        let device = model.device();
+        let device = model
+            .devices()
+            .into_iter()
+            .next()
+            .unwrap_or_else(burn::tensor::Device::flex);
         let rows: Vec<Option<usize>> = labels
             .iter()
             .map(|&l| Some(l))
@@ -64,17 +71,23 @@ impl<'a> Guided<'a> {
     }
 }
 
-impl Guided<'_> {
+impl<M> Guided<'_, M> {
     /// The guided (average, for a mean-flow model over `[r, t]`) velocity at `x`, `t`.
-    fn guided(&self, x: Tensor<4>, t: f32, r: Option<f32>) -> Tensor<4> {
-        let [b, ..] = x.dims();
+    fn guided<const D: usize>(&self, x: Tensor<D>, t: f32, r: Option<f32>) -> Tensor<D>
+    where
+        M: VelocityModel<D>,
+    {
+        let b = x.dims()[0];
         let [halves, _] = self.both.dims();
         let half = halves / 2;
         let device = x.device();
         let times = |n, t| Tensor::<1>::full([n], t, &device);
         let run = |x, n, labels| {
-            let r = r.map(|r| times(n, r));
-            self.model.forward_interval(x, r, times(n, t), Some(labels))
+            let cond = Condition {
+                r: r.filter(|_| self.model.is_mean_flow()).map(|r| times(n, r)),
+                ..Condition::labels(labels)
+            };
+            self.model.velocity(x, times(n, t), &cond)
         };
         if self.scale == 0.0 {
             return run(x, b, self.both.clone().narrow(0, half, half));
@@ -89,12 +102,12 @@ impl Guided<'_> {
     }
 }
 
-impl VelocityField for Guided<'_> {
-    fn velocity(&self, x: Tensor<4>, t: f32) -> Tensor<4> {
+impl<const D: usize, M: VelocityModel<D>> VelocityField<D> for Guided<'_, M> {
+    fn velocity(&self, x: Tensor<D>, t: f32) -> Tensor<D> {
         self.guided(x, t, None)
     }
 
-    fn step_velocity(&self, x: Tensor<4>, t: f32, r: f32) -> Tensor<4> {
+    fn step_velocity(&self, x: Tensor<D>, t: f32, r: f32) -> Tensor<D> {
         self.guided(x, t, Some(r))
     }
 

@@ -1,5 +1,6 @@
-//! Generating images: seeded starting noise, chunked sampling in bounded memory, and
-//! trajectory capture.
+//! Generating samples from any [`VelocityModel`]: seeded starting noise, chunked sampling in
+//! bounded memory, and trajectory capture; the ODE solvers ([`solvers`]) and classifier-free
+//! guidance ([`guidance`]) they use.
 
 pub mod guidance;
 pub mod solvers;
@@ -12,18 +13,81 @@ use rand::rngs::StdRng;
 use crate::error::{Error, Result};
 use crate::flow::{gaussian_noise, gaussian_values};
 use crate::image_out::TrajectoryFrame;
-use crate::model::Network;
+use crate::model::{VelocityModel, batch_shape};
 use crate::sampling::guidance::Guided;
-use crate::sampling::solvers::{Solution, Solver, TimeGrid, solve};
+use crate::sampling::solvers::{Solution, Solver, TimeGrid, VelocityField, solve};
 
 /// The frames the reference's trajectory view captures for 50 steps.
 pub const REFERENCE_CAPTURE: [usize; 7] = [0, 5, 10, 20, 30, 40, 49];
 
-/// Starting noise (t = 1) for `n` images of `model`, reproducible from `seed`.
-pub fn initial_noise(model: &Network, n: usize, seed: u64, device: &Device) -> Tensor<4> {
-    let [c, h, w] = model.image_shape();
-    let shape = [n, c, h, w];
-    gaussian_noise(&mut StdRng::seed_from_u64(seed), shape, device)
+/// Starting noise (t = 1) for `n` samples of `model`, reproducible from `seed`.
+pub fn initial_noise<const D: usize, M: VelocityModel<D>>(
+    model: &M,
+    n: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Tensor<D>> {
+    let shape = model_batch_shape(model, n)?;
+    Ok(gaussian_noise(
+        &mut StdRng::seed_from_u64(seed),
+        shape,
+        device,
+    ))
+}
+
+/// `[n, sample_shape...]` of `model`, or an error when its sample shape does not have rank
+/// `D - 1` (a model whose `sample_shape` disagrees with its tensors).
+pub fn model_batch_shape<const D: usize, M: VelocityModel<D>>(
+    model: &M,
+    n: usize,
+) -> Result<[usize; D]> {
+    let sample = model.sample_shape();
+    batch_shape(n, &sample).ok_or_else(|| {
+        Error::invalid(
+            "model",
+            format!(
+                "its sample shape {sample:?} has {} dimensions, its batches have {D}",
+                sample.len()
+            ),
+        )
+    })
+}
+
+/// `n` samples of `model` from seeded noise, integrated with `solver` over `steps` uniform
+/// steps (the simplest way to sample; [`generate`] works in bounded memory with labels and
+/// guidance).
+///
+/// ```
+/// # use burn::module::Module;
+/// # use burn::nn::{Linear, LinearConfig};
+/// # use burn::tensor::{Device, Tensor};
+/// # use flowmatch::model::{Condition, VelocityModel};
+/// # #[derive(Module, Debug)]
+/// # struct Mlp { layer: Linear }
+/// # impl VelocityModel<2> for Mlp {
+/// #     fn velocity(&self, x: Tensor<2>, t: Tensor<1>, _: &Condition) -> Tensor<2> {
+/// #         self.layer.forward(Tensor::cat(vec![x, t.unsqueeze_dim(1)], 1))
+/// #     }
+/// #     fn sample_shape(&self) -> Vec<usize> { vec![2] }
+/// # }
+/// use flowmatch::sampling::{sample, solvers::Solver};
+///
+/// let device = Device::flex();
+/// let model = Mlp { layer: LinearConfig::new(3, 2).init(&device) };
+/// let points = sample(&model, 100, Solver::Euler, 20, 0, &device).unwrap();
+/// assert_eq!(points.dims(), [100, 2]);
+/// ```
+pub fn sample<const D: usize, M: VelocityModel<D>>(
+    model: &M,
+    n: usize,
+    solver: Solver,
+    steps: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Tensor<D>> {
+    check_steps(steps)?;
+    let x1 = initial_noise(model, n, seed, device)?;
+    Ok(solve(model, solver, x1, steps, TimeGrid::Uniform, |_, _, _| {}).x)
 }
 
 /// The most steps a fixed-step solver is asked for (each keeps its time points in memory).
@@ -42,13 +106,25 @@ pub fn check_steps(steps: usize) -> Result<()> {
 }
 
 /// Checks that user-supplied starting noise has the shape `model` expects.
-pub fn check_noise_shape(model: &Network, shape: &[usize]) -> Result<[usize; 4]> {
-    let [c, height, width] = model.image_shape();
-    match shape {
-        &[n, ch, h, w] if n > 0 && ch == c && h == height && w == width => Ok([n, ch, h, w]),
+pub fn check_noise_shape<const D: usize, M: VelocityModel<D>>(
+    model: &M,
+    shape: &[usize],
+) -> Result<[usize; D]> {
+    let sample = model.sample_shape();
+    match shape.split_first() {
+        Some((&n, rest)) if n > 0 && rest == sample.as_slice() => {
+            batch_shape(n, rest).ok_or_else(|| Error::invalid("initial noise", "rank"))
+        }
         _ => Err(Error::invalid(
             "initial noise",
-            format!("shape {shape:?}, expected [N, {c}, {height}, {width}] with N > 0"),
+            format!(
+                "shape {shape:?}, expected [N, {}] with N > 0",
+                sample
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         )),
     }
 }
@@ -149,8 +225,8 @@ pub struct GenerationStats {
 /// Generates `count` samples from `model` in chunks of `generation.chunk`, starting from
 /// `noise` and drawn for `classes`; `sink(start, values)` receives each chunk's final states
 /// (`[len, c, h, w]` row-major) as soon as it is done, so memory stays bounded by the chunk.
-pub fn generate(
-    model: &Network,
+pub fn generate<const D: usize, M: VelocityModel<D>>(
+    model: &M,
     count: usize,
     classes: &ClassPlan,
     noise: &mut NoiseSource,
@@ -170,8 +246,7 @@ pub fn generate(
             "a guidance scale needs class labels (--digit or --digits)",
         ));
     }
-    let shape = model.image_shape();
-    let image_len: usize = shape.iter().product();
+    let image_len: usize = model.sample_shape().iter().product();
     let mut stats = GenerationStats::default();
     let mut start = 0;
     while start < count {
@@ -183,7 +258,7 @@ pub fn generate(
                 format!("holds fewer than the {count} samples asked for"),
             ));
         }
-        let x1 = from_vec(values, [len, shape[0], shape[1], shape[2]], device);
+        let x1 = from_vec(values, model_batch_shape(model, len)?, device);
         let (solver, steps, grid) = (generation.solver, generation.steps, generation.grid);
         let solution = match classes {
             ClassPlan::Unconditional => solve(model, solver, x1, steps, grid, |_, _, _| {}),
@@ -216,7 +291,7 @@ pub fn capture_steps(steps: usize) -> Vec<usize> {
 }
 
 /// Host copy of a tensor's values.
-pub fn to_vec(x: &Tensor<4>) -> Vec<f32> {
+pub fn to_vec<const D: usize>(x: &Tensor<D>) -> Vec<f32> {
     x.to_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
@@ -224,20 +299,20 @@ pub fn to_vec(x: &Tensor<4>) -> Vec<f32> {
 }
 
 /// Builds a tensor from host values.
-pub fn from_vec(values: Vec<f32>, shape: [usize; 4], device: &Device) -> Tensor<4> {
+pub fn from_vec<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
 /// A sampled trajectory: every state from t = 1 to t = 0, and the solver's result.
 #[derive(Debug)]
-pub struct Trajectory {
+pub struct Trajectory<const D: usize = 4> {
     /// One frame per state (steps + 1 frames, the last at t = 0).
     pub frames: Vec<TrajectoryFrame>,
     /// The integration result.
-    pub solution: Solution,
+    pub solution: Solution<D>,
 }
 
-impl Trajectory {
+impl<const D: usize> Trajectory<D> {
     /// The frames at [`capture_steps`] plus the final t = 0 frame, as in the reference view.
     pub fn key_frames(&self) -> Vec<TrajectoryFrame> {
         let steps = self.frames.len() - 1;
@@ -251,13 +326,13 @@ impl Trajectory {
 
 /// Integrates from `x1` with `solver` (`steps` steps on `grid` for fixed-step solvers),
 /// recording every state.
-pub fn trajectory(
-    model: &Network,
-    x1: Tensor<4>,
+pub fn trajectory<const D: usize, F: VelocityField<D>>(
+    model: &F,
+    x1: Tensor<D>,
     solver: Solver,
     steps: usize,
     grid: TimeGrid,
-) -> Trajectory {
+) -> Trajectory<D> {
     let mut frames = Vec::with_capacity(steps + 1);
     let solution = solve(model, solver, x1, steps, grid, |_, t, x| {
         frames.push(TrajectoryFrame {

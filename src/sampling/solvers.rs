@@ -11,16 +11,17 @@ use std::str::FromStr;
 
 use burn::tensor::Tensor;
 
-use crate::model::Network;
+use crate::model::{Condition, VelocityModel};
 
-/// Anything that predicts a velocity for a batch of states at one time.
-pub trait VelocityField {
-    /// The velocity at states `x` (`[batch, c, h, w]`), all at time `t`.
-    fn velocity(&self, x: Tensor<4>, t: f32) -> Tensor<4>;
+/// Anything that predicts a velocity for a batch of states at one time: every
+/// [`VelocityModel`], a guided model, or a closure-like field of your own.
+pub trait VelocityField<const D: usize> {
+    /// The velocity at states `x` (`[batch, ...]`), all at time `t`.
+    fn velocity(&self, x: Tensor<D>, t: f32) -> Tensor<D>;
 
     /// The velocity to step with from `t` to `r`: the average velocity over `[r, t]` for a
     /// field that has one (a mean-flow model), the instantaneous one at `t` otherwise.
-    fn step_velocity(&self, x: Tensor<4>, t: f32, _r: f32) -> Tensor<4> {
+    fn step_velocity(&self, x: Tensor<D>, t: f32, _r: f32) -> Tensor<D> {
         self.velocity(x, t)
     }
 
@@ -30,26 +31,33 @@ pub trait VelocityField {
     }
 }
 
-impl VelocityField for Network {
-    fn velocity(&self, x: Tensor<4>, t: f32) -> Tensor<4> {
-        let [b, ..] = x.dims();
+impl<const D: usize, M: VelocityModel<D>> VelocityField<D> for M {
+    fn velocity(&self, x: Tensor<D>, t: f32) -> Tensor<D> {
+        let b = x.dims()[0];
         let times = Tensor::<1>::full([b], t, &x.device());
-        self.forward(x, times)
+        VelocityModel::velocity(self, x, times, &Condition::none())
     }
 
-    fn step_velocity(&self, x: Tensor<4>, t: f32, r: f32) -> Tensor<4> {
-        let [b, ..] = x.dims();
+    fn step_velocity(&self, x: Tensor<D>, t: f32, r: f32) -> Tensor<D> {
+        if !self.is_mean_flow() {
+            return VelocityField::velocity(self, x, t);
+        }
+        let b = x.dims()[0];
         let device = x.device();
         let times = Tensor::<1>::full([b], t, &device);
-        self.forward_interval(x, Some(Tensor::full([b], r, &device)), times, None)
+        let cond = Condition {
+            r: Some(Tensor::full([b], r, &device)),
+            ..Condition::none()
+        };
+        VelocityModel::velocity(self, x, times, &cond)
     }
 }
 
 /// The end state of an integration and the number of velocity evaluations it used.
 #[derive(Debug, Clone)]
-pub struct Solution {
+pub struct Solution<const D: usize> {
     /// The state at t = 0.
-    pub x: Tensor<4>,
+    pub x: Tensor<D>,
     /// Number of function (velocity-field) evaluations.
     pub nfe: usize,
     /// Accepted steps.
@@ -159,18 +167,18 @@ impl fmt::Display for TimeGrid {
 }
 
 /// Counts the evaluations of a field.
-struct Counted<'a, F: VelocityField> {
+struct Counted<'a, const D: usize, F: VelocityField<D>> {
     field: &'a F,
     count: Cell<usize>,
 }
 
-impl<F: VelocityField> Counted<'_, F> {
-    fn eval(&self, x: Tensor<4>, t: f32) -> Tensor<4> {
+impl<const D: usize, F: VelocityField<D>> Counted<'_, D, F> {
+    fn eval(&self, x: Tensor<D>, t: f32) -> Tensor<D> {
         self.count.set(self.count.get() + self.field.evaluations());
         self.field.velocity(x, t)
     }
 
-    fn eval_step(&self, x: Tensor<4>, t: f32, r: f32) -> Tensor<4> {
+    fn eval_step(&self, x: Tensor<D>, t: f32, r: f32) -> Tensor<D> {
         self.count.set(self.count.get() + self.field.evaluations());
         self.field.step_velocity(x, t, r)
     }
@@ -180,14 +188,14 @@ impl<F: VelocityField> Counted<'_, F> {
 ///
 /// Fixed-step solvers follow `grid` with `steps` steps; Dormand-Prince picks its own steps and
 /// ignores both. `observe(i, t, x)` sees every state on the way (before step `i`).
-pub fn solve<F: VelocityField>(
+pub fn solve<const D: usize, F: VelocityField<D>>(
     field: &F,
     solver: Solver,
-    x1: Tensor<4>,
+    x1: Tensor<D>,
     steps: usize,
     grid: TimeGrid,
-    mut observe: impl FnMut(usize, f32, &Tensor<4>),
-) -> Solution {
+    mut observe: impl FnMut(usize, f32, &Tensor<D>),
+) -> Solution<D> {
     let f = Counted {
         field,
         count: Cell::new(0),
@@ -231,22 +239,28 @@ pub fn solve<F: VelocityField>(
 
 /// The reference sampler: `steps` uniform Euler steps from t = 1 to t = 0,
 /// `x <- x - v(x, t_i) / steps` with `t_i = 1 - i / steps`.
-pub fn euler<F: VelocityField>(
+pub fn euler<const D: usize, F: VelocityField<D>>(
     field: &F,
-    x1: Tensor<4>,
+    x1: Tensor<D>,
     steps: usize,
-    observe: impl FnMut(usize, f32, &Tensor<4>),
-) -> Solution {
+    observe: impl FnMut(usize, f32, &Tensor<D>),
+) -> Solution<D> {
     solve(field, Solver::Euler, x1, steps, TimeGrid::Uniform, observe)
 }
 
 /// Root mean square of `e / (atol + rtol * max(|a|, |b|))` (Hairer's error norm).
-fn error_norm(e: Tensor<4>, a: &Tensor<4>, b: &Tensor<4>, rtol: f32, atol: f32) -> f32 {
+fn error_norm<const D: usize>(
+    e: Tensor<D>,
+    a: &Tensor<D>,
+    b: &Tensor<D>,
+    rtol: f32,
+    atol: f32,
+) -> f32 {
     let scale = a.clone().abs().max_pair(b.clone().abs()) * rtol + atol;
     (e / scale).square().mean().sqrt().into_scalar::<f32>()
 }
 
-fn rms(x: &Tensor<4>) -> f32 {
+fn rms<const D: usize>(x: &Tensor<D>) -> f32 {
     x.clone().square().mean().sqrt().into_scalar::<f32>()
 }
 
@@ -254,13 +268,13 @@ fn rms(x: &Tensor<4>) -> f32 {
 const MIN_ADAPTIVE_STEP: f32 = 1e-5;
 
 /// Dormand-Prince 5(4) from t = 1 to t = 0 with standard step-size control.
-fn dopri5<F: VelocityField>(
-    f: &Counted<F>,
-    x1: Tensor<4>,
+fn dopri5<const D: usize, F: VelocityField<D>>(
+    f: &Counted<D, F>,
+    x1: Tensor<D>,
     rtol: f32,
     atol: f32,
-    mut observe: impl FnMut(usize, f32, &Tensor<4>),
-) -> Solution {
+    mut observe: impl FnMut(usize, f32, &Tensor<D>),
+) -> Solution<D> {
     // Butcher tableau (Dormand & Prince 1980).
     const C: [f32; 6] = [1.0 / 5.0, 3.0 / 10.0, 4.0 / 5.0, 8.0 / 9.0, 1.0, 1.0];
     const A2: [f32; 1] = [1.0 / 5.0];
@@ -298,7 +312,7 @@ fn dopri5<F: VelocityField>(
         22.0 / 525.0,
         -1.0 / 40.0,
     ];
-    let combine = |x: &Tensor<4>, ks: &[Tensor<4>], a: &[f32], h: f32| {
+    let combine = |x: &Tensor<D>, ks: &[Tensor<D>], a: &[f32], h: f32| {
         ks.iter()
             .zip(a)
             .filter(|(_, c)| **c != 0.0)
@@ -310,7 +324,7 @@ fn dopri5<F: VelocityField>(
     let mut k1 = f.eval(x.clone(), t);
     // Initial step (Hairer, Norsett & Wanner, II.4), integrating towards t = 0 (negative h).
     let scale = x.clone().abs() * rtol + atol;
-    let scaled_rms = |v: Tensor<4>| rms(&(v / scale.clone()));
+    let scaled_rms = |v: Tensor<D>| rms(&(v / scale.clone()));
     let (d0, d1) = (scaled_rms(x.clone()), scaled_rms(k1.clone()));
     let h0 = if d0 < 1e-5 || d1 < 1e-5 {
         1e-6
@@ -385,12 +399,19 @@ fn dopri5<F: VelocityField>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::gaussian_noise;
     use burn::tensor::{Device, TensorData};
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn max_abs(a: Tensor<4>, b: Tensor<4>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
 
     /// dx/dt = cos(t) x, whose exact flow is x(t) = x(1) exp(sin t - sin 1).
     struct Oscillating;
 
-    impl VelocityField for Oscillating {
+    impl VelocityField<4> for Oscillating {
         fn velocity(&self, x: Tensor<4>, t: f32) -> Tensor<4> {
             x * t.cos()
         }
@@ -403,7 +424,7 @@ mod tests {
         )
     }
 
-    fn error(solution: &Solution) -> f32 {
+    fn error(solution: &Solution<4>) -> f32 {
         let exact = start() * (0f32.sin() - 1f32.sin()).exp();
         (solution.x.clone() - exact)
             .abs()
@@ -480,7 +501,7 @@ mod tests {
     /// A field that is not finite anywhere, as a diverged model's.
     struct NotFinite(f32);
 
-    impl VelocityField for NotFinite {
+    impl VelocityField<4> for NotFinite {
         fn velocity(&self, x: Tensor<4>, _t: f32) -> Tensor<4> {
             x * self.0
         }
@@ -526,5 +547,32 @@ mod tests {
             ts
         };
         assert_eq!(observed, shifted[..4].to_vec());
+    }
+
+    /// The velocity of the straight line through a fixed data point: `(x - x0) / t`.
+    struct TowardsPoint(Tensor<4>);
+
+    impl VelocityField<4> for TowardsPoint {
+        fn velocity(&self, x: Tensor<4>, t: f32) -> Tensor<4> {
+            (x - self.0.clone()) / t
+        }
+    }
+
+    #[test]
+    fn euler_is_exact_on_a_straight_path() {
+        let device = Device::flex();
+        let mut rng = StdRng::seed_from_u64(2);
+        let x0 = gaussian_noise(&mut rng, [2, 1, 3, 3], &device);
+        let x1 = gaussian_noise(&mut rng, [2, 1, 3, 3], &device);
+        for steps in [1, 3, 7] {
+            let mut times = Vec::new();
+            let solution = euler(&TowardsPoint(x0.clone()), x1.clone(), steps, |i, t, _| {
+                times.push((i, t))
+            });
+            assert_eq!(solution.nfe, steps);
+            assert_eq!(times.first(), Some(&(0, 1.0)));
+            assert_eq!(times.len(), steps);
+            assert!(max_abs(solution.x, x0.clone()) < 1e-5, "{steps} steps");
+        }
     }
 }

@@ -7,19 +7,17 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 
-use crate::model::Network;
-
 /// The averaged weights and the number of updates so far.
 #[derive(Debug, Clone)]
-pub struct Ema {
-    model: Network,
+pub struct Ema<M> {
+    model: M,
     decay: f64,
     updates: u64,
 }
 
-impl Ema {
+impl<M: Module> Ema<M> {
     /// Starts the average at the current weights of `model`.
-    pub fn new(model: &Network, decay: f64) -> Self {
+    pub fn new(model: &M, decay: f64) -> Self {
         Ema {
             model: model.valid(),
             decay,
@@ -28,7 +26,7 @@ impl Ema {
     }
 
     /// Resumes an average (from a checkpoint) that has seen `updates` updates.
-    pub fn resume(model: Network, decay: f64, updates: u64) -> Self {
+    pub fn resume(model: M, decay: f64, updates: u64) -> Self {
         Ema {
             model,
             decay,
@@ -43,7 +41,7 @@ impl Ema {
     }
 
     /// Moves the average towards the weights of `model`.
-    pub fn update(&mut self, model: &Network) {
+    pub fn update(&mut self, model: &M) {
         let mut weights = Flatten(Vec::new());
         model.visit(&mut weights);
         let mut blend = Blend {
@@ -55,7 +53,7 @@ impl Ema {
     }
 
     /// The averaged model.
-    pub fn model(&self) -> &Network {
+    pub fn model(&self) -> &M {
         &self.model
     }
 
@@ -104,7 +102,7 @@ impl ModuleMapper for Blend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{NetworkConfig, UNetConfig};
+    use crate::model::{Network, NetworkConfig, UNetConfig};
     use burn::tensor::Device;
 
     #[test]

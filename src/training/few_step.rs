@@ -8,12 +8,12 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 
+use super::pairs::{PairSet, PairsReport, generate_pairs};
 use super::{TrainConfig, TrainObserver, TrainOutcome, train};
 use crate::checkpoint::{self, Weights};
 use crate::error::{Error, Result};
 use crate::evaluation::straightness::straightness;
 use crate::flow::objective::Objective;
-use crate::flow::pairs::{PairSet, PairsReport, generate_pairs};
 use crate::sampling::Generation;
 
 /// Which few-step run.

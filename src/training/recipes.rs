@@ -4,10 +4,10 @@
 //! the curve behind the choices is in `docs/notes/issue-12.md`.
 
 use super::TrainConfig;
-use super::lr_schedule::LrSchedule;
 use crate::error::{Error, Result};
 use crate::flow::TimeSampling;
 use crate::flow::coupling::Coupling;
+use crate::lr_schedule::LrSchedule;
 use crate::model::{NetworkConfig, ResUNetConfig, UNetConfig};
 
 /// A named recipe.

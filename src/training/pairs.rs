@@ -6,8 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
+use rand::rngs::StdRng;
 use sha2::{Digest, Sha256};
 
+use crate::data::{BatchSource, DataBatch};
 use crate::error::{Error, Result};
 use crate::model::{NamedTensor, Network};
 use crate::sampling::{ClassPlan, Generation, NoiseSource, generate};
@@ -229,5 +231,28 @@ impl PairSet {
             Tensor::from_data(TensorData::new(out, [indices.len(), c, h, w]), device)
         };
         (gather(&self.x0), gather(&self.x1))
+    }
+}
+
+impl BatchSource<4> for PairSet {
+    fn len(&self) -> usize {
+        PairSet::len(self)
+    }
+
+    fn sample_shape(&self) -> Vec<usize> {
+        self.shape.to_vec()
+    }
+
+    fn is_pairs(&self) -> bool {
+        true
+    }
+
+    fn batch(&self, indices: &[usize], _: Option<&mut StdRng>, device: &Device) -> DataBatch<4> {
+        let (x0, x1) = PairSet::batch(self, indices, device);
+        DataBatch {
+            x0,
+            labels: None,
+            x1: Some(x1),
+        }
     }
 }
