@@ -296,6 +296,7 @@ impl ModuleMapper for Loader<'_> {
             let shape = old.dims();
             let device = old.device();
             match source.tensor(&name, shape, Init::Constant(0.0), &device) {
+                Ok(new) if old.is_require_grad() => new.require_grad(),
                 Ok(new) => new,
                 Err(e) => {
                     *error = Some(e);

@@ -555,3 +555,21 @@ pub fn scatter_plot(
     let image = RgbImage::from_raw(w, h, buffer).expect("buffer matches the image size");
     save_png(&image, path)
 }
+
+/// Row-major `[n, 2]` values as 2-D points.
+pub fn points_2d(values: &[f32]) -> Vec<[f32; 2]> {
+    values.chunks_exact(2).map(|p| [p[0], p[1]]).collect()
+}
+
+/// The path of each 2-D point through trajectory `frames` (frames of `[n, 2]` values).
+pub fn paths_2d(frames: &[TrajectoryFrame]) -> Vec<Vec<[f32; 2]>> {
+    let n = frames.first().map_or(0, |f| f.pixels.len() / 2);
+    (0..n)
+        .map(|i| {
+            frames
+                .iter()
+                .map(|f| [f.pixels[2 * i], f.pixels[2 * i + 1]])
+                .collect()
+        })
+        .collect()
+}

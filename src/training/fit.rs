@@ -31,7 +31,7 @@ use crate::data::{BatchSource, EpochOrder};
 use crate::error::{Error, Result};
 use crate::flow::objective::Batch;
 use crate::image_out;
-use crate::model::VelocityModel;
+use crate::model::{SequentialIds, VelocityModel};
 use crate::tensor_file::{TensorFile, write_atomic};
 
 /// Metadata key of a [`fit`] run's configuration (TOML of [`FitConfig`]).
@@ -160,7 +160,7 @@ where
         .map_err(|e| Error::bad_file(&path, format!("bad fit configuration: {e}")))?;
     check_source(&model, data, &config)?;
     let ad_device = device.clone().autodiff();
-    let model = model.fork(&ad_device).train();
+    let model = on_autodiff(model, &ad_device);
     let raw = checkpoint::module_from_file(model.clone(), &file, &path, Weights::Raw)?;
     let averaged = |_: &TensorFile| {
         checkpoint::module_from_file(model.valid(), &file, &path, Weights::PreferEma)
@@ -191,7 +191,7 @@ where
     config.validate()?;
     check_source(&model, data, config)?;
     let ad_device = device.clone().autodiff();
-    let model = model.fork(&ad_device).train();
+    let model = on_autodiff(model, &ad_device);
     let _lock = match &files {
         Some(files) => Some(prepare_dir(files)?),
         None => None,
@@ -204,6 +204,12 @@ where
         fresh_state(model, config),
         observer,
     )
+}
+
+/// `model` on the autodiff device `device`, ready to train, its parameters numbered by
+/// position so that the optimiser state of a resumable checkpoint finds them again.
+fn on_autodiff<M: Module>(model: M, device: &Device) -> M {
+    model.fork(device).train().map(&mut SequentialIds(0))
 }
 
 /// Checks that `data` suits `model` and `config`: item shape, labels for a conditional
