@@ -14,6 +14,7 @@
 #[macro_use]
 mod simd;
 mod attention_ops;
+mod base;
 mod concat_ops;
 pub mod conv_gemm;
 mod conv_ops;
