@@ -1,14 +1,16 @@
 //! What the kernel files share, so that none of them imports another in a circle: convolution
 //! geometry, activations as channel blocks, polyphase grids, the chunked parallel loops with
-//! their per-thread scratch buffers, and the GEMM wrapper. This file imports no other kernel
+//! their per-thread scratch buffers, the GEMM wrapper, the writers of uninitialised outputs and
+//! the `flex` tensor conversions of the burn extensions. This file imports no other kernel
 //! file; the specialised kernels (`polyphase`, `winograd`) import only it, and the dispatcher
 //! (`conv_gemm`) imports them.
 
-use gemm::Parallelism;
-
+use std::borrow::Cow;
 use std::mem::MaybeUninit;
 
-use super::par_written;
+use burn::backend::flex::FlexTensor;
+use burn::tensor::TensorData;
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Shape of a 2-D convolution with a square kernel and equal stride/padding on both axes.
@@ -530,4 +532,77 @@ pub(super) fn carve<const N: usize>(buf: &mut [f32], len: usize) -> [&mut [f32];
 pub(super) fn shifted_range(len: usize, offset: isize) -> std::ops::Range<usize> {
     let first = offset.min(0).unsigned_abs().min(len);
     first..(len as isize - offset.max(0)).max(first as isize) as usize
+}
+
+/// A vector of `len` values computed in parallel: `fill(i, chunk)` receives the `i`-th run of
+/// `chunk_len` values (the last may be shorter), uninitialised, and returns a value per run,
+/// collected in order. No pass zeroes the output before the kernels overwrite it.
+///
+/// # Safety
+/// `fill` must initialise every value of its run.
+pub(crate) unsafe fn par_written<T: Send>(
+    len: usize,
+    chunk_len: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) -> T + Sync,
+) -> (Vec<f32>, Vec<T>) {
+    let mut out = Vec::with_capacity(len);
+    let results = out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk_len.max(1))
+        .enumerate()
+        .map(|(i, chunk)| fill(i, chunk))
+        .collect();
+    // SAFETY: the runs cover `0..len` and `fill` initialised each (the caller's promise).
+    unsafe { out.set_len(len) };
+    (out, results)
+}
+
+/// `values` after every one of them was written.
+///
+/// # Safety
+/// Every value must be initialised.
+pub(crate) unsafe fn assume_written(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32` and the values are initialised.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<f32>(), values.len()) }
+}
+
+/// `values`, every one set to `value`.
+pub(crate) fn write_all(values: &mut [MaybeUninit<f32>], value: f32) -> &mut [f32] {
+    values.fill(MaybeUninit::new(value));
+    // SAFETY: every value was written just above.
+    unsafe { assume_written(values) }
+}
+
+/// `values` with a copy of `src` (of the same length) written into them.
+pub(crate) fn write_copy<'a>(values: &'a mut [MaybeUninit<f32>], src: &[f32]) -> &'a mut [f32] {
+    values.write_copy_of_slice(src)
+}
+
+/// The `f32` values of `t` in row-major order (borrowed when it is contiguous). A strided
+/// view made of long contiguous runs (a channel slice of a batch, say) is gathered in
+/// parallel, run by run; `flex` copies other layouts.
+pub(super) fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
+    if let Some(slice) = t.as_slice::<f32>() {
+        return Cow::Borrowed(slice);
+    }
+    let layout = t.layout();
+    let blocks = layout.strided_blocks();
+    let run = blocks.block_len();
+    if layout.has_positive_strides() && run >= 1024 {
+        let starts: Vec<usize> = blocks.block_starts().collect();
+        let src = t.storage::<f32>();
+        // SAFETY: each run is one copy of `run` values.
+        let (out, _) = unsafe {
+            par_written(starts.len() * run, run, |i, dst| {
+                write_copy(dst, &src[starts[i]..starts[i] + run]);
+            })
+        };
+        return Cow::Owned(out);
+    }
+    let data = t.to_contiguous().into_data();
+    Cow::Owned(data.try_into_vec::<f32>().expect("an f32 tensor"))
+}
+
+/// A `flex` tensor of `values` with `shape`.
+pub(super) fn flex_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
 }

@@ -15,12 +15,12 @@
 use std::mem::MaybeUninit;
 
 use super::base::{
-    COLUMNS_PER_CHUNK, MatRef, matmul, per_chunk_output, per_chunk_output_and_sum, resized,
-    sum_over_chunks,
+    COLUMNS_PER_CHUNK, MatRef, assume_written, matmul, par_written, per_chunk_output,
+    per_chunk_output_and_sum, resized, sum_over_chunks, write_all,
 };
 pub use super::base::{ConvGeometry, Stacked};
 use super::simd::madd;
-use super::{assume_written, par_written, polyphase, winograd, write_all};
+use super::{polyphase, winograd};
 use rayon::prelude::*;
 
 /// [`COLUMNS_PER_CHUNK`] for the weight gradient, where the columns are the reduction dimension and longer
