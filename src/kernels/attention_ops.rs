@@ -19,8 +19,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 use rayon::prelude::*;
 
-use super::conv_gemm::{MatRef, matmul};
-use super::{flex_tensor, par_written, values, write_all};
+use super::base::{MatRef, flex_tensor, matmul, par_written, values, write_all};
 
 /// Self-attention as a backend extension.
 #[backend_extension(Flex, Autodiff)]

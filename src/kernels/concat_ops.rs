@@ -11,7 +11,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 
-use super::{flex_tensor, par_written, values, write_copy};
+use super::base::{flex_tensor, par_written, values, write_copy};
 
 /// Channel concatenation as a backend extension.
 #[backend_extension(Flex, Autodiff)]

@@ -16,11 +16,11 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 use rayon::prelude::*;
 
+use super::base::{ConvGeometry, Stacked, flex_tensor, par_written, values, write_copy};
 use super::conv_gemm::{
-    ConvGeometry, Stacked, conv_backward, conv_forward, conv_input_grad, conv_transpose,
-    conv_transpose_backward, conv_weight_grad,
+    conv_backward, conv_forward, conv_input_grad, conv_transpose, conv_transpose_backward,
+    conv_weight_grad,
 };
-use super::{flex_tensor, par_written, values, write_copy};
 
 /// The GEMM convolutions as a backend extension.
 #[backend_extension(Flex, Autodiff)]

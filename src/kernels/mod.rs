@@ -14,6 +14,7 @@
 #[macro_use]
 mod simd;
 mod attention_ops;
+mod base;
 mod concat_ops;
 pub mod conv_gemm;
 mod conv_ops;
@@ -22,15 +23,10 @@ pub mod norm_silu;
 mod polyphase;
 mod winograd;
 
-use std::borrow::Cow;
-use std::mem::MaybeUninit;
-
 use burn::backend::Dispatch;
-use burn::backend::flex::FlexTensor;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
-use burn::tensor::{DType, Device, Tensor, TensorData};
-use rayon::prelude::*;
+use burn::tensor::{DType, Device, Tensor};
 
 pub use attention_ops::AttentionKernelOps;
 pub use concat_ops::ConcatKernelOps;
@@ -311,77 +307,4 @@ pub fn plain_group_norm_silu_modulated(
 /// Whether the kernels serve `x`: `f32` values on the `flex` backend.
 fn on_flex(x: &Tensor<4>) -> bool {
     x.dtype() == DType::F32 && x.device().without_autodiff() == Device::flex()
-}
-
-/// A vector of `len` values computed in parallel: `fill(i, chunk)` receives the `i`-th run of
-/// `chunk_len` values (the last may be shorter), uninitialised, and returns a value per run,
-/// collected in order. No pass zeroes the output before the kernels overwrite it.
-///
-/// # Safety
-/// `fill` must initialise every value of its run.
-pub(crate) unsafe fn par_written<T: Send>(
-    len: usize,
-    chunk_len: usize,
-    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) -> T + Sync,
-) -> (Vec<f32>, Vec<T>) {
-    let mut out = Vec::with_capacity(len);
-    let results = out.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk_len.max(1))
-        .enumerate()
-        .map(|(i, chunk)| fill(i, chunk))
-        .collect();
-    // SAFETY: the runs cover `0..len` and `fill` initialised each (the caller's promise).
-    unsafe { out.set_len(len) };
-    (out, results)
-}
-
-/// `values` after every one of them was written.
-///
-/// # Safety
-/// Every value must be initialised.
-pub(crate) unsafe fn assume_written(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    // SAFETY: `MaybeUninit<f32>` has the layout of `f32` and the values are initialised.
-    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<f32>(), values.len()) }
-}
-
-/// `values`, every one set to `value`.
-pub(crate) fn write_all(values: &mut [MaybeUninit<f32>], value: f32) -> &mut [f32] {
-    values.fill(MaybeUninit::new(value));
-    // SAFETY: every value was written just above.
-    unsafe { assume_written(values) }
-}
-
-/// `values` with a copy of `src` (of the same length) written into them.
-pub(crate) fn write_copy<'a>(values: &'a mut [MaybeUninit<f32>], src: &[f32]) -> &'a mut [f32] {
-    values.write_copy_of_slice(src)
-}
-
-/// The `f32` values of `t` in row-major order (borrowed when it is contiguous). A strided
-/// view made of long contiguous runs (a channel slice of a batch, say) is gathered in
-/// parallel, run by run; `flex` copies other layouts.
-fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
-    if let Some(slice) = t.as_slice::<f32>() {
-        return Cow::Borrowed(slice);
-    }
-    let layout = t.layout();
-    let blocks = layout.strided_blocks();
-    let run = blocks.block_len();
-    if layout.has_positive_strides() && run >= 1024 {
-        let starts: Vec<usize> = blocks.block_starts().collect();
-        let src = t.storage::<f32>();
-        // SAFETY: each run is one copy of `run` values.
-        let (out, _) = unsafe {
-            par_written(starts.len() * run, run, |i, dst| {
-                write_copy(dst, &src[starts[i]..starts[i] + run]);
-            })
-        };
-        return Cow::Owned(out);
-    }
-    let data = t.to_contiguous().into_data();
-    Cow::Owned(data.try_into_vec::<f32>().expect("an f32 tensor"))
-}
-
-/// A `flex` tensor of `values` with `shape`.
-fn flex_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }

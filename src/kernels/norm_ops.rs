@@ -10,8 +10,8 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 use burn::tensor::TensorData;
 
+use super::base::{flex_tensor, values};
 use super::norm_silu::{self, NormParams, NormShape};
-use super::{flex_tensor, values};
 
 /// The fused block tail as a backend extension.
 #[backend_extension(Flex, Autodiff)]

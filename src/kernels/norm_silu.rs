@@ -17,8 +17,8 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::base::{assume_written, par_written};
 use super::simd::{madd, sum};
-use super::{assume_written, par_written};
 
 /// Layout of a GroupNorm input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,11 +12,10 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::conv_gemm::{
-    COLUMNS_PER_CHUNK, ConvGeometry, MatRef, Stacked, matmul, per_chunk_output, resized,
-    sum_over_chunks,
+use super::base::{
+    COLUMNS_PER_CHUNK, ConvGeometry, Grid, MatRef, Stacked, carve, masked, matmul,
+    per_chunk_output, resized, sum_over_chunks,
 };
-use super::polyphase::{Grid, carve, map2, map3, masked_minus, minus_masked, negate};
 
 /// Whether the geometry suits F(2×2, 3×3): a 3×3 kernel, stride 1, padding 1 (and enough input
 /// channels for the transforms to pay off).
@@ -392,4 +391,50 @@ pub fn adjoint_weight(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
             }
         });
     out
+}
+
+/// `out[i] = f(a[i], b[i])`.
+#[inline(always)]
+pub(super) fn map2(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for (o, (a, b)) in out.iter_mut().zip(a.iter().zip(b)) {
+        *o = f(*a, *b);
+    }
+}
+
+/// `out[i] = -a[i]`.
+#[inline(always)]
+pub(super) fn negate(out: &mut [f32], a: &[f32]) {
+    for (o, a) in out.iter_mut().zip(a) {
+        *o = -*a;
+    }
+}
+
+/// `out[i] = f(a[i], b[i], c[i])`.
+#[inline(always)]
+pub(super) fn map3(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    f: impl Fn(f32, f32, f32) -> f32,
+) {
+    for (o, (a, (b, c))) in out.iter_mut().zip(a.iter().zip(b.iter().zip(c))) {
+        *o = f(*a, *b, *c);
+    }
+}
+
+/// `out[i] = a[i] - masked(b[i], mask[i])` (a neighbour that may lie across an edge).
+#[inline(always)]
+pub(super) fn minus_masked(out: &mut [f32], a: &[f32], b: &[f32], mask: &[u32]) {
+    for (o, (a, (b, m))) in out.iter_mut().zip(a.iter().zip(b.iter().zip(mask))) {
+        *o = *a - masked(*b, *m);
+    }
+}
+
+/// `out[i] = masked(a[i], mask[i]) - b[i]` (a neighbour that may lie across an edge).
+#[inline(always)]
+pub(super) fn masked_minus(out: &mut [f32], a: &[f32], mask: &[u32], b: &[f32]) {
+    for (o, (a, (m, b))) in out.iter_mut().zip(a.iter().zip(mask.iter().zip(b))) {
+        *o = masked(*a, *m) - *b;
+    }
 }
