@@ -210,7 +210,9 @@ fn limited(set: ImageSet, split: Split, options: &DataOptions) -> ImageSet {
     }
 }
 
-fn embedded(split: Split) -> Result<ImageSet> {
+/// The embedded MNIST subset (8,000 training and 2,000 held-out digits, compiled into the
+/// library): no file, no network.
+pub fn embedded(split: Split) -> Result<ImageSet> {
     let (images, labels): (&[u8], &[u8]) = match split {
         Split::Train => (
             include_bytes!("../../assets/mnist-10k/train-images-idx3-ubyte.gz"),
