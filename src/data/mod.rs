@@ -4,6 +4,8 @@
 
 pub mod augment;
 pub mod batches;
+#[cfg(feature = "learner")]
+pub mod burn_dataset;
 pub mod cifar;
 pub mod convert;
 pub mod download;

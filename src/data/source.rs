@@ -48,13 +48,14 @@ pub trait BatchSource<const D: usize> {
     }
 
     /// The items at `indices` on `device`. With `augment`, a source that augments (random
-    /// flips, ...) draws its choices from it; without, it returns the items as stored.
+    /// flips, ...) draws its choices from it; without, it returns the items as stored. An
+    /// error (a source that reads files, say) stops the run.
     fn batch(
         &self,
         indices: &[usize],
         augment: Option<&mut StdRng>,
         device: &Device,
-    ) -> DataBatch<D>;
+    ) -> Result<DataBatch<D>>;
 }
 
 /// Items held in memory as one row-major buffer: vectors `[n, features]`, images
@@ -140,21 +141,26 @@ impl<const D: usize> BatchSource<D> for InMemory<D> {
         self.labels.as_ref().map(|(_, classes)| *classes)
     }
 
-    fn batch(&self, indices: &[usize], _: Option<&mut StdRng>, device: &Device) -> DataBatch<D> {
+    fn batch(
+        &self,
+        indices: &[usize],
+        _: Option<&mut StdRng>,
+        device: &Device,
+    ) -> Result<DataBatch<D>> {
         let mut values = Vec::with_capacity(indices.len() * self.item_len());
         for &i in indices {
             values.extend_from_slice(self.item(i));
         }
         let mut shape = self.shape;
         shape[0] = indices.len();
-        DataBatch {
+        Ok(DataBatch {
             x0: Tensor::from_data(TensorData::new(values, shape), device),
             labels: self
                 .labels
                 .as_ref()
                 .map(|(labels, _)| indices.iter().map(|&i| labels[i]).collect()),
             x1: None,
-        }
+        })
     }
 }
 
@@ -186,19 +192,19 @@ impl BatchSource<4> for ImageSource<'_> {
         indices: &[usize],
         augment: Option<&mut StdRng>,
         device: &Device,
-    ) -> DataBatch<4> {
+    ) -> Result<DataBatch<4>> {
         let (x0, labels) = match (augment, self.flip) {
             (Some(rng), true) => self.set.batch_flipped(indices, rng, device),
             _ => self.set.batch(indices, device),
         };
-        DataBatch {
+        Ok(DataBatch {
             x0,
             labels: self
                 .set
                 .is_labelled()
                 .then(|| labels.into_iter().map(usize::from).collect()),
             x1: None,
-        }
+        })
     }
 }
 
@@ -217,7 +223,7 @@ mod tests {
             (set.len(), set.sample_shape(), set.classes()),
             (6, vec![2], Some(2))
         );
-        let batch = set.batch(&[4, 1], None, &Device::flex());
+        let batch = set.batch(&[4, 1], None, &Device::flex()).unwrap();
         assert_eq!(batch.x0.dims(), [2, 2]);
         let got = batch
             .x0

@@ -10,6 +10,7 @@
 pub mod coupling;
 pub mod objective;
 pub mod path;
+pub mod scheduler;
 pub mod stable_target;
 
 pub use path::{LinearPath, PathSample, ProbPath};

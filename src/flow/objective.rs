@@ -19,6 +19,8 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
+use super::path::ProbPath;
+use super::scheduler::{AffinePath, Parametrisation, Prediction};
 use super::stable_target::{Reference, stable_target};
 use super::{TimeSampling, training_tuple, velocity_loss};
 use crate::error::{Error, Result};
@@ -127,7 +129,7 @@ pub fn loss<const D: usize, M: VelocityModel<D>>(
     objective: &Objective,
     model: &M,
     batch: Batch<D>,
-    x1: Tensor<D>,
+    (x1, parametrisation): (Tensor<D>, Parametrisation),
     times: &TimeSampling,
     rng: &mut StdRng,
 ) -> Result<Tensor<1>, String> {
@@ -140,16 +142,28 @@ pub fn loss<const D: usize, M: VelocityModel<D>>(
     let device = batch.x0.device();
     match objective {
         Objective::FlowMatching | Objective::Reflow { .. } => {
-            let mut tuple =
-                training_tuple(batch.x0.clone(), x1.clone(), times.sample(rng, n, &device));
+            let t = times.sample(rng, n, &device);
+            let mut tuple = match parametrisation.is_straight() {
+                true => training_tuple(batch.x0.clone(), x1.clone(), t),
+                false => AffinePath {
+                    scheduler: parametrisation.scheduler,
+                }
+                .sample(batch.x0.clone(), x1.clone(), t),
+            };
             if let Some(reference) = batch.reference {
                 let point = (tuple.x_t.clone(), tuple.t.clone());
                 let labels = batch.labels.clone();
-                tuple.target = stable_target(point, batch.x0, x1, reference, labels);
+                tuple.target =
+                    stable_target(point, batch.x0.clone(), x1.clone(), reference, labels);
             }
+            let target = match parametrisation.prediction {
+                Prediction::Velocity => tuple.target,
+                Prediction::Data => batch.x0,
+                Prediction::Noise => x1,
+            };
             let cond = train(batch.labels, None, rng.random());
-            let predicted = checked(model.velocity(tuple.x_t, tuple.t, &cond), &tuple.target)?;
-            Ok(velocity_loss(predicted, tuple.target))
+            let predicted = checked(model.velocity(tuple.x_t, tuple.t, &cond), &target)?;
+            Ok(velocity_loss(predicted, target))
         }
         Objective::Distill { steps, .. } => {
             let mut x = x1;

@@ -1,5 +1,7 @@
 //! Classifier-free guidance (Ho & Salimans 2022) for class-conditional models:
-//! `v = v_uncond + w (v_cond - v_uncond)`, both branches in one batched model call.
+//! `v = v_uncond + w (v_cond - v_uncond)`, both branches in one batched model call; optionally
+//! only over an interval of times (Kynkäänniemi et al. 2024), the plain conditional model
+//! elsewhere.
 
 use burn::tensor::Tensor;
 
@@ -27,6 +29,19 @@ pub struct Guided<'a, M> {
     /// One-hot labels: conditional rows, then "no label" rows.
     both: Tensor<2>,
     scale: f32,
+    interval: Option<(f32, f32)>,
+}
+
+/// Checks a guidance interval `[from, to]`: `0 <= from <= to <= 1`.
+pub fn check_interval((from, to): (f32, f32)) -> Result<()> {
+    if (0.0..=1.0).contains(&from) && (0.0..=1.0).contains(&to) && from <= to {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "guidance interval",
+            format!("{from},{to}: need 0 <= A <= B <= 1 (times: 0 data, 1 noise)"),
+        ))
+    }
 }
 
 impl<'a, M> Guided<'a, M> {
@@ -67,7 +82,23 @@ impl<'a, M> Guided<'a, M> {
             model,
             both: one_hot_labels(&rows, classes, &device),
             scale,
+            interval: None,
         })
+    }
+
+    /// The same guidance applied only at times in `[from, to]` (t = 0 data, t = 1 noise); at
+    /// other times the model is the plain conditional one (`w = 1`).
+    pub fn with_interval(self, interval: Option<(f32, f32)>) -> Result<Self> {
+        interval.map(check_interval).transpose()?;
+        Ok(Guided { interval, ..self })
+    }
+
+    /// The scale in force at time `t`.
+    pub fn scale_at(&self, t: f32) -> f32 {
+        match self.interval {
+            Some((from, to)) if t < from || t > to => 1.0,
+            _ => self.scale,
+        }
     }
 }
 
@@ -89,16 +120,17 @@ impl<M> Guided<'_, M> {
             };
             self.model.velocity(x, times(n, t), &cond)
         };
-        if self.scale == 0.0 {
+        let scale = self.scale_at(t);
+        if scale == 0.0 {
             return run(x, b, self.both.clone().narrow(0, half, half));
         }
-        if self.scale == 1.0 {
+        if scale == 1.0 {
             return run(x, b, self.both.clone().narrow(0, 0, half));
         }
         let v = run(Tensor::cat(vec![x.clone(), x], 0), 2 * b, self.both.clone());
         let cond = v.clone().narrow(0, 0, b);
         let uncond = v.narrow(0, b, b);
-        uncond.clone() + (cond - uncond) * self.scale
+        uncond.clone() + (cond - uncond) * scale
     }
 }
 
@@ -117,5 +149,10 @@ impl<const D: usize, M: VelocityModel<D>> VelocityField<D> for Guided<'_, M> {
         } else {
             2
         }
+    }
+
+    fn evaluations_at(&self, t: f32) -> usize {
+        let scale = self.scale_at(t);
+        if scale == 0.0 || scale == 1.0 { 1 } else { 2 }
     }
 }

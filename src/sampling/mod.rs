@@ -3,6 +3,7 @@
 //! guidance ([`guidance`]) they use.
 
 pub mod guidance;
+pub mod schedule;
 pub mod solvers;
 pub mod to_files;
 

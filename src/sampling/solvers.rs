@@ -29,6 +29,12 @@ pub trait VelocityField<const D: usize> {
     fn evaluations(&self) -> usize {
         1
     }
+
+    /// Network evaluations a call at time `t` costs (guidance on an interval of times costs 2
+    /// inside it, 1 outside).
+    fn evaluations_at(&self, _t: f32) -> usize {
+        self.evaluations()
+    }
 }
 
 impl<const D: usize, M: VelocityModel<D>> VelocityField<D> for M {
@@ -174,12 +180,14 @@ struct Counted<'a, const D: usize, F: VelocityField<D>> {
 
 impl<const D: usize, F: VelocityField<D>> Counted<'_, D, F> {
     fn eval(&self, x: Tensor<D>, t: f32) -> Tensor<D> {
-        self.count.set(self.count.get() + self.field.evaluations());
+        self.count
+            .set(self.count.get() + self.field.evaluations_at(t));
         self.field.velocity(x, t)
     }
 
     fn eval_step(&self, x: Tensor<D>, t: f32, r: f32) -> Tensor<D> {
-        self.count.set(self.count.get() + self.field.evaluations());
+        self.count
+            .set(self.count.get() + self.field.evaluations_at(t));
         self.field.step_velocity(x, t, r)
     }
 }

@@ -6,6 +6,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use crate::data::BatchSource;
+use crate::error::Result;
 use crate::flow;
 use crate::flow::coupling::{Coupling, ot_assignment, reorder_rows};
 use crate::flow::stable_target::Reference;
@@ -34,14 +35,14 @@ pub fn reference_batch<const D: usize, S: BatchSource<D> + ?Sized>(
     size: usize,
     classes: Option<usize>,
     rng: &mut StdRng,
-) -> Reference {
+) -> Result<Reference> {
     let dims = x0.dims();
     let (batch, values): (usize, usize) = (dims[0], dims[1..].iter().product());
     let device = x0.device();
     let extra: Vec<usize> = (0..size.saturating_sub(batch))
         .map(|_| rng.random_range(0..source.len()))
         .collect();
-    let drawn = source.batch(&extra, None, &device);
+    let drawn = source.batch(&extra, None, &device)?;
     let extra_labels = drawn.labels.unwrap_or_default();
     let labels = classes.map(|classes| {
         let all: Vec<Option<usize>> = labels
@@ -52,7 +53,7 @@ pub fn reference_batch<const D: usize, S: BatchSource<D> + ?Sized>(
             .collect();
         one_hot_labels(&all, classes, &device)
     });
-    Reference {
+    Ok(Reference {
         images: Tensor::cat(
             vec![
                 x0.clone().reshape([batch, values]),
@@ -61,7 +62,7 @@ pub fn reference_batch<const D: usize, S: BatchSource<D> + ?Sized>(
             0,
         ),
         labels,
-    }
+    })
 }
 
 /// Fresh noise for the data `x0`, paired by `coupling`.

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::flow::TimeSampling;
 use crate::flow::coupling::Coupling;
 use crate::flow::objective::Objective;
+use crate::flow::scheduler::{Parametrisation, Prediction, Scheduler};
 use crate::lr_schedule::LrSchedule;
 use crate::model::{NetworkConfig, UNetConfig};
 
@@ -66,6 +67,12 @@ pub struct TrainConfig {
     /// `x1 - x0` of each image alone.
     #[serde(default)]
     pub stable_target: Option<usize>,
+    /// The path's scheduler (linear: the straight line of rectified flow).
+    #[serde(default)]
+    pub scheduler: Scheduler,
+    /// What the network predicts: the velocity, the data or the noise.
+    #[serde(default)]
+    pub prediction: Prediction,
     /// Decay of the exponential moving average of the weights (none: no average, as the reference).
     pub ema_decay: Option<f64>,
     /// AdamW betas.
@@ -110,6 +117,8 @@ impl Default for TrainConfig {
             time_sampling: TimeSampling::Uniform,
             coupling: Coupling::Independent,
             stable_target: None,
+            scheduler: Scheduler::Linear,
+            prediction: Prediction::Velocity,
             label_dropout: default_label_dropout(),
             betas: (0.9, 0.999),
             eps: 1e-8,
@@ -143,6 +152,8 @@ impl TrainConfig {
             time_sampling: self.time_sampling,
             coupling: self.coupling,
             stable_target: self.stable_target,
+            scheduler: self.scheduler,
+            prediction: self.prediction,
             ema_decay: self.ema_decay,
             betas: self.betas,
             eps: self.eps,
@@ -157,6 +168,14 @@ impl TrainConfig {
     /// The configuration as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("config serialises to TOML")
+    }
+
+    /// The path's scheduler and what the network predicts.
+    pub fn parametrisation(&self) -> Parametrisation {
+        Parametrisation {
+            scheduler: self.scheduler,
+            prediction: self.prediction,
+        }
     }
 }
 
@@ -206,6 +225,12 @@ pub struct FitConfig {
     /// Items in the stable target's reference batch (none: the target `x1 - x0`).
     #[serde(default)]
     pub stable_target: Option<usize>,
+    /// The path's scheduler (linear: the straight line of rectified flow).
+    #[serde(default)]
+    pub scheduler: Scheduler,
+    /// What the network predicts: the velocity, the data or the noise.
+    #[serde(default)]
+    pub prediction: Prediction,
     /// Decay of the exponential moving average of the weights (none: no average).
     pub ema_decay: Option<f64>,
     /// AdamW betas.
@@ -260,6 +285,24 @@ impl FitConfig {
         }
         self.time_sampling.validate()?;
         self.objective.validate()?;
+        self.scheduler.validate()?;
+        let straight =
+            self.scheduler == Scheduler::Linear && self.prediction == Prediction::Velocity;
+        if !straight && self.objective != Objective::FlowMatching {
+            return Err(Error::invalid(
+                "scheduler",
+                format!(
+                    "the {} objective works on the linear path with velocity prediction",
+                    self.objective.name()
+                ),
+            ));
+        }
+        if !straight && self.stable_target.is_some() {
+            return Err(Error::invalid(
+                "stable target",
+                "averages on the linear path with velocity prediction only",
+            ));
+        }
         if let Some(size) = self.stable_target {
             if !(self.batch_size..=MAX_STABLE_REFERENCE).contains(&size) {
                 return Err(Error::invalid(
@@ -319,5 +362,13 @@ impl FitConfig {
     /// The configuration as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("config serialises to TOML")
+    }
+
+    /// The path's scheduler and what the network predicts.
+    pub fn parametrisation(&self) -> Parametrisation {
+        Parametrisation {
+            scheduler: self.scheduler,
+            prediction: self.prediction,
+        }
     }
 }

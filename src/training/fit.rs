@@ -395,16 +395,25 @@ where
         let indices = order.as_ref().expect("order of this epoch").1.batch(batch);
         let step = state.progress.step + 1;
         let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step));
-        let drawn = data.batch(indices, Some(&mut rng), device);
+        let drawn = data.batch(indices, Some(&mut rng), device)?;
         let labels = classes
             .zip(drawn.labels.as_deref())
             .map(|(classes, labels)| {
                 dropped_labels(labels, classes, config.label_dropout, &mut rng, device)
             });
-        let reference = config.stable_target.map(|size| {
-            let labels = drawn.labels.as_deref();
-            reference_batch(data, (&drawn.x0, labels), size, classes, &mut rng)
-        });
+        let reference = match config.stable_target {
+            Some(size) => {
+                let labels = drawn.labels.as_deref();
+                Some(reference_batch(
+                    data,
+                    (&drawn.x0, labels),
+                    size,
+                    classes,
+                    &mut rng,
+                )?)
+            }
+            None => None,
+        };
         let batch = Batch {
             x0: drawn.x0,
             x1: drawn.x1,

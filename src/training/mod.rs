@@ -16,6 +16,8 @@ pub mod cpu_time;
 pub mod ema;
 pub mod few_step;
 pub mod fit;
+#[cfg(feature = "learner")]
+pub mod learner;
 pub mod networks;
 pub mod observer;
 pub mod pairs;

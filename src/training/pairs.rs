@@ -247,12 +247,17 @@ impl BatchSource<4> for PairSet {
         true
     }
 
-    fn batch(&self, indices: &[usize], _: Option<&mut StdRng>, device: &Device) -> DataBatch<4> {
+    fn batch(
+        &self,
+        indices: &[usize],
+        _: Option<&mut StdRng>,
+        device: &Device,
+    ) -> Result<DataBatch<4>> {
         let (x0, x1) = PairSet::batch(self, indices, device);
-        DataBatch {
+        Ok(DataBatch {
             x0,
             labels: None,
             x1: Some(x1),
-        }
+        })
     }
 }

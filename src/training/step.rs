@@ -50,7 +50,7 @@ pub fn train_step<const D: usize, M: VelocityModel<D>>(
         &config.objective,
         &model,
         batch,
-        x1,
+        (x1, config.parametrisation()),
         &config.time_sampling,
         rng,
     )
