@@ -40,7 +40,9 @@ pub fn two_moons(n: usize, seed: u64) -> (Vec<[f32; 2]>, Vec<usize>) {
         0 => [noisy(a.cos() - 0.5), noisy(a.sin() * 1.5 - 0.375)],
         _ => [noisy(0.5 - a.cos()), noisy(0.375 - a.sin() * 1.5)],
     };
-    let angles: Vec<f32> = (0..n).map(|i| (i / 2) as f32 * 6.2832 / n as f32).collect();
+    let angles: Vec<f32> = (0..n)
+        .map(|i| (i / 2) as f32 * std::f32::consts::TAU / n as f32)
+        .collect();
     (0..n).map(|i| (point(i, angles[i]), i % 2)).unzip()
 }
 

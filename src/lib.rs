@@ -4,7 +4,7 @@
 //! Bring your own burn model: implement [`model::VelocityModel`] (the velocity at points `x_t`
 //! of any rank and times `t`, t = 0 data, t = 1 noise), give your data as a
 //! [`data::BatchSource`] ([`data::InMemory`] for tensors you have), and flowmatch's loop trains
-//! it ([`training::fit`]: AdamW, global clipping, schedules, EMA, checkpoints, exact resume)
+//! it ([`training::fit()`]: AdamW, global clipping, schedules, EMA, checkpoints, exact resume)
 //! and its solvers sample it ([`sampling`]). The built-in networks ([`model::Network`]) are two
 //! implementations of the same trait.
 //!
@@ -52,7 +52,7 @@
 //! - [`flow`]: the probability path ([`flow::path`]), the objectives and their losses
 //!   ([`flow::objective`]: flow matching, reflow, distillation, mean flow), time sampling, the
 //!   pairing of data and noise ([`flow::coupling`]) and the stable target.
-//! - [`training`]: the generic loop ([`training::fit`]) and the runs of the built-in networks
+//! - [`training`]: the generic loop ([`training::fit()`]) and the runs of the built-in networks
 //!   ([`training::train`]), split by concept (configuration, run folder, step, clipping, EMA,
 //!   observers, recipes, few-step recipes and teacher pairs).
 //! - [`sampling`]: seeded noise, chunked generation, trajectories; the ODE solvers
@@ -66,7 +66,7 @@
 //! - [`kernels`]: hand-written CPU kernels behind burn's backend extension.
 //! - [`image_out`]: sample grids, trajectory strips, GIFs and plots.
 //! - [`demo`]: the few-minute demonstration run; [`serve`]: the local web page and its API.
-//! - [`bench`]: throughput and memory measurements; [`device`]: choosing the backend.
+//! - [`bench`](mod@bench): throughput and memory measurements; [`device`]: choosing the backend.
 
 #![warn(missing_docs)]
 

@@ -410,7 +410,10 @@ mod tests {
         let c = Scheduler::Linear.at(0.3);
         let want = [0.7, 0.3, -1.0, 1.0];
         let got = [c.a, c.b, c.da, c.db];
-        assert!(got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-12), "{got:?}");
+        assert!(
+            got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-12),
+            "{got:?}"
+        );
         for s in ALL {
             for t in [0.05, 0.3, 0.6, 0.9] {
                 let c = s.at(t);

@@ -1,5 +1,5 @@
 //! The reference SimpleUNet (seed-spec.md): three levels of conv + time shift + GroupNorm +
-//! SiLU blocks, with PyTorch's `state_dict` names (through [`pytorch_name`]), so weights
+//! SiLU blocks, with PyTorch's `state_dict` names (through [`pytorch_name`](super::pytorch_name)), so weights
 //! trained by the reference code load unchanged.
 
 use burn::module::Module;

@@ -1,6 +1,6 @@
 //! A training run's configuration: [`TrainConfig`] for flowmatch's own networks on image sets
 //! (stored as TOML in every checkpoint), and [`FitConfig`], the part the generic loop
-//! ([`super::fit`]) reads, for any velocity model and data.
+//! ([`super::fit()`]) reads, for any velocity model and data.
 
 use std::path::PathBuf;
 
@@ -89,7 +89,7 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Also write a checkpoint when the training time first reaches each of these minutes
     /// (`minutes-0005.safetensors` for 5), for quality against compute from one run. Training
-    /// time is CPU time per worker thread ([`Progress::budget_seconds`]), so a busy machine
+    /// time is CPU time per worker thread ([`Progress::budget_seconds`](crate::checkpoint::Progress::budget_seconds)), so a busy machine
     /// does not move the marks.
     #[serde(default)]
     pub checkpoint_minutes: Vec<f64>,

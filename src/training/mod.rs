@@ -1,4 +1,4 @@
-//! Training: the generic loop for any velocity model and data ([`fit`], [`fit_in`],
+//! Training: the generic loop for any velocity model and data ([`fit()`], [`fit_in`],
 //! [`fit_resume`]), and the runs of flowmatch's own networks on images and teacher pairs
 //! ([`train`], [`resume`]) built on it.
 //!
