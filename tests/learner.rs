@@ -13,7 +13,7 @@ use burn::train::{Learner, SupervisedTraining};
 use flowmatch::data::DataBatch;
 use flowmatch::data::burn_dataset::DatasetSource;
 use flowmatch::model::{Condition, VelocityModel};
-use flowmatch::training::learner::FlowMatchingStep;
+use flowmatch::training::learner::{FlowMatchingStep, Rank};
 use flowmatch::training::{FitConfig, fit};
 
 #[derive(Module, Debug)]
@@ -76,33 +76,36 @@ fn burns_learner_trains_flowmatchings_objective() {
             .shuffle(seed)
             .build(InMemDataset::new(points()))
     };
+    // The loss over all points, averaged over 16 draws of noise and times.
+    let mean_loss = |step: &FlowMatchingStep<Mlp, Rank<2>>, device: &Device| {
+        let batch = || Points.batch(points(), device);
+        let draws = (0..16).map(|_| step.regression(batch()).loss.into_scalar::<f32>());
+        draws.sum::<f32>() / 16.0
+    };
     let step = FlowMatchingStep::new(mlp(&device.clone().autodiff()));
-    let before = step
-        .regression(Points.batch(points(), &device.clone().autodiff()))
-        .loss
-        .into_scalar::<f32>();
+    let before = mean_loss(&step, &device.clone().autodiff());
     let learner = Learner::new(step, AdamWConfig::new().init(), 1e-2);
-    let result = SupervisedTraining::new(&dir, loader(0), loader(1))
-        .num_epochs(8)
-        .launch(learner);
-    let after = result
-        .model
-        .regression(Points.batch(points(), &device))
-        .loss
-        .into_scalar::<f32>();
-    assert!(after < before * 0.7, "loss {before} -> {after}");
+    let training = SupervisedTraining::new(&dir, loader(0), loader(1)).num_epochs(30);
+    let after = mean_loss(&training.launch(learner).model, &device);
     let _ = std::fs::remove_dir_all(&dir);
 
-    // The same Dataset and Batcher feed flowmatch's own loop.
+    // The same Dataset and Batcher feed flowmatch's own loop for as many steps (240).
     let source = DatasetSource::new(InMemDataset::new(points()), Points, vec![2]);
     let config = FitConfig {
         batch_size: 32,
         lr: 1e-2,
-        max_steps: Some(20),
+        epochs: 30,
+        grad_clip: None,
         ..FitConfig::default()
     };
-    assert_eq!(
-        fit(mlp(&device), &source, &config, &device).unwrap().steps,
-        20
+    let own = fit(mlp(&device), &source, &config, &device).unwrap();
+    assert_eq!(own.steps, 240);
+    let own = mean_loss(&FlowMatchingStep::new(own.model), &device);
+    // The loss has a floor (the conditional target's own variance): the Learner's run gets as
+    // close to it as flowmatch's loop does.
+    assert!(after < before * 0.95, "Learner: loss {before} -> {after}");
+    assert!(
+        after < own * 1.05,
+        "Learner {after}, flowmatch's loop {own} (from {before})"
     );
 }

@@ -5,7 +5,7 @@
 
 use std::marker::PhantomData;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleDisplay};
 use burn::tensor::{Device, Tensor};
 use burn::train::{InferenceStep, RegressionOutput, TrainOutput, TrainStep};
 use rand::rngs::StdRng;
@@ -82,7 +82,9 @@ impl<const D: usize, M: VelocityModel<D>> FlowMatchingStep<M, Rank<D>> {
     }
 }
 
-impl<const D: usize, M: VelocityModel<D> + 'static> TrainStep for FlowMatchingStep<M, Rank<D>> {
+impl<const D: usize, M: VelocityModel<D> + ModuleDisplay + 'static> TrainStep
+    for FlowMatchingStep<M, Rank<D>>
+{
     type Input = DataBatch<D>;
     type Output = RegressionOutput;
 
@@ -92,7 +94,9 @@ impl<const D: usize, M: VelocityModel<D> + 'static> TrainStep for FlowMatchingSt
     }
 }
 
-impl<const D: usize, M: VelocityModel<D> + 'static> InferenceStep for FlowMatchingStep<M, Rank<D>> {
+impl<const D: usize, M: VelocityModel<D> + ModuleDisplay + 'static> InferenceStep
+    for FlowMatchingStep<M, Rank<D>>
+{
     type Input = DataBatch<D>;
     type Output = RegressionOutput;
 
