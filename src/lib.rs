@@ -14,7 +14,8 @@
 //! - [`data`]: IDX reading, data sets (embedded, folders, downloads), batching, augmentation.
 //! - [`kernels`]: hand-written CPU kernels behind burn's backend extension.
 //! - [`checkpoint`], [`tensor_file`]: safetensors files, written atomically.
-//! - [`image_out`]: sample grids, trajectory strips, GIFs and plots.
+//! - [`image_out`]: sample grids, trajectory strips, GIFs and plots; [`trajectory`]: a
+//!   trajectory written to files, within its memory limits.
 //! - [`demo`]: the few-minute demonstration run; [`serve`]: the local web page and its API.
 //! - [`bench`]: throughput and memory measurements; [`device`]: choosing the backend.
 
@@ -33,5 +34,6 @@ pub mod sampling;
 pub mod serve;
 pub mod tensor_file;
 pub mod training;
+pub mod trajectory;
 
 pub use error::{Error, Result};
