@@ -41,7 +41,25 @@ pub struct BenchConfig {
     pub sample_min_time: Duration,
 }
 
+/// The widths `flowmatch bench` measures by default, each in its own process: the reference
+/// SimpleUNet (64, 128, 256) and its half.
+pub const SWEEP_WIDTHS: [[usize; 3]; 2] = [[64, 128, 256], [32, 64, 128]];
+
 impl BenchConfig {
+    /// These settings made short, for a quick look: 1 warm-up and 2 timed training steps, 1
+    /// timed sampling run, no minimum time.
+    pub fn quick(self) -> Self {
+        BenchConfig {
+            train_warmup: 1,
+            train_min_steps: 2,
+            train_min_time: Duration::ZERO,
+            sample_warmup: 0,
+            sample_min_runs: 1,
+            sample_min_time: Duration::ZERO,
+            ..self
+        }
+    }
+
     /// The reference benchmark's settings for a SimpleUNet of the given widths.
     pub fn reference(widths: [usize; 3]) -> Self {
         Self::for_network(NetworkConfig::Simple(UNetConfig::with_widths(widths)))
@@ -201,4 +219,23 @@ pub fn peak_rss_mb() -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| (kb / 1024.0 * 10.0).round() / 10.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_shortens_the_timing_and_keeps_what_is_measured() {
+        let full = BenchConfig::reference([8, 16, 32]);
+        let quick = full.clone().quick();
+        assert_eq!((quick.train_warmup, quick.train_min_steps), (1, 2));
+        assert_eq!((quick.sample_warmup, quick.sample_min_runs), (0, 1));
+        assert_eq!(quick.train_min_time + quick.sample_min_time, Duration::ZERO);
+        assert_eq!(quick.network, full.network);
+        assert_eq!(
+            (quick.train_batch, quick.sample_batch, quick.sample_steps),
+            (full.train_batch, full.sample_batch, full.sample_steps)
+        );
+    }
 }

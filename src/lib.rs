@@ -64,7 +64,8 @@
 //! - [`checkpoint`], [`tensor_file`]: safetensors files, written atomically.
 //! - [`lr_schedule`]: learning-rate schedules.
 //! - [`kernels`]: hand-written CPU kernels behind burn's backend extension.
-//! - [`image_out`]: sample grids, trajectory strips, GIFs and plots.
+//! - [`image_out`]: sample grids, trajectory strips, GIFs and plots; [`trajectory`]: a
+//!   trajectory written to files, within its memory limits.
 //! - [`demo`]: the few-minute demonstration run; [`serve`]: the local web page and its API.
 //! - [`bench`](mod@bench): throughput and memory measurements; [`device`]: choosing the backend.
 
@@ -86,5 +87,6 @@ pub mod sampling;
 pub mod serve;
 pub mod tensor_file;
 pub mod training;
+pub mod trajectory;
 
 pub use error::{Error, Result};

@@ -77,6 +77,28 @@ impl DataSource {
     pub fn is_mnist(&self) -> bool {
         matches!(self, DataSource::Embedded | DataSource::Mnist)
     }
+
+    /// Whether the data set is downloaded (and verified) into the cache on first use.
+    pub fn is_downloaded(&self) -> bool {
+        matches!(
+            self,
+            DataSource::Mnist | DataSource::FashionMnist | DataSource::Cifar10
+        )
+    }
+}
+
+/// What loading a data set tells the user as it goes ([`ImageSet::load_noted`]).
+#[derive(Debug, Clone, Copy)]
+pub enum LoadNote<'a> {
+    /// A data set downloaded into `cache_dir` on first use is about to be read.
+    Download {
+        /// The data set.
+        source: &'a DataSource,
+        /// Where it is (or will be) kept.
+        cache_dir: &'a Path,
+    },
+    /// How the images were read (one of [`ImageSet::notes`]).
+    Warning(&'a str),
 }
 
 impl fmt::Display for DataSource {
@@ -167,6 +189,27 @@ impl ImageSet {
         let labels = labels.data.iter().map(|&l| l as u16).collect();
         ImageSet::from_bytes(images.data, labels, shape, names)
             .map_err(|e| Error::bad_file(source, e.to_string()))
+    }
+
+    /// [`ImageSet::load`], telling `on_note` first where a download goes, then how the images
+    /// were read.
+    pub fn load_noted(
+        source: &DataSource,
+        split: Split,
+        options: &DataOptions,
+        mut on_note: impl FnMut(LoadNote),
+    ) -> Result<Self> {
+        if source.is_downloaded() {
+            on_note(LoadNote::Download {
+                source,
+                cache_dir: &options.cache_dir,
+            });
+        }
+        let set = ImageSet::load(source, split, options)?;
+        for note in &set.notes {
+            on_note(LoadNote::Warning(note));
+        }
+        Ok(set)
     }
 
     /// Loads one split from `source`, brought to the shape `options` asks for.
@@ -272,4 +315,28 @@ fn idx_dir(dir: &Path, split: Split) -> Result<ImageSet> {
     let images = read_idx(&images_path)?;
     let labels = read_idx(&labels_path)?;
     ImageSet::from_idx(images, labels, &images_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_downloaded_sets_announce_their_cache() {
+        for name in ["mnist", "fashion-mnist", "cifar10"] {
+            assert!(DataSource::parse(name).is_downloaded(), "{name}");
+        }
+        for name in ["embedded", "some/folder"] {
+            assert!(!DataSource::parse(name).is_downloaded(), "{name}");
+        }
+        let mut notes = 0;
+        let set = ImageSet::load_noted(
+            &DataSource::Embedded,
+            Split::Test,
+            &DataOptions::default(),
+            |_| notes += 1,
+        )
+        .unwrap();
+        assert_eq!((set.len(), notes), (2000, 0));
+    }
 }

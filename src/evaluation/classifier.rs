@@ -365,6 +365,27 @@ pub fn recipe_for(images: usize, shape: [usize; 3]) -> ClassifierRecipe {
     }
 }
 
+/// The recipe of `flowmatch classifier train` on `images` training images of `shape`: the
+/// pinned recipe with these epochs, learning rate and seed, and the distortions [`recipe_for`]
+/// suits to the data (rotations for grey digits, flips and shifts for colour pictures), or
+/// none when `augment` is false.
+pub fn training_recipe(
+    images: usize,
+    shape: [usize; 3],
+    epochs: usize,
+    lr: f64,
+    augment: bool,
+    seed: u64,
+) -> ClassifierRecipe {
+    ClassifierRecipe {
+        epochs,
+        lr,
+        augment: recipe_for(images, shape).augment.filter(|_| augment),
+        seed,
+        ..ClassifierRecipe::PINNED
+    }
+}
+
 /// Trains a classifier on `train` with `recipe` and measures it on `test`; `on_epoch(epoch,
 /// mean loss)` after every epoch.
 pub fn train_classifier(
@@ -431,4 +452,21 @@ pub fn train_classifier(
     let model = model.valid();
     let accuracy = accuracy(&model, test, device);
     Ok((model, accuracy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_training_recipe_suits_its_distortions_to_the_data() {
+        let grey = training_recipe(8000, [1, 28, 28], 3, 1e-3, true, 5);
+        assert_eq!(grey.augment, Some(Augment::DIGITS));
+        assert_eq!((grey.epochs, grey.lr, grey.seed), (3, 1e-3, 5));
+        assert_eq!(grey.batch_size, ClassifierRecipe::PINNED.batch_size);
+        let colour = training_recipe(8000, [3, 32, 32], 3, 1e-3, true, 5);
+        assert_eq!(colour.augment, Some(Augment::NATURAL));
+        let plain = training_recipe(8000, [3, 32, 32], 3, 1e-3, false, 5);
+        assert_eq!(plain.augment, None);
+    }
 }

@@ -11,10 +11,11 @@ use super::classifier::Classifier;
 use super::metrics::Quality;
 use super::quality::{EvalPlan, real_floor, sample_quality};
 use crate::checkpoint::{self, Weights};
-use crate::data::ImageSet;
+use crate::data::{DataOptions, DataSource, ImageSet, Split};
 use crate::error::{Error, Result};
-use crate::image_out::QualityCurve;
+use crate::image_out::{self, QualityCurve};
 use crate::sampling::solvers::Solver;
+use crate::training::recipes::load_config;
 
 /// One checkpoint measured at one NFE.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -197,4 +198,122 @@ pub fn curves(points: &[CurvePoint]) -> Vec<QualityCurve> {
         }
     }
     curves
+}
+
+/// A training curve to measure (`flowmatch curve`) and where it goes.
+#[derive(Debug, Clone)]
+pub struct CurveOptions {
+    /// Run folders, each with `minutes-*.safetensors` and/or `final.safetensors`.
+    pub runs: Vec<PathBuf>,
+    /// Euler NFE budgets.
+    pub nfe: Vec<usize>,
+    /// Samples per point (and held-out images of the reference).
+    pub n: usize,
+    /// Seed of the starting noise.
+    pub seed: u64,
+    /// The JSON lines file.
+    pub out: PathBuf,
+    /// The plot (PNG).
+    pub plot: PathBuf,
+    /// Keep the points already in `out` for the same checkpoint, NFE, `n` and `seed`, and
+    /// measure only the others; the points of runs not given stay in `out` and in the plot.
+    pub reuse: bool,
+}
+
+/// What measuring a curve reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum CurveEvent<'a> {
+    /// The runs were checked and the classifier and reference loaded: points follow.
+    Measuring,
+    /// One point, measured or reused.
+    Point(&'a CurvePoint),
+    /// The real-data floor, after the points.
+    Floor(&'a Quality),
+}
+
+/// Errors when a run's `config.toml` says it trained on other data than MNIST's digits, which
+/// the pinned digit classifier measures; a run without a readable one passes.
+pub fn check_mnist_runs(runs: &[PathBuf]) -> Result<()> {
+    for run in runs {
+        if let Ok(config) = load_config(&run.join("config.toml"))
+            && !DataSource::parse(&config.data).is_mnist()
+        {
+            return Err(Error::bad_file(
+                run,
+                format!(
+                    "trained on '{}'; curve measures MNIST runs, with the pinned digit \
+                     classifier (use eval --data for other data)",
+                    config.data
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Measures the curve of `options`' runs ([`training_curve`]) with the pinned digit classifier
+/// against the embedded held-out digits, reporting to `on_event`; writes the JSON lines
+/// ([`write_points`]) and the plot, and returns every point written.
+pub fn measure(
+    options: &CurveOptions,
+    device: &Device,
+    mut on_event: impl FnMut(CurveEvent),
+) -> Result<Vec<CurvePoint>> {
+    check_mnist_runs(&options.runs)?;
+    let (classifier, _) = Classifier::pinned(device)?;
+    let test = ImageSet::load(&DataSource::Embedded, Split::Test, &DataOptions::default())?;
+    on_event(CurveEvent::Measuring);
+    let known = match options.reuse && options.out.exists() {
+        true => read_points(&options.out)?,
+        false => Vec::new(),
+    };
+    let (floor, points) = training_curve(
+        &options.runs,
+        &classifier,
+        &test,
+        (&options.nfe, options.n, options.seed),
+        &known,
+        device,
+        |p| on_event(CurveEvent::Point(p)),
+    )?;
+    on_event(CurveEvent::Floor(&floor));
+    let written = write_points(&options.out, &floor, &points, &known)?;
+    image_out::budget_plot(&curves(&written), floor.fid, floor.confident, &options.plot)?;
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::training::TrainConfig;
+
+    #[test]
+    fn only_runs_recorded_on_other_data_than_mnist_are_refused() {
+        let dir = std::env::temp_dir().join(format!("flowmatch-curve-runs-{}", std::process::id()));
+        let run = |name: &str, data: Option<&str>| {
+            let run = dir.join(name);
+            std::fs::create_dir_all(&run).unwrap();
+            if let Some(data) = data {
+                let config = TrainConfig {
+                    data: data.into(),
+                    ..TrainConfig::default()
+                };
+                std::fs::write(run.join("config.toml"), config.to_toml()).unwrap();
+            }
+            run
+        };
+        let (digits, full, bare) = (
+            run("digits", Some("embedded")),
+            run("full", Some("mnist")),
+            run("bare", None),
+        );
+        check_mnist_runs(&[digits.clone(), full, bare]).unwrap();
+        let other = run("other", Some("cifar10"));
+        let err = check_mnist_runs(&[digits, other]).unwrap_err().to_string();
+        assert!(
+            err.contains("other") && err.contains("'cifar10'") && err.contains("MNIST runs"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

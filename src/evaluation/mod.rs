@@ -3,12 +3,13 @@
 //! training set; likelihood of held-out images; straightness of the sampling paths.
 
 pub mod classifier;
+pub mod compare;
 pub mod curve;
 pub mod likelihood;
 pub mod memorisation;
 pub mod metrics;
 pub mod quality;
-pub mod straightness;
+pub use crate::sampling::straightness;
 
 use burn::tensor::Device;
 use serde::Serialize;
@@ -207,9 +208,16 @@ pub fn evaluate(
     })
 }
 
+/// Whether the pinned digit classifier measures images of `shape` from `data`: MNIST's digits
+/// at their own 28x28 grey (the rule of [`yardstick`] and of `flowmatch eval`).
+pub fn pinned_fits(data: &crate::data::DataSource, shape: [usize; 3]) -> bool {
+    data.is_mnist() && shape == [1, 28, 28]
+}
+
 /// The yardstick of sample quality for data set `data` (named `name`): the pinned digit
-/// classifier for MNIST; for other labelled data a classifier trained on its labels (once: it
-/// is kept in `cache_dir/classifiers`), announced through `on_note`; none for unlabelled data.
+/// classifier where it fits ([`pinned_fits`]); for other labelled data a classifier trained on
+/// its labels (once: it is kept in `cache_dir/classifiers`), announced through `on_note`; none
+/// for unlabelled data.
 pub fn yardstick(
     data: &crate::data::DataSource,
     name: &str,
@@ -219,7 +227,7 @@ pub fn yardstick(
     device: &Device,
     mut on_note: impl FnMut(&str),
 ) -> Result<Option<(Classifier, classifier::ClassifierInfo)>> {
-    if data.is_mnist() && train.shape() == [1, 28, 28] {
+    if pinned_fits(data, train.shape()) {
         return Classifier::pinned(device).map(Some);
     }
     if !train.is_labelled() || train.classes.len() < 2 {

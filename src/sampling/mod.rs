@@ -5,6 +5,7 @@
 pub mod guidance;
 pub mod schedule;
 pub mod solvers;
+pub mod straightness;
 pub mod to_files;
 
 use burn::tensor::{Device, Tensor, TensorData};

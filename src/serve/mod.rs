@@ -27,6 +27,9 @@ const PAGE: &str = include_str!("page.html");
 /// Most loss points `/api/run` returns (longer logs are thinned evenly).
 const MAX_LOSS_POINTS: usize = 2000;
 
+/// Threads answering the requests of `flowmatch serve`.
+pub const DEFAULT_WORKERS: usize = 4;
+
 /// What to serve and where.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {

@@ -12,8 +12,9 @@ use super::pairs::{PairSet, PairsReport, generate_pairs};
 use super::{TrainConfig, TrainObserver, TrainOutcome, train};
 use crate::checkpoint::{self, Weights};
 use crate::error::{Error, Result};
-use crate::evaluation::straightness::straightness;
+use crate::sampling::straightness::straightness;
 use crate::flow::objective::Objective;
+use crate::lr_schedule::LrSchedule;
 use crate::sampling::Generation;
 
 /// Which few-step run.
@@ -23,6 +24,59 @@ pub enum FewStep {
     Reflow,
     /// Distillation into a student of this many Euler steps.
     Distill(usize),
+}
+
+impl FewStep {
+    /// What the run is, in words (`reflow (2-rectified flow)`).
+    pub fn describe(&self) -> String {
+        match self {
+            FewStep::Reflow => "reflow (2-rectified flow)".to_string(),
+            FewStep::Distill(k) => format!("distillation into a {k}-step Euler sampler"),
+        }
+    }
+}
+
+/// The training of a few-step run: how long, in what batches, how fast; the rest of the
+/// recipe is fixed ([`FewStepTraining::config`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FewStepTraining {
+    /// Optimiser steps.
+    pub steps: u64,
+    /// Pairs per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Decay of the EMA of the weights (`None`: no EMA).
+    pub ema_decay: Option<f64>,
+    /// Stop after this many minutes of training time.
+    pub max_minutes: Option<f64>,
+    /// Seed of the training.
+    pub seed: u64,
+}
+
+/// Warm-up steps of the few-step recipe's learning rate (then cosine decay).
+pub const WARMUP_STEPS: u64 = 100;
+
+impl FewStepTraining {
+    /// The recipe: these settings, a warm-up of [`WARMUP_STEPS`] then cosine decay over the
+    /// steps (which end the run, not epochs), only the final checkpoint; the rest as
+    /// [`TrainConfig::default`]. [`run`] sets the model, data, objective and start.
+    pub fn config(&self) -> TrainConfig {
+        TrainConfig {
+            epochs: 100_000,
+            max_steps: Some(self.steps),
+            max_minutes: self.max_minutes,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            lr_schedule: LrSchedule::WarmupCosine {
+                warmup_steps: WARMUP_STEPS,
+            },
+            ema_decay: self.ema_decay,
+            seed: self.seed,
+            checkpoint_every: 0,
+            ..TrainConfig::default()
+        }
+    }
 }
 
 /// What to run.
@@ -108,4 +162,43 @@ pub fn run(
         straightness_before,
         straightness_after,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recipe_is_steps_limited_with_warm_up_and_only_a_final_checkpoint() {
+        let training = FewStepTraining {
+            steps: 3000,
+            batch_size: 32,
+            lr: 5e-4,
+            ema_decay: Some(0.999),
+            max_minutes: None,
+            seed: 4,
+        };
+        let config = training.config();
+        config.validate().unwrap();
+        assert_eq!(config.max_steps, Some(3000));
+        assert!(config.epochs >= 100_000);
+        assert_eq!(
+            config.lr_schedule,
+            LrSchedule::WarmupCosine { warmup_steps: 100 }
+        );
+        assert_eq!((config.batch_size, config.lr, config.seed), (32, 5e-4, 4));
+        assert_eq!(
+            (config.ema_decay, config.checkpoint_every),
+            (Some(0.999), 0)
+        );
+    }
+
+    #[test]
+    fn runs_describe_themselves() {
+        assert_eq!(FewStep::Reflow.describe(), "reflow (2-rectified flow)");
+        assert_eq!(
+            FewStep::Distill(2).describe(),
+            "distillation into a 2-step Euler sampler"
+        );
+    }
 }

@@ -1,0 +1,50 @@
+//! `flowmatch info`: a checkpoint's network, weights, progress and training configuration.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use burn::tensor::Device;
+use clap::Args;
+
+use flowmatch::checkpoint;
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// The checkpoint (.safetensors).
+    checkpoint: PathBuf,
+}
+
+pub fn run(args: &InfoArgs) -> Result<()> {
+    let path = &args.checkpoint;
+    let loaded = checkpoint::load(path, &Device::flex())?;
+    let params = loaded.model.parameter_count();
+    println!("checkpoint: {}", path.display());
+    println!(
+        "network:    {}, {params} parameters",
+        loaded.model.config().describe()
+    );
+    let in_file = |e: flowmatch::Error| anyhow::anyhow!("{}: {e}", path.display());
+    match loaded.ema_info().map_err(in_file)? {
+        Some(e) => println!(
+            "weights:    EMA (decay {}, {} updates) and raw",
+            e.decay, e.updates
+        ),
+        None => println!("weights:    raw (no EMA)"),
+    }
+    match loaded.progress().map_err(in_file)? {
+        Some(p) => {
+            let loss = p
+                .last_epoch_loss
+                .map_or("none yet".into(), |l| format!("{l:.5}"));
+            println!(
+                "progress:   {} epochs, {} steps, last epoch loss {loss}",
+                p.epoch, p.step
+            )
+        }
+        None => println!("progress:   not recorded (e.g. a PyTorch export)"),
+    }
+    if let Some(toml) = loaded.metadata.get(checkpoint::META_TRAIN_CONFIG) {
+        println!("training configuration:\n{toml}");
+    }
+    Ok(())
+}
