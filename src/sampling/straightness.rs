@@ -2,9 +2,9 @@
 
 use burn::tensor::Device;
 
-use crate::model::Network;
 use super::solvers::{Solver, TimeGrid, solve};
 use super::{initial_noise, to_vec};
+use crate::model::Network;
 
 /// Straightness of the sampling paths: with Euler velocities `v_i` over `steps` uniform steps
 /// and the net velocity `v = x(t=1) - x(t=0)`, the mean over samples of

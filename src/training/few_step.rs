@@ -12,10 +12,10 @@ use super::pairs::{PairSet, PairsReport, generate_pairs};
 use super::{TrainConfig, TrainObserver, TrainOutcome, train};
 use crate::checkpoint::{self, Weights};
 use crate::error::{Error, Result};
-use crate::sampling::straightness::straightness;
 use crate::flow::objective::Objective;
 use crate::lr_schedule::LrSchedule;
 use crate::sampling::Generation;
+use crate::sampling::straightness::straightness;
 
 /// Which few-step run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
