@@ -11,6 +11,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::flow::scheduler::Parametrisation;
 use crate::model::{
     Init, Network, NetworkConfig, ParamSource, UNetConfig, VelocityModel, named_parameters,
     pytorch_name,
@@ -93,6 +94,17 @@ impl<M> LoadedModel<M> {
     /// an error).
     pub fn ema_info(&self) -> Result<Option<EmaInfo>> {
         self.record(META_EMA)
+    }
+
+    /// The path and prediction the model was trained with (its training configuration's
+    /// `scheduler` and `prediction`; flow matching's own for a file without them).
+    pub fn parametrisation(&self) -> Result<Parametrisation> {
+        match self.metadata.get(META_TRAIN_CONFIG) {
+            None => Ok(Parametrisation::default()),
+            Some(toml) => toml::from_str::<Parametrisation>(toml).map_err(|e| {
+                Error::invalid("checkpoint metadata", format!("'{META_TRAIN_CONFIG}': {e}"))
+            }),
+        }
     }
 
     fn record<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>> {

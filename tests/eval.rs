@@ -156,6 +156,7 @@ fn quality_does_not_depend_on_the_chunk_size() {
             n: 40,
             seed: 3,
             chunk,
+            schedule: Default::default(),
         };
         quality::sample_quality(&model, &classifier, &reference, &plan, &device, |_| {}).unwrap()
     };
@@ -180,6 +181,7 @@ fn quality_does_not_depend_on_the_chunk_size() {
         n: 40,
         seed: 3,
         chunk: 40,
+        schedule: Default::default(),
     };
     let err = quality::sample_quality(&model, &classifier, &reference, &plan, &device, |_| {})
         .unwrap_err()
@@ -231,7 +233,9 @@ fn the_evaluation_driver_reports_every_measure() {
             n: 120,
             seed: 0,
             chunk: 50,
+            schedule: Default::default(),
         },
+        guidance_interval: None,
         guidance_scales: vec![1.0, 2.0],
         conditional_steps: 3,
         likelihood: None,

@@ -13,6 +13,7 @@ use super::{EvalEvent, EvalOptions, EvalReport, evaluate, pinned_fits, yardstick
 use crate::checkpoint::{self, Weights};
 use crate::data::{DataOptions, DataSource, ImageSet, LoadNote, Split};
 use crate::error::{Error, Result};
+use crate::flow::scheduler::Parametrisation;
 use crate::image_out;
 use crate::model::Network;
 use crate::tensor_file::write_atomic;
@@ -101,15 +102,21 @@ pub fn compare(
         .ok_or_else(|| Error::invalid("checkpoints", "none given"))?;
     let models = paths
         .iter()
-        .map(|path| Ok(checkpoint::load_weights(path, device, options.weights)?.model))
-        .collect::<Result<Vec<Network>>>()?;
-    let shape = models[0].image_shape();
-    if let Some(i) = models.iter().position(|m| m.image_shape() != shape) {
+        .map(|path| {
+            let loaded = checkpoint::load_weights(path, device, options.weights)?;
+            let trained = loaded
+                .parametrisation()
+                .map_err(|e| Error::bad_file(path, e.to_string()))?;
+            Ok((loaded.model, trained))
+        })
+        .collect::<Result<Vec<(Network, Parametrisation)>>>()?;
+    let shape = models[0].0.image_shape();
+    if let Some(i) = models.iter().position(|(m, _)| m.image_shape() != shape) {
         return Err(Error::bad_file(
             &paths[i],
             format!(
                 "its images are {:?}, those of {} {shape:?}: models are compared on one data set",
-                models[i].image_shape(),
+                models[i].0.image_shape(),
                 first.display()
             ),
         ));
@@ -163,8 +170,10 @@ pub fn compare(
     ));
     let (mut lines, mut curves, mut floor, mut reports) =
         (String::new(), Vec::new(), None, Vec::new());
-    for (model, path) in models.iter().zip(paths) {
+    for ((model, trained), path) in models.iter().zip(paths) {
         let name = model_name(path);
+        let mut eval = options.eval.clone();
+        eval.plan.schedule.trained = *trained;
         if models.len() > 1 {
             on_event(CompareEvent::Model { name: &name, path });
         }
@@ -174,7 +183,7 @@ pub fn compare(
             classifier.as_ref().map(|(c, _)| c),
             train.as_ref(),
             &test,
-            &options.eval,
+            &eval,
             device,
             |event| {
                 if !(shown_floor && matches!(event, EvalEvent::Floor(_))) {

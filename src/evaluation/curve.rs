@@ -100,7 +100,11 @@ pub fn training_curve(
             let missing: Vec<usize> = nfe.iter().copied().filter(|k| find(*k).is_none()).collect();
             let mut measured = Vec::new();
             if !missing.is_empty() {
-                let model = checkpoint::load_weights(&path, device, Weights::PreferEma)?.model;
+                let loaded = checkpoint::load_weights(&path, device, Weights::PreferEma)?;
+                let trained = loaded
+                    .parametrisation()
+                    .map_err(|e| crate::error::Error::bad_file(&path, e.to_string()))?;
+                let model = loaded.model;
                 let plan = EvalPlan {
                     solvers: vec![Solver::Euler],
                     nfe: missing,
@@ -109,6 +113,10 @@ pub fn training_curve(
                     n,
                     seed,
                     chunk: crate::sampling::DEFAULT_CHUNK,
+                    schedule: crate::sampling::Schedule {
+                        trained,
+                        along: None,
+                    },
                 };
                 measured = sample_quality(&model, classifier, &reference, &plan, device, |_| {})?;
             }

@@ -34,6 +34,8 @@ pub struct EvalOptions {
     pub plan: EvalPlan,
     /// Conditional models: class-balanced quality and per-class accuracy at these scales.
     pub guidance_scales: Vec<f32>,
+    /// Guidance only at times in this interval (none: at every time).
+    pub guidance_interval: Option<(f32, f32)>,
     /// Euler steps of the conditional sampling.
     pub conditional_steps: usize,
     /// Held-out images whose likelihood is measured, with its integration settings.
@@ -295,7 +297,7 @@ fn conditional_sampling(
             model,
             classifier,
             reference,
-            scale,
+            (scale, options.guidance_interval, options.plan.schedule),
             per_class,
             options.conditional_steps,
             options.plan.seed,

@@ -14,7 +14,7 @@ use crate::data::ImageSet;
 use crate::error::{Error, Result};
 use crate::model::Network;
 use crate::sampling::solvers::{Solver, TimeGrid};
-use crate::sampling::{ClassPlan, Generation, NoiseSource, generate};
+use crate::sampling::{ClassPlan, Generation, NoiseSource, Schedule, generate};
 
 /// One evaluated sampler setting.
 #[derive(Debug, Clone, Serialize)]
@@ -52,6 +52,8 @@ pub struct EvalPlan {
     pub seed: u64,
     /// Images per network call (memory is bounded by this, not by `n`).
     pub chunk: usize,
+    /// How the model's output becomes a velocity, and the scheduler to sample along.
+    pub schedule: Schedule,
 }
 
 /// Splits the held-out set into a reference half and a floor half of `n` images each.
@@ -142,6 +144,8 @@ pub fn sample_quality(
             grid: plan.grid,
             guidance: 1.0,
             chunk: plan.chunk,
+            guidance_interval: None,
+            schedule: plan.schedule,
         };
         // The same starting noise for every setting.
         let mut noise = NoiseSource::seeded(plan.seed);
@@ -193,14 +197,14 @@ pub struct ConditionalQuality {
     pub quality: Quality,
 }
 
-/// Samples `per_class` images of every class with Euler `steps` at guidance `scale`, and
-/// measures them against `reference`.
+/// Samples `per_class` images of every class with Euler `steps` at guidance `scale` (on
+/// `guidance_interval` only, when given), and measures them against `reference`.
 #[allow(clippy::too_many_arguments)]
 pub fn conditional_quality(
     model: &Network,
     classifier: &Classifier,
     reference: &Embedding,
-    scale: f32,
+    (scale, guidance_interval, schedule): (f32, Option<(f32, f32)>, Schedule),
     per_class: usize,
     steps: usize,
     seed: u64,
@@ -216,6 +220,8 @@ pub fn conditional_quality(
     };
     let generation = Generation {
         guidance: scale,
+        guidance_interval,
+        schedule,
         ..Generation::euler(steps)
     };
     let mut samples = Embedding::default();

@@ -256,8 +256,10 @@ impl fmt::Display for Prediction {
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Parametrisation {
     /// The path's scheduler.
+    #[serde(default)]
     pub scheduler: Scheduler,
     /// What the network predicts.
+    #[serde(default)]
     pub prediction: Prediction,
 }
 

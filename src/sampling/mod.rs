@@ -13,10 +13,12 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::error::{Error, Result};
+use crate::flow::scheduler::{Parametrisation, Scheduler};
 use crate::flow::{gaussian_noise, gaussian_values};
 use crate::image_out::TrajectoryFrame;
 use crate::model::{VelocityModel, batch_shape};
 use crate::sampling::guidance::Guided;
+use crate::sampling::schedule::{AsVelocity, Retimed};
 use crate::sampling::solvers::{Solution, Solver, TimeGrid, VelocityField, solve};
 
 /// The frames the reference's trajectory view captures for 50 steps.
@@ -200,6 +202,22 @@ pub struct Generation {
     pub guidance: f32,
     /// Images per network call; peak memory is set by this, not by the number of samples.
     pub chunk: usize,
+    /// Guidance only at times in this interval (t = 0 data, t = 1 noise), the plain
+    /// conditional model elsewhere; none: at every time.
+    pub guidance_interval: Option<(f32, f32)>,
+    /// What the model was trained to predict on which path, and the scheduler to sample along.
+    pub schedule: Schedule,
+}
+
+/// How a model's output becomes the velocity the solvers follow.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Schedule {
+    /// The path and prediction the model was trained with (a checkpoint's training
+    /// configuration says; flow matching's own by default).
+    pub trained: Parametrisation,
+    /// Sample along this scheduler instead (re-timing, [`schedule::Retimed`]); none: the
+    /// trained one.
+    pub along: Option<Scheduler>,
 }
 
 impl Generation {
@@ -211,6 +229,8 @@ impl Generation {
             grid: TimeGrid::Uniform,
             guidance: 1.0,
             chunk: DEFAULT_CHUNK,
+            guidance_interval: None,
+            schedule: Schedule::default(),
         }
     }
 }
@@ -262,22 +282,41 @@ pub fn generate<const D: usize, M: VelocityModel<D>>(
         }
         let x1 = from_vec(values, model_batch_shape(model, len)?, device);
         let (solver, steps, grid) = (generation.solver, generation.steps, generation.grid);
-        let solution = match classes {
-            ClassPlan::Unconditional => solve(model, solver, x1, steps, grid, |_, _, _| {}),
+        let guided;
+        let field: &dyn VelocityField<D> = match classes {
+            ClassPlan::Unconditional => model,
             plan => {
                 let labels: Vec<usize> = (start..start + len)
                     .map(|i| plan.label(i).expect("conditional plan"))
                     .collect();
-                let guided = Guided::new(model, &labels, generation.guidance)?;
-                solve(&guided, solver, x1, steps, grid, |_, _, _| {})
+                guided = Guided::new(model, &labels, generation.guidance)?
+                    .with_interval(generation.guidance_interval)?;
+                &guided
             }
         };
+        let solution = solve_scheduled(field, generation.schedule, solver, x1, (steps, grid));
         stats.nfe_per_chunk.push(solution.nfe);
         stats.steps = solution.steps;
         sink(start, to_vec(&solution.x))?;
         start += len;
     }
     Ok(stats)
+}
+
+/// Integrates `field` as `schedule` says: its output turned into a velocity, along the
+/// scheduler asked for (plain [`solve`] for flow matching's own).
+pub fn solve_scheduled<const D: usize>(
+    field: &dyn VelocityField<D>,
+    schedule: Schedule,
+    solver: Solver,
+    x1: Tensor<D>,
+    (steps, grid): (usize, TimeGrid),
+) -> Solution<D> {
+    let trained = schedule.trained;
+    let as_velocity = AsVelocity::new(field, trained);
+    let along = schedule.along.unwrap_or(trained.scheduler);
+    let retimed = Retimed::new(&as_velocity, trained.scheduler, along);
+    solve(&retimed, solver, x1, steps, grid, |_, _, _| {})
 }
 
 /// The state indices captured for a trajectory of `steps` steps: the reference's

@@ -15,12 +15,12 @@ use crate::flow::scheduler::{EDGE, Parametrisation, Prediction, Scheduler, to_ve
 
 /// A field whose output is a prediction of the kind `parametrisation` says, turned into the
 /// velocity on its scheduler's path.
-pub struct AsVelocity<'a, F> {
+pub struct AsVelocity<'a, F: ?Sized> {
     field: &'a F,
     parametrisation: Parametrisation,
 }
 
-impl<'a, F> AsVelocity<'a, F> {
+impl<'a, F: ?Sized> AsVelocity<'a, F> {
     /// `field`'s predictions as velocities.
     pub fn new(field: &'a F, parametrisation: Parametrisation) -> Self {
         AsVelocity {
@@ -30,7 +30,7 @@ impl<'a, F> AsVelocity<'a, F> {
     }
 }
 
-impl<const D: usize, F: VelocityField<D>> VelocityField<D> for AsVelocity<'_, F> {
+impl<const D: usize, F: VelocityField<D> + ?Sized> VelocityField<D> for AsVelocity<'_, F> {
     fn velocity(&self, x: Tensor<D>, t: f32) -> Tensor<D> {
         let Parametrisation {
             scheduler,
@@ -56,13 +56,13 @@ impl<const D: usize, F: VelocityField<D>> VelocityField<D> for AsVelocity<'_, F>
 }
 
 /// A velocity field trained on `original`, sampled along `new`.
-pub struct Retimed<'a, F> {
+pub struct Retimed<'a, F: ?Sized> {
     field: &'a F,
     original: Scheduler,
     new: Scheduler,
 }
 
-impl<'a, F> Retimed<'a, F> {
+impl<'a, F: ?Sized> Retimed<'a, F> {
     /// `field` (trained on `original`) as a field of `new`.
     pub fn new(field: &'a F, original: Scheduler, new: Scheduler) -> Self {
         Retimed {
@@ -86,7 +86,7 @@ impl<'a, F> Retimed<'a, F> {
     }
 }
 
-impl<const D: usize, F: VelocityField<D>> VelocityField<D> for Retimed<'_, F> {
+impl<const D: usize, F: VelocityField<D> + ?Sized> VelocityField<D> for Retimed<'_, F> {
     fn velocity(&self, x: Tensor<D>, t: f32) -> Tensor<D> {
         if self.original == self.new {
             return self.field.velocity(x, t);
@@ -94,6 +94,13 @@ impl<const D: usize, F: VelocityField<D>> VelocityField<D> for Retimed<'_, F> {
         let (tau, k, dk_over_k, d_tau) = self.transform(t as f64);
         let v = self.field.velocity(x.clone() / k, tau as f32);
         x * dk_over_k + v * (k * d_tau)
+    }
+
+    fn step_velocity(&self, x: Tensor<D>, t: f32, r: f32) -> Tensor<D> {
+        match self.original == self.new {
+            true => self.field.step_velocity(x, t, r),
+            false => self.velocity(x, t),
+        }
     }
 
     fn evaluations_at(&self, t: f32) -> usize {

@@ -173,12 +173,12 @@ impl fmt::Display for TimeGrid {
 }
 
 /// Counts the evaluations of a field.
-struct Counted<'a, const D: usize, F: VelocityField<D>> {
+struct Counted<'a, const D: usize, F: VelocityField<D> + ?Sized> {
     field: &'a F,
     count: Cell<usize>,
 }
 
-impl<const D: usize, F: VelocityField<D>> Counted<'_, D, F> {
+impl<const D: usize, F: VelocityField<D> + ?Sized> Counted<'_, D, F> {
     fn eval(&self, x: Tensor<D>, t: f32) -> Tensor<D> {
         self.count
             .set(self.count.get() + self.field.evaluations_at(t));
@@ -196,7 +196,7 @@ impl<const D: usize, F: VelocityField<D>> Counted<'_, D, F> {
 ///
 /// Fixed-step solvers follow `grid` with `steps` steps; Dormand-Prince picks its own steps and
 /// ignores both. `observe(i, t, x)` sees every state on the way (before step `i`).
-pub fn solve<const D: usize, F: VelocityField<D>>(
+pub fn solve<const D: usize, F: VelocityField<D> + ?Sized>(
     field: &F,
     solver: Solver,
     x1: Tensor<D>,
@@ -276,7 +276,7 @@ fn rms<const D: usize>(x: &Tensor<D>) -> f32 {
 const MIN_ADAPTIVE_STEP: f32 = 1e-5;
 
 /// Dormand-Prince 5(4) from t = 1 to t = 0 with standard step-size control.
-fn dopri5<const D: usize, F: VelocityField<D>>(
+fn dopri5<const D: usize, F: VelocityField<D> + ?Sized>(
     f: &Counted<D, F>,
     x1: Tensor<D>,
     rtol: f32,

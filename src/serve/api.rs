@@ -12,7 +12,7 @@ use crate::image_out::{self, Images};
 use crate::model::Network;
 use crate::sampling::guidance::Guided;
 use crate::sampling::solvers::{Solver, TimeGrid, solve};
-use crate::sampling::{ClassPlan, Generation, NoiseSource, from_vec, generate, to_vec};
+use crate::sampling::{ClassPlan, Generation, NoiseSource, Schedule, from_vec, generate, to_vec};
 
 /// Most samples one request may ask for.
 pub const MAX_SAMPLES: usize = 64;
@@ -34,6 +34,8 @@ pub struct SampleRequest {
     pub digit: Option<usize>,
     /// Guidance scale (with a digit).
     pub guidance: f32,
+    /// Guidance only at times in `[A, B]` (`interval=A,B`; none: at every time).
+    pub guidance_interval: Option<(f32, f32)>,
     /// Solver.
     pub solver: Solver,
     /// Steps of a fixed-step solver.
@@ -79,6 +81,21 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `A,B` as a guidance interval (`0 <= A <= B <= 1`).
+pub fn parse_interval(s: &str) -> Result<(f32, f32), String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or_else(|| format!("guidance interval '{s}': give A,B (times: 0 data, 1 noise)"))?;
+    let number = |v: &str| {
+        v.trim()
+            .parse::<f32>()
+            .map_err(|_| format!("guidance interval '{s}': '{v}' is not a number"))
+    };
+    let interval = (number(a)?, number(b)?);
+    crate::sampling::guidance::check_interval(interval).map_err(|e| e.to_string())?;
+    Ok(interval)
+}
+
 impl SampleRequest {
     /// Validates the query of a `/api/sample` or `/api/trajectory` request against the served
     /// `models` (their names, and classes where conditional).
@@ -88,6 +105,7 @@ impl SampleRequest {
             model: 0,
             digit: None,
             guidance: 1.0,
+            guidance_interval: None,
             solver: Solver::Euler,
             steps: 50,
             n: 16,
@@ -126,6 +144,12 @@ impl SampleRequest {
                     }
                 }
                 "guidance" => request.guidance = number("guidance")? as f32,
+                "interval" => {
+                    request.guidance_interval = match value.as_str() {
+                        "" | "all" => None,
+                        v => Some(parse_interval(v).map_err(bad)?),
+                    }
+                }
                 "solver" => {
                     request.solver = value.parse::<Solver>().map_err(|e| bad(e.to_string()))?
                 }
@@ -241,6 +265,8 @@ pub fn sample_grid(
         grid: TimeGrid::Uniform,
         guidance: request.guidance,
         chunk: MAX_SAMPLES,
+        guidance_interval: request.guidance_interval,
+        schedule: Schedule::default(),
     };
     let stats = generate(
         model,
@@ -302,8 +328,9 @@ pub fn trajectory(
     let solution = match request.digit {
         Some(d) => {
             let labels = vec![d; request.n];
-            let guided =
-                Guided::new(model, &labels, request.guidance).map_err(|e| e.to_string())?;
+            let guided = Guided::new(model, &labels, request.guidance)
+                .and_then(|g| g.with_interval(request.guidance_interval))
+                .map_err(|e| e.to_string())?;
             solve(
                 &guided,
                 request.solver,

@@ -10,10 +10,13 @@ use burn::tensor::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use flowmatch::Error;
 use flowmatch::checkpoint::{self, Weights};
 use flowmatch::data::{DataOptions, DataSource, ImageSet, LoadNote, Split, default_cache_dir};
+use flowmatch::flow::scheduler::{Parametrisation, Scheduler};
 use flowmatch::model::{Network, NetworkConfig, ResUNetConfig, UNetConfig};
-use flowmatch::sampling::{self, solvers::Solver, solvers::TimeGrid};
+use flowmatch::sampling::{self, Schedule, solvers::Solver, solvers::TimeGrid};
+use flowmatch::serve::api::parse_interval;
 use flowmatch::training::{EpochReport, StepReport, TrainConfig, TrainObserver};
 
 #[derive(Args)]
@@ -310,6 +313,42 @@ pub fn weights(no_ema: bool) -> Weights {
 /// Loads the model of checkpoint `path`.
 pub fn load_model(path: &Path, device: &Device, no_ema: bool) -> Result<Network> {
     Ok(checkpoint::load_weights(path, device, weights(no_ema))?.model)
+}
+
+/// The network of a checkpoint and the path and prediction it was trained with.
+pub fn load_scheduled(
+    path: &Path,
+    device: &Device,
+    no_ema: bool,
+) -> Result<(Network, Parametrisation)> {
+    let loaded = checkpoint::load_weights(path, device, weights(no_ema))?;
+    let trained = loaded
+        .parametrisation()
+        .map_err(|e| Error::bad_file(path, e.to_string()))?;
+    Ok((loaded.model, trained))
+}
+
+/// Re-timing and guidance on an interval of times, as `sample` and `eval` take them.
+#[derive(Args, Debug, Clone)]
+pub struct ScheduleArgs {
+    /// Sample along this scheduler instead of the one the model was trained with (re-timing
+    /// without retraining): linear, cosine, vp, vp:MIN,MAX, linear-vp, polynomial:N.
+    #[arg(long)]
+    pub scheduler: Option<Scheduler>,
+    /// Conditional models: classifier-free guidance only for times t in [A, B] (t = 0 data,
+    /// t = 1 noise), the plain conditional model elsewhere.
+    #[arg(long, value_parser = parse_interval)]
+    pub guidance_interval: Option<(f32, f32)>,
+}
+
+impl ScheduleArgs {
+    /// The schedule of a model trained with `trained`.
+    pub fn schedule(&self, trained: Parametrisation) -> Schedule {
+        Schedule {
+            trained,
+            along: self.scheduler,
+        }
+    }
 }
 
 struct ProgressObserver {

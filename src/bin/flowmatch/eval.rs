@@ -14,7 +14,7 @@ use flowmatch::evaluation::quality::EvalPlan;
 use flowmatch::evaluation::{EvalEvent, EvalOptions, LikelihoodOptions, STRAIGHTNESS_STEPS};
 use flowmatch::sampling::{self, solvers::Solver};
 
-use crate::common::{DataArgs, GridArgs, print_load_note, weights};
+use crate::common::{DataArgs, GridArgs, ScheduleArgs, print_load_note, weights};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -68,6 +68,8 @@ pub struct EvalArgs {
     /// scales (1: plain conditional), with quality and per-class accuracy.
     #[arg(long, value_delimiter = ',')]
     guidance_scales: Vec<f32>,
+    #[command(flatten)]
+    schedule: ScheduleArgs,
     /// Euler steps of the conditional sampling.
     #[arg(long, default_value_t = 10)]
     conditional_steps: usize,
@@ -104,8 +106,11 @@ impl EvalArgs {
                 n: self.n,
                 seed: self.seed,
                 chunk: self.batch_size,
+                // The trained path of each checkpoint is read from it.
+                schedule: self.schedule.schedule(Default::default()),
             },
             guidance_scales: self.guidance_scales.clone(),
+            guidance_interval: self.schedule.guidance_interval,
             conditional_steps: self.conditional_steps,
             likelihood: (self.nll_images > 0).then_some(LikelihoodOptions {
                 images: self.nll_images,

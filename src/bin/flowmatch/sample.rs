@@ -10,7 +10,7 @@ use flowmatch::model::MAX_CLASSES;
 use flowmatch::sampling::to_files::{SampleJob, sample_to_files};
 use flowmatch::sampling::{self, ClassPlan, Generation};
 
-use crate::common::{SolverArgs, check_counts, load_model, progress_bar};
+use crate::common::{ScheduleArgs, SolverArgs, check_counts, load_scheduled, progress_bar};
 
 #[derive(Args)]
 pub struct SampleArgs {
@@ -53,6 +53,8 @@ pub struct SampleArgs {
     /// Classifier-free guidance scale w: v = v_uncond + w (v_cond - v_uncond); 1 is plain conditional.
     #[arg(long, default_value_t = 1.0)]
     guidance: f32,
+    #[command(flatten)]
+    schedule: ScheduleArgs,
 }
 
 /// Classes given as a range (`0-9`) or a list (`1,3,7`).
@@ -83,7 +85,7 @@ fn parse_digits(s: &str) -> std::result::Result<Digits, String> {
 }
 
 pub fn run(args: SampleArgs, device: &Device) -> Result<()> {
-    let model = load_model(&args.checkpoint, device, args.no_ema)?;
+    let (model, trained) = load_scheduled(&args.checkpoint, device, args.no_ema)?;
     check_counts(args.n, args.steps)?;
     // Class labels per sample (conditional models) and the grid's columns.
     let (classes, grid_columns) = match (args.digit, &args.digits) {
@@ -114,6 +116,8 @@ pub fn run(args: SampleArgs, device: &Device) -> Result<()> {
             grid: args.solver.grid()?,
             guidance: args.guidance,
             chunk: args.batch_size,
+            guidance_interval: args.schedule.guidance_interval,
+            schedule: args.schedule.schedule(trained),
         },
         grid: args.out.clone(),
         grid_columns,

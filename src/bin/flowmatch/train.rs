@@ -11,6 +11,7 @@ use flowmatch::data::{ImageSet, Split};
 use flowmatch::flow::TimeSampling;
 use flowmatch::flow::coupling::Coupling;
 use flowmatch::flow::objective::Objective;
+use flowmatch::flow::scheduler::{Prediction, Scheduler};
 use flowmatch::lr_schedule::LrSchedule;
 use flowmatch::training::recipes::{self, PresetOverrides};
 use flowmatch::training::{self, TrainConfig};
@@ -76,6 +77,14 @@ pub struct TrainArgs {
     /// noisy near t = 1.
     #[arg(long, value_name = "IMAGES")]
     stable_target: Option<usize>,
+    /// The path's scheduler: linear (the straight line of rectified flow), cosine, vp,
+    /// vp:MIN,MAX, linear-vp or polynomial:N; recorded in the checkpoint.
+    #[arg(long, default_value = "linear")]
+    scheduler: Scheduler,
+    /// What the network predicts: velocity, data (x0) or noise (epsilon); recorded in the
+    /// checkpoint, and sampling turns it into the velocity.
+    #[arg(long, default_value = "velocity")]
+    prediction: Prediction,
     /// Decay of the EMA of the weights, used for sampling (0 disables it).
     #[arg(long, default_value_t = 0.999)]
     ema_decay: f64,
@@ -214,6 +223,8 @@ impl TrainArgs {
                 CouplingArg::MinibatchOt => Coupling::MinibatchOt,
             },
             stable_target: self.stable_target,
+            scheduler: self.scheduler,
+            prediction: self.prediction,
             time_sampling: match self.time_sampling {
                 TimeArg::Uniform => TimeSampling::Uniform,
                 TimeArg::LogitNormal => TimeSampling::LogitNormal {

@@ -1,0 +1,110 @@
+//! The field's toolbox from the command line: a model trained on another scheduler and
+//! prediction records them and samples through them; re-timing and guidance intervals are
+//! taken by `sample`; bad values are clear errors.
+
+mod common;
+
+use common::{TINY_NET, assert_clean_error, assert_success, run as flowmatch, s, temp_dir};
+use flowmatch::checkpoint;
+use flowmatch::flow::scheduler::{Parametrisation, Prediction, Scheduler};
+
+#[test]
+fn schedulers_predictions_retiming_and_guidance_intervals() {
+    let dir = temp_dir("toolbox");
+    let run = dir.join("run");
+    let train = [
+        "--epochs",
+        "1",
+        "--classes",
+        "10",
+        "--scheduler",
+        "cosine",
+        "--prediction",
+        "data",
+        "--out",
+        s(&run),
+    ];
+    assert_success(&flowmatch(&[&["train"], &TINY_NET[..], &train].concat()));
+    let ckpt = run.join("final.safetensors");
+    let loaded = checkpoint::load(&ckpt, &burn::tensor::Device::flex()).unwrap();
+    let want = Parametrisation {
+        scheduler: Scheduler::Cosine,
+        prediction: Prediction::Data,
+    };
+    assert_eq!(loaded.parametrisation().unwrap(), want);
+
+    let sample = |extra: &[&str], name: &str| {
+        let out = dir.join(name);
+        let args = [
+            "sample",
+            "--checkpoint",
+            s(&ckpt),
+            "--n",
+            "4",
+            "--steps",
+            "4",
+            "--out",
+            s(&out),
+        ];
+        (flowmatch(&[&args[..], extra].concat()), out)
+    };
+    for (extra, name) in [
+        (&[][..], "plain.png"),
+        (&["--scheduler", "linear"][..], "retimed.png"),
+        (
+            &[
+                "--digits",
+                "0-2",
+                "--guidance",
+                "2",
+                "--guidance-interval",
+                "0.2,0.7",
+            ][..],
+            "interval.png",
+        ),
+    ] {
+        let (out, png) = sample(extra, name);
+        assert_success(&out);
+        assert!(png.is_file(), "{name}");
+    }
+    // Re-timing changes the samples; an interval covering every time is guidance everywhere.
+    assert_ne!(
+        std::fs::read(dir.join("plain.png")).unwrap(),
+        std::fs::read(dir.join("retimed.png")).unwrap()
+    );
+    let everywhere = |extra: &[&str], name: &str| {
+        let mut args = vec!["--digits", "0-2", "--guidance", "2"];
+        args.extend_from_slice(extra);
+        let (out, png) = sample(&args, name);
+        assert_success(&out);
+        std::fs::read(png).unwrap()
+    };
+    assert_eq!(
+        everywhere(&[], "all.png"),
+        everywhere(&["--guidance-interval", "0,1"], "all-interval.png")
+    );
+
+    let (out, _) = sample(
+        &["--digits", "0-2", "--guidance-interval", "0.8,0.2"],
+        "bad.png",
+    );
+    assert_clean_error(&out, &["guidance interval", "0.8,0.2"]);
+    let (out, _) = sample(&["--scheduler", "polynomial:0"], "bad.png");
+    assert_clean_error(&out, &["polynomial"]);
+    let bad_run = dir.join("bad");
+    let bad = [
+        "--epochs",
+        "1",
+        "--scheduler",
+        "cosine",
+        "--stable-target",
+        "64",
+        "--out",
+        s(&bad_run),
+    ];
+    assert_clean_error(
+        &flowmatch(&[&["train"], &TINY_NET[..], &bad].concat()),
+        &["stable target"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
