@@ -72,12 +72,12 @@ impl<'a, F: ?Sized> Retimed<'a, F> {
         }
     }
 
-    /// `(tau, k, k'/k, tau')` at time `t` of the new scheduler (kept [`EDGE`] from the data
-    /// end, where `b = 0`).
+    /// `(tau, k, k'/k, tau')` at time `t` of the new scheduler (kept [`EDGE`] from both ends:
+    /// `b = 0` at the data end, and a derivative may be infinite at the noise end).
     pub fn transform(&self, t: f64) -> (f64, f64, f64, f64) {
-        let t = t.clamp(EDGE, 1.0);
+        let t = t.clamp(EDGE, 1.0 - EDGE);
         let n = self.new.at(t);
-        let tau = self.original.snr_inverse(n.a / n.b).clamp(EDGE, 1.0);
+        let tau = self.original.snr_inverse(n.a / n.b).clamp(EDGE, 1.0 - EDGE);
         let o = self.original.at(tau);
         let k = n.b / o.b;
         let d_tau = o.b * o.b * (n.da * n.b - n.a * n.db) / (n.b * n.b * (o.da * o.b - o.a * o.db));
@@ -179,7 +179,11 @@ mod tests {
         .x;
         let exact = noise() * 0.3 + 0.5;
         assert!((plain.clone() - exact).abs().max().into_scalar::<f32>() < 1e-3);
-        for new in [Scheduler::Cosine, Scheduler::Polynomial { n: 2.0 }] {
+        for new in [
+            Scheduler::Cosine,
+            Scheduler::Polynomial { n: 2.0 },
+            Scheduler::LinearVp,
+        ] {
             let retimed = Retimed::new(&field, Scheduler::Linear, new);
             let moved = solve(
                 &retimed,
@@ -193,6 +197,29 @@ mod tests {
             let gap = (moved - plain.clone()).abs().max().into_scalar::<f32>();
             assert!(gap < 2e-3, "{new}: {gap}");
         }
+    }
+
+    /// A polynomial path with `n < 1` has an infinite velocity at the noise end: re-timing onto
+    /// it stays finite (times are kept [`EDGE`] from both ends), though uniform steps follow
+    /// it poorly there.
+    #[test]
+    fn retiming_onto_a_singular_path_stays_finite() {
+        let field = Gaussian {
+            scheduler: Scheduler::Linear,
+            m: 0.5,
+            c: 0.3,
+        };
+        let retimed = Retimed::new(&field, Scheduler::Linear, Scheduler::Polynomial { n: 0.5 });
+        let x = solve(
+            &retimed,
+            Solver::Euler,
+            noise(),
+            10,
+            TimeGrid::Uniform,
+            |_, _, _| {},
+        )
+        .x;
+        assert!(x.is_finite().all().into_scalar::<bool>());
     }
 
     /// The same Gaussian's posterior mean of the data, `m + a c^2 / (a^2 c^2 + b^2) (x - a m)`.
