@@ -106,5 +106,33 @@ fn schedulers_predictions_retiming_and_guidance_intervals() {
         &flowmatch(&[&["train"], &TINY_NET[..], &bad].concat()),
         &["stable target"],
     );
+
+    // A one-step model from scratch, without a JVP, samples in one evaluation.
+    let split_run = dir.join("split");
+    let split = [
+        "--epochs",
+        "1",
+        "--objective",
+        "split-mean-flow",
+        "--out",
+        s(&split_run),
+    ];
+    assert_success(&flowmatch(&[&["train"], &TINY_NET[..], &split].concat()));
+    let one = dir.join("one.png");
+    let ckpt = split_run.join("final.safetensors");
+    let args = [
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--n",
+        "4",
+        "--steps",
+        "1",
+        "--out",
+        s(&one),
+    ];
+    let out = flowmatch(&args);
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 NFE") || one.is_file());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -45,6 +45,12 @@ pub enum Objective {
         /// Euler steps of the student.
         steps: usize,
     },
+    /// SplitMeanFlow: the average velocity over an interval, from scratch, taught by interval
+    /// splitting's consistency (no Jacobian-vector product).
+    SplitMeanFlow {
+        /// Fraction of the images with `r = t` (plain flow matching: the boundary condition).
+        equal_fraction: f32,
+    },
     /// MeanFlow: the average velocity over an interval, from scratch.
     MeanFlow {
         /// Fraction of the steps with `r = t` (plain flow matching).
@@ -85,6 +91,14 @@ impl Objective {
                 }
                 Ok(())
             }
+            Objective::SplitMeanFlow { equal_fraction }
+                if !(0.0..=1.0).contains(&equal_fraction) =>
+            {
+                Err(Error::invalid(
+                    "split-mean-flow equal fraction",
+                    format!("{equal_fraction}: must be in [0, 1]"),
+                ))
+            }
             Objective::Distill { steps: 0, .. } => {
                 Err(Error::invalid("student steps", "must be positive"))
             }
@@ -94,7 +108,10 @@ impl Objective {
 
     /// Whether it trains a mean-flow model (one with the interval input).
     pub fn is_mean_flow(&self) -> bool {
-        matches!(self, Objective::MeanFlow { .. })
+        matches!(
+            self,
+            Objective::MeanFlow { .. } | Objective::SplitMeanFlow { .. }
+        )
     }
 
     /// Its name, as `train --objective` takes it.
@@ -104,6 +121,7 @@ impl Objective {
             Objective::Reflow { .. } => "reflow",
             Objective::Distill { .. } => "distill",
             Objective::MeanFlow { .. } => "mean-flow",
+            Objective::SplitMeanFlow { .. } => "split-mean-flow",
         }
     }
 }
@@ -176,6 +194,39 @@ pub fn loss<const D: usize, M: VelocityModel<D>>(
             }
             Ok((x - batch.x0).square().mean())
         }
+        Objective::SplitMeanFlow { equal_fraction } => {
+            let (r, t) = interval(times, *equal_fraction, 0.0, n, rng);
+            let s: Vec<f32> = r
+                .iter()
+                .zip(&t)
+                .map(|(r, t)| r + rng.random::<f32>() * (t - r))
+                .collect();
+            let equal: Vec<f32> = r.iter().zip(&t).map(|(r, t)| f32::from(r == t)).collect();
+            let tensor = |v: &[f32]| Tensor::<1>::from_floats(v, &device);
+            let (rt, st, tt) = (tensor(&r), tensor(&s), tensor(&t));
+            let tuple = training_tuple(batch.x0, x1, tt.clone());
+            let seed = rng.random();
+            let labels = batch.labels;
+            let cond = train(labels.clone(), Some(rt.clone()), seed);
+            let u = checked(
+                model.velocity(tuple.x_t.clone(), tt.clone(), &cond),
+                &tuple.x_t,
+            )?;
+            // The two halves from the same network off the autodiff graph (stop-gradient).
+            let frozen_model = model.valid();
+            let plain = |x: Tensor<1>| x.without_autodiff();
+            let frozen = |z: Tensor<D>, r: Tensor<1>, t: Tensor<1>| {
+                let labels = labels.clone().map(|l| l.without_autodiff());
+                let cond = train(labels, Some(plain(r)), seed);
+                frozen_model
+                    .velocity(z.without_autodiff(), plain(t), &cond)
+                    .autodiff()
+            };
+            let split = split_mean_flow_target(frozen, (tuple.x_t, rt, st, tt));
+            let keep = tensor(&equal).reshape(per_row::<D>(n));
+            let target = tuple.target * keep.clone() + split * (keep.neg() + 1.0);
+            Ok(velocity_loss(u, target.detach()))
+        }
         Objective::MeanFlow {
             equal_fraction,
             epsilon,
@@ -224,6 +275,27 @@ fn checked<const D: usize>(output: Tensor<D>, input: &Tensor<D>) -> Result<Tenso
             input.dims()
         )),
     }
+}
+
+/// SplitMeanFlow's target for the average velocity `u(z_t, r, t)` (Guo et al. 2025), from
+/// interval splitting at `s` in `[r, t]`: `(t - r) u(z_t, r, t) = (t - s) u(z_t, s, t) +
+/// (s - r) u(z_s, r, s)` with `z_s = z_t - (t - s) u(z_t, s, t)`, the point the average
+/// velocity over `[s, t]` carries `z_t` to. `u(z, r, t)` is the model off the autodiff graph.
+/// Rows with `r = t` get 0 (the caller trains them on the instantaneous velocity).
+pub fn split_mean_flow_target<const D: usize>(
+    u: impl Fn(Tensor<D>, Tensor<1>, Tensor<1>) -> Tensor<D>,
+    (z_t, r, s, t): (Tensor<D>, Tensor<1>, Tensor<1>, Tensor<1>),
+) -> Tensor<D> {
+    let n = z_t.dims()[0];
+    let rows = |x: Tensor<1>| x.reshape(per_row::<D>(n));
+    let late = u(z_t.clone(), s.clone(), t.clone());
+    let z_s = z_t - late.clone() * rows(t.clone() - s.clone());
+    let early = u(z_s, r.clone(), s.clone());
+    let span = rows(t.clone() - r.clone());
+    let total = late * rows(t - s.clone()) + early * rows(s - r);
+    // A zero-length interval divides 0 by 1 instead of by 0.
+    let empty = span.clone().equal_elem(0.0).float();
+    total / (span + empty)
 }
 
 /// MeanFlow's adaptive loss weighting (its `p = 1`, `c = 1e-3`): image `i`'s squared error
@@ -386,5 +458,42 @@ mod tests {
         let mean = (w1 + w2) / 2.0;
         let want = (25.0 * w1 / mean + 1e-4 * w2 / mean) / 2.0 / 2.0;
         assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
+    }
+
+    /// The exact average velocity of the flow `dx/dt = lambda x` over `[r, t]` from `z`:
+    /// `z (1 - exp(lambda (r - t))) / (t - r)` (`lambda z` when `r = t`).
+    fn exponential(z: Tensor<2>, r: Tensor<1>, t: Tensor<1>) -> Tensor<2> {
+        const LAMBDA: f32 = 1.3;
+        let n = z.dims()[0];
+        let gap = (t - r).reshape([n, 1]);
+        let shrink = (gap.clone() * -LAMBDA).exp().neg() + 1.0;
+        let empty = gap.clone().equal_elem(0.0).float();
+        z.clone() * shrink / (gap + empty.clone()) * (empty.clone().neg() + 1.0)
+            + z * empty * LAMBDA
+    }
+
+    #[test]
+    fn the_split_target_of_an_exact_average_velocity_is_itself() {
+        let device = Device::flex();
+        let z = Tensor::<2>::from_floats([[0.5, -1.0], [2.0, 0.3], [-0.7, 0.1]], &device);
+        let r = Tensor::<1>::from_floats([0.1, 0.0, 0.4], &device);
+        let s = Tensor::<1>::from_floats([0.5, 0.6, 0.4], &device);
+        let t = Tensor::<1>::from_floats([0.9, 1.0, 0.8], &device);
+        let target = split_mean_flow_target(exponential, (z.clone(), r.clone(), s, t.clone()));
+        let exact = exponential(z.clone(), r.clone(), t.clone());
+        let gap = (target - exact).abs().max().into_scalar::<f32>();
+        assert!(gap < 1e-5, "{gap}");
+        // A field that is not an average velocity (u = z, whatever the interval) is not its own
+        // split target: the consistency is what trains the model.
+        let other = split_mean_flow_target(
+            |z: Tensor<2>, _, _| z,
+            (
+                z.clone(),
+                r,
+                Tensor::from_floats([0.5, 0.6, 0.6], &device),
+                t,
+            ),
+        );
+        assert!((other - z).abs().max().into_scalar::<f32>() > 0.05);
     }
 }

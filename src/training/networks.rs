@@ -247,7 +247,7 @@ pub fn check_data(config: &TrainConfig, data: TrainData) -> Result<()> {
             ));
         }
     }
-    if matches!(config.objective, Objective::MeanFlow { .. }) != config.model.is_mean_flow() {
+    if config.objective.is_mean_flow() != config.model.is_mean_flow() {
         return Err(Error::invalid(
             "objective",
             "the mean-flow objective needs a network with the interval input, and only it does",

@@ -109,7 +109,7 @@ pub struct PresetOverrides {
 impl PresetOverrides {
     /// The recipe `preset` with these overrides applied, validated.
     pub fn apply(&self, preset: TrainConfig) -> Result<TrainConfig> {
-        let mean_flow = matches!(self.objective, Objective::MeanFlow { .. });
+        let mean_flow = self.objective.is_mean_flow();
         let config = TrainConfig {
             model: preset
                 .model

@@ -114,11 +114,14 @@ pub struct TrainArgs {
     /// Mirror each training image left-right with probability 1/2 (not for digits).
     #[arg(long)]
     flip: bool,
-    /// What to learn: flow-matching (the velocity), or mean-flow (the average velocity over an
-    /// interval, for one-step sampling; the network gets an interval input).
+    /// What to learn: flow-matching (the velocity), or the average velocity over an interval
+    /// for one-step sampling (the network gets an interval input): mean-flow (MeanFlow's
+    /// identity with a finite-difference JVP) or split-mean-flow (interval splitting's
+    /// consistency, no JVP).
     #[arg(long, value_enum, default_value_t = ObjectiveArg::FlowMatching)]
     objective: ObjectiveArg,
-    /// Mean flow: fraction of steps with an empty interval (plain flow matching).
+    /// Mean flow, split mean flow: fraction of images with an empty interval (plain flow
+    /// matching).
     #[arg(long, default_value_t = 0.75)]
     mean_flow_equal: f32,
     /// Mean flow: step of the finite difference that stands in for the Jacobian-vector product
@@ -134,6 +137,7 @@ pub struct TrainArgs {
 enum ObjectiveArg {
     FlowMatching,
     MeanFlow,
+    SplitMeanFlow,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -161,6 +165,9 @@ impl TrainArgs {
             ObjectiveArg::MeanFlow => Objective::MeanFlow {
                 equal_fraction: self.mean_flow_equal,
                 epsilon: self.mean_flow_epsilon,
+            },
+            ObjectiveArg::SplitMeanFlow => Objective::SplitMeanFlow {
+                equal_fraction: self.mean_flow_equal,
             },
         }
     }
@@ -191,7 +198,7 @@ impl TrainArgs {
             };
             return Ok(recipes::preset(name, &overrides)?);
         }
-        let mean_flow = matches!(self.objective, ObjectiveArg::MeanFlow);
+        let mean_flow = self.objective().is_mean_flow();
         Ok(TrainConfig {
             model: self
                 .network
