@@ -107,6 +107,26 @@ impl<M> LoadedModel<M> {
         }
     }
 
+    /// An error naming `path` when the model was trained on another path or prediction than
+    /// flow matching's own (linear, velocity), which `what` cannot sample.
+    pub fn require_velocity_model(&self, path: &Path, what: &str) -> Result<()> {
+        let trained = self
+            .parametrisation()
+            .map_err(|e| Error::bad_file(path, e.to_string()))?;
+        match trained.is_straight() {
+            true => Ok(()),
+            false => Err(Error::bad_file(
+                path,
+                format!(
+                    "trained with scheduler {} and prediction {}: {what} takes flow-matching \
+                     models (linear scheduler, velocity prediction); use `flowmatch sample` or \
+                     `flowmatch eval`",
+                    trained.scheduler, trained.prediction
+                ),
+            )),
+        }
+    }
+
     fn record<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>> {
         self.metadata
             .get(key)

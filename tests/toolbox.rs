@@ -84,6 +84,21 @@ fn schedulers_predictions_retiming_and_guidance_intervals() {
         everywhere(&["--guidance-interval", "0,1"], "all-interval.png")
     );
 
+    // Commands that sample velocity models only refuse it, naming the file.
+    let strip = dir.join("strip.png");
+    let args = [
+        "trajectory",
+        "--checkpoint",
+        s(&ckpt),
+        "--n",
+        "2",
+        "--steps",
+        "4",
+        "--out",
+        s(&strip),
+    ];
+    assert_clean_error(&flowmatch(&args), &["final.safetensors", "prediction data"]);
+
     let (out, _) = sample(
         &["--digits", "0-2", "--guidance-interval", "0.8,0.2"],
         "bad.png",

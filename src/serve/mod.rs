@@ -90,7 +90,9 @@ impl Server {
         }
         let mut models: Vec<Served> = Vec::new();
         for path in &options.checkpoints {
-            let model = checkpoint::load_weights(path, device, Weights::PreferEma)?.model;
+            let loaded = checkpoint::load_weights(path, device, Weights::PreferEma)?;
+            loaded.require_velocity_model(path, "serve")?;
+            let model = loaded.model;
             let stem = path
                 .file_stem()
                 .map_or("model".into(), |s| s.to_string_lossy().into_owned());

@@ -120,7 +120,9 @@ pub fn run(
     on_pairs: impl FnMut(usize, usize),
     observer: &mut dyn TrainObserver,
 ) -> Result<FewStepReport> {
-    let base = checkpoint::load_weights(&options.base, device, Weights::PreferEma)?.model;
+    let loaded = checkpoint::load_weights(&options.base, device, Weights::PreferEma)?;
+    loaded.require_velocity_model(&options.base, "reflow and distillation")?;
+    let base = loaded.model;
     if base.num_classes().is_some() || base.is_mean_flow() {
         return Err(Error::bad_file(
             &options.base,

@@ -15,7 +15,6 @@ use super::run_dir::{CONFIG, RESUME_CHECKPOINT, RunLock};
 use crate::checkpoint::{self, META_TRAIN_CONFIG, Weights};
 use crate::data::{ImageSet, ImageSource};
 use crate::error::{Error, Result};
-use crate::flow::objective::Objective;
 use crate::model::Network;
 use crate::tensor_file::{TensorFile, write_atomic};
 

@@ -310,11 +310,6 @@ pub fn weights(no_ema: bool) -> Weights {
     }
 }
 
-/// Loads the model of checkpoint `path`.
-pub fn load_model(path: &Path, device: &Device, no_ema: bool) -> Result<Network> {
-    Ok(checkpoint::load_weights(path, device, weights(no_ema))?.model)
-}
-
 /// The network of a checkpoint and the path and prediction it was trained with.
 pub fn load_scheduled(
     path: &Path,

@@ -8,7 +8,9 @@ use clap::Args;
 
 use flowmatch::trajectory::{TrajectoryJob, trajectory_to_files};
 
-use crate::common::{SolverArgs, check_counts, load_model};
+use flowmatch::checkpoint;
+
+use crate::common::{SolverArgs, check_counts, weights};
 
 #[derive(Args)]
 pub struct TrajectoryArgs {
@@ -38,7 +40,9 @@ pub struct TrajectoryArgs {
 }
 
 pub fn run(args: TrajectoryArgs, device: &Device) -> Result<()> {
-    let model = load_model(&args.checkpoint, device, args.no_ema)?;
+    let loaded = checkpoint::load_weights(&args.checkpoint, device, weights(args.no_ema))?;
+    loaded.require_velocity_model(&args.checkpoint, "trajectory")?;
+    let model = loaded.model;
     check_counts(args.n, args.steps)?;
     let job = TrajectoryJob {
         n: args.n,
