@@ -9,8 +9,9 @@ use burn::tensor::Device;
 use crate::error::{Error, Result};
 use crate::image_out;
 use crate::model::Network;
+use crate::sampling::schedule::{AsVelocity, Retimed};
 use crate::sampling::solvers::{Solver, TimeGrid};
-use crate::sampling::{initial_noise, trajectory};
+use crate::sampling::{Schedule, initial_noise, trajectory};
 use crate::tensor_file::refuse_to_replace;
 
 /// Most samples a trajectory view shows (it keeps every frame of each in memory).
@@ -61,6 +62,8 @@ pub struct TrajectoryJob {
     pub solver: Solver,
     /// Time grid of a fixed-step solver.
     pub grid: TimeGrid,
+    /// How the model's output becomes a velocity, and the scheduler to follow.
+    pub schedule: Schedule,
     /// The strip PNG (key frames).
     pub strip: PathBuf,
     /// The animated GIF (every frame).
@@ -79,7 +82,11 @@ pub fn trajectory_to_files(model: &Network, job: &TrajectoryJob, device: &Device
         refuse_to_replace(input, &[&job.strip, &job.gif])?;
     }
     let x1 = initial_noise(model, job.n, job.seed, device)?;
-    let trajectory = trajectory(model, x1, job.solver, job.steps, job.grid);
+    let trained = job.schedule.trained;
+    let as_velocity = AsVelocity::new(model, trained);
+    let along = job.schedule.along.unwrap_or(trained.scheduler);
+    let field = Retimed::new(&as_velocity, trained.scheduler, along);
+    let trajectory = trajectory(&field, x1, job.solver, job.steps, job.grid);
     image_out::save_trajectory_strip(&trajectory.key_frames(), shape, &job.strip)?;
     image_out::save_trajectory_gif(&trajectory.frames, shape, &job.gif)
 }

@@ -84,20 +84,47 @@ fn schedulers_predictions_retiming_and_guidance_intervals() {
         everywhere(&["--guidance-interval", "0,1"], "all-interval.png")
     );
 
-    // Commands that sample velocity models only refuse it, naming the file.
-    let strip = dir.join("strip.png");
-    let args = [
-        "trajectory",
-        "--checkpoint",
-        s(&ckpt),
-        "--n",
-        "2",
-        "--steps",
-        "4",
-        "--out",
-        s(&strip),
-    ];
-    assert_clean_error(&flowmatch(&args), &["final.safetensors", "prediction data"]);
+    // The trajectory follows the trained path or another one; serve refuses such a model.
+    for (extra, name) in [
+        (&[][..], "strip"),
+        (&["--scheduler", "linear"][..], "strip-linear"),
+    ] {
+        let (strip, gif) = (
+            dir.join(format!("{name}.png")),
+            dir.join(format!("{name}.gif")),
+        );
+        let args = [
+            "trajectory",
+            "--checkpoint",
+            s(&ckpt),
+            "--n",
+            "2",
+            "--steps",
+            "4",
+            "--out",
+            s(&strip),
+            "--gif",
+            s(&gif),
+        ];
+        assert_success(&flowmatch(&[&args[..], extra].concat()));
+        assert!(strip.is_file() && gif.is_file(), "{name}");
+    }
+    let served = flowmatch::serve::ServeOptions {
+        checkpoints: vec![ckpt.clone()],
+        host: "127.0.0.1".into(),
+        port: 0,
+        run: None,
+        workers: 1,
+    };
+    let refused = flowmatch::serve::Server::bind(&served, &burn::tensor::Device::flex());
+    let error = refused
+        .err()
+        .expect("serve refuses a data-prediction model")
+        .to_string();
+    assert!(
+        error.contains("final.safetensors") && error.contains("prediction data"),
+        "{error}"
+    );
 
     let (out, _) = sample(
         &["--digits", "0-2", "--guidance-interval", "0.8,0.2"],

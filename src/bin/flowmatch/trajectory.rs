@@ -8,9 +8,10 @@ use clap::Args;
 
 use flowmatch::trajectory::{TrajectoryJob, trajectory_to_files};
 
-use flowmatch::checkpoint;
+use flowmatch::flow::scheduler::Scheduler;
+use flowmatch::sampling::Schedule;
 
-use crate::common::{SolverArgs, check_counts, weights};
+use crate::common::{SolverArgs, check_counts, load_scheduled};
 
 #[derive(Args)]
 pub struct TrajectoryArgs {
@@ -37,12 +38,14 @@ pub struct TrajectoryArgs {
     no_ema: bool,
     #[command(flatten)]
     solver: SolverArgs,
+    /// Follow this scheduler instead of the one the model was trained with (re-timing):
+    /// linear, cosine, vp, vp:MIN,MAX, linear-vp, polynomial:N.
+    #[arg(long)]
+    scheduler: Option<Scheduler>,
 }
 
 pub fn run(args: TrajectoryArgs, device: &Device) -> Result<()> {
-    let loaded = checkpoint::load_weights(&args.checkpoint, device, weights(args.no_ema))?;
-    loaded.require_velocity_model(&args.checkpoint, "trajectory")?;
-    let model = loaded.model;
+    let (model, trained) = load_scheduled(&args.checkpoint, device, args.no_ema)?;
     check_counts(args.n, args.steps)?;
     let job = TrajectoryJob {
         n: args.n,
@@ -50,6 +53,10 @@ pub fn run(args: TrajectoryArgs, device: &Device) -> Result<()> {
         seed: args.seed,
         solver: args.solver.solver()?,
         grid: args.solver.grid()?,
+        schedule: Schedule {
+            trained,
+            along: args.scheduler,
+        },
         strip: args.out,
         gif: args.gif,
         inputs: vec![args.checkpoint],
