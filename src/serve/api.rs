@@ -372,6 +372,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn guidance_intervals_parse_and_bad_ones_are_refused() {
+        let models = [("m".to_string(), Some(10))];
+        let parse = |q: &str| SampleRequest::parse(q, &models);
+        let ok = parse("digit=3&guidance=2&interval=0%2C0.7").unwrap();
+        assert_eq!(ok.guidance_interval, Some((0.0, 0.7)));
+        assert_eq!(
+            parse("digit=3&interval=all").unwrap().guidance_interval,
+            None
+        );
+        for bad in [
+            "interval=0.9%2C0.1",
+            "interval=0.5",
+            "interval=a%2Cb",
+            "interval=0%2C2",
+        ] {
+            let error = parse(&format!("digit=3&{bad}")).unwrap_err().0;
+            assert!(error.contains("guidance interval"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn queries_decode() {
         assert_eq!(
             query_pairs("a=1&b=x%20y+z&c"),
