@@ -116,11 +116,35 @@ pub fn kid(
     subset_size: usize,
     seed: u64,
 ) -> (f64, f64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let size = subset_size.min(a.len()).min(b.len());
     let count = b.iter().map(Vec::len).sum::<usize>().max(1) as f64;
     let squares: f64 = b.iter().flatten().map(|&v| (v as f64).powi(2)).sum();
     let scale = 1.0 / (squares / count).sqrt().max(1e-12);
+    kid_scaled(a, b, subsets, subset_size, seed, scale)
+}
+
+/// [`kid`] on the features as they are, as KID is defined (Binkowski et al. 2018) and
+/// computed on Inception features (torch-fidelity, clean-fid): no rescaling.
+pub fn kid_unscaled(
+    a: &[Vec<f32>],
+    b: &[Vec<f32>],
+    subsets: usize,
+    subset_size: usize,
+    seed: u64,
+) -> (f64, f64) {
+    kid_scaled(a, b, subsets, subset_size, seed, 1.0)
+}
+
+/// [`kid`] of the features multiplied by `scale`.
+fn kid_scaled(
+    a: &[Vec<f32>],
+    b: &[Vec<f32>],
+    subsets: usize,
+    subset_size: usize,
+    seed: u64,
+    scale: f64,
+) -> (f64, f64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let size = subset_size.min(a.len()).min(b.len());
     let pick = |rows: &[Vec<f32>], rng: &mut StdRng| {
         let idx = sample(rng, rows.len(), size);
         matrix(&idx.iter().map(|i| rows[i].clone()).collect::<Vec<_>>()) * scale

@@ -4,6 +4,7 @@
 
 pub mod classifier;
 pub mod curve;
+pub mod inception;
 pub mod likelihood;
 pub mod memorisation;
 pub mod metrics;
