@@ -13,14 +13,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use flowmatch::bench::{self, BenchConfig};
 use flowmatch::checkpoint::{self, Weights};
+use flowmatch::data::download::sha256_file;
 use flowmatch::data::{DataOptions, DataSource, ImageSet, Split, default_cache_dir};
 use flowmatch::demo::DemoOptions;
 use flowmatch::device::device_from_name;
 use flowmatch::evaluation::classifier::{self, Classifier, ClassifierRecipe};
+use flowmatch::evaluation::inception::{self, Inception};
 use flowmatch::evaluation::likelihood::Divergence;
 use flowmatch::evaluation::metrics::Quality;
 use flowmatch::evaluation::quality::EvalPlan;
-use flowmatch::evaluation::{self, EvalEvent, EvalOptions, LikelihoodOptions};
+use flowmatch::evaluation::{self, EvalEvent, EvalOptions, LikelihoodOptions, Yardstick};
 use flowmatch::flow::TimeSampling;
 use flowmatch::flow::coupling::Coupling;
 use flowmatch::flow::objective::Objective;
@@ -179,7 +181,7 @@ struct ServeArgs {
     run: Option<PathBuf>,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct DataArgs {
     /// Data set: embedded (10k MNIST digits, offline), mnist, fashion-mnist, cifar10, or a
     /// folder (of IDX files, of CIFAR-10 batches, or of PNG/JPEG images, one sub-folder per
@@ -677,6 +679,93 @@ enum ClassifierCommand {
     },
 }
 
+/// What `eval` measures sample quality in, and against what.
+#[derive(Args)]
+struct FeatureArgs {
+    /// Features of the quality metrics: the classifier's (cFID, KID, confidence, classes) or
+    /// pytorch-fid's Inception network (the standard FID and KID).
+    #[arg(long, value_enum, default_value_t = Features::Classifier)]
+    features: Features,
+    /// pytorch-fid's Inception weights (pt_inception-2015-12-05-6726825d.pth), or `download`
+    /// to fetch them from pytorch-fid's release into the cache, SHA-256 checked [default: the
+    /// cached copy].
+    #[arg(long, value_name = "PATH|download")]
+    inception_weights: Option<String>,
+    /// A folder of images to measure against instead of the data set's held-out split (the
+    /// floor compares two halves of it).
+    #[arg(long)]
+    reference: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Features {
+    Classifier,
+    Inception,
+}
+
+impl FeatureArgs {
+    /// The Inception network when --features inception, from --inception-weights or the cache.
+    fn inception(&self, data: &DataArgs, device: &Device) -> Result<Option<(Inception, PathBuf)>> {
+        if self.features != Features::Inception {
+            if self.inception_weights.is_some() {
+                bail!("--inception-weights is for --features inception");
+            }
+            return Ok(None);
+        }
+        let cache = data.cache_dir.clone().unwrap_or_else(default_cache_dir);
+        let cached = cache.join("inception").join(inception::WEIGHTS_FILE);
+        let path = match self.inception_weights.as_deref() {
+            Some("download") => {
+                eprintln!(
+                    "inception: {} (downloaded and verified into {} unless already there)",
+                    inception::WEIGHTS_URL,
+                    cached.display()
+                );
+                let (url, sha) = (inception::WEIGHTS_URL, inception::WEIGHTS_SHA256);
+                inception::ensure_weights(&cache, url, sha)?
+            }
+            Some(path) => {
+                let path = PathBuf::from(path);
+                if sha256_file(&path)? != inception::WEIGHTS_SHA256 {
+                    eprintln!(
+                        "warning: {} is not pytorch-fid's published weights file (another \
+                         SHA-256): these are not the standard FID's features",
+                        path.display()
+                    );
+                }
+                path
+            }
+            None if !cached.is_file() => bail!(
+                "--features inception needs pytorch-fid's weights: give --inception-weights \
+                 PATH, or --inception-weights download to fetch them into {}",
+                cached.display()
+            ),
+            None if sha256_file(&cached)? != inception::WEIGHTS_SHA256 => bail!(
+                "{} is damaged (its SHA-256 is not pytorch-fid's): --inception-weights \
+                 download fetches it again",
+                cached.display()
+            ),
+            None => cached,
+        };
+        Ok(Some((Inception::load(&path, device)?, path)))
+    }
+
+    /// The images measured against: every image of --reference at `shape`, or the data set's
+    /// held-out split.
+    fn reference_images(&self, data: &DataArgs, shape: [usize; 3]) -> Result<ImageSet> {
+        let Some(dir) = &self.reference else {
+            return data.load_for(Split::Test, shape);
+        };
+        let folder = DataArgs {
+            data: dir.display().to_string(),
+            holdout: 0.0,
+            limit: None,
+            ..data.clone()
+        };
+        folder.load_for(Split::Train, shape)
+    }
+}
+
 #[derive(Args)]
 struct EvalArgs {
     /// Model checkpoint (repeatable: the models are measured side by side, on the same noise
@@ -687,6 +776,8 @@ struct EvalArgs {
     /// shipped with flowmatch, for MNIST data].
     #[arg(long)]
     classifier: Option<PathBuf>,
+    #[command(flatten)]
+    features: FeatureArgs,
     #[command(flatten)]
     data: DataArgs,
     /// Solvers to compare.
@@ -1472,9 +1563,14 @@ fn classifier(args: ClassifierArgs, device: &Device) -> Result<()> {
 }
 
 fn print_quality_row(name: &str, nfe: &str, q: &Quality) {
+    // Inception features have no classes: no confidence or class entropy.
+    let classes = match q.confident.is_nan() {
+        true => String::new(),
+        false => format!(" {:>9.3} {:>8.3}", q.confident, q.class_entropy_bits),
+    };
     println!(
-        "{name:<18} {nfe:>5} {:>9.3} {:>9.4} ± {:<7.4} {:>9.3} {:>8.3}",
-        q.fid, q.kid, q.kid_std, q.confident, q.class_entropy_bits
+        "{name:<18} {nfe:>5} {:>9.3} {:>9.4} ± {:<7.4}{classes}",
+        q.fid, q.kid, q.kid_std
     );
 }
 
@@ -1494,15 +1590,22 @@ fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
         );
     }
     let source = DataSource::parse(&args.data.data);
-    let test = args.data.load_for(Split::Test, shape)?;
+    if args.features.features == Features::Inception && args.classifier.is_some() {
+        bail!("--classifier is for --features classifier");
+    }
+    let inception = args.features.inception(&args.data, device)?;
+    let test = args.features.reference_images(&args.data, shape)?;
     // The pinned classifier reads MNIST's 28x28 digits; other shapes train one on the labels.
     let pinned_fits = source.is_mnist() && shape == [1, 28, 28];
-    let needs_train = args.memorisation || (args.classifier.is_none() && !pinned_fits);
+    let needs_classifier = inception.is_none();
+    let needs_train =
+        args.memorisation || (needs_classifier && args.classifier.is_none() && !pinned_fits);
     let train = match needs_train {
         true => Some(args.data.load_for(Split::Train, shape)?),
         false => None,
     };
     let (classifier, classifier_name) = match (&args.classifier, &train) {
+        _ if !needs_classifier => (None, String::new()),
         (Some(path), _) => (
             Some(Classifier::load(path, device)?),
             path.display().to_string(),
@@ -1568,25 +1671,43 @@ fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
         straightness: args.straightness,
         memorisation: args.memorisation,
     };
-    match &classifier {
-        Some((_, info)) => println!(
+    let held_out = match &args.features.reference {
+        Some(dir) => format!("images of {}", dir.display()),
+        None => "held-out images".to_string(),
+    };
+    match (&inception, &classifier) {
+        (Some((_, path)), _) => println!(
+            "features: pytorch-fid's Inception ({}); {} samples per setting vs {} {held_out}",
+            path.display(),
+            args.n,
+            args.n
+        ),
+        (None, Some((_, info))) => println!(
             "classifier: {classifier_name} ({:.2}% held-out accuracy); {} samples per setting \
              vs {} held-out images",
             100.0 * info.test_accuracy,
             args.n,
             args.n
         ),
-        None => println!(
+        (None, None) => println!(
             "{}: no labels, so no classifier: cFID, KID, confidence and class accuracy cannot \
              be measured; measured without one: memorisation (--memorisation), likelihood \
              (--nll-images), straightness (--straightness)",
             args.data.data
         ),
     }
-    println!(
-        "{:<18} {:>5} {:>9} {:>20} {:>9} {:>8}",
-        "solver", "NFE", "cFID", "KID", "confident", "H(bits)"
-    );
+    match inception {
+        Some(_) => println!("{:<18} {:>5} {:>9} {:>20}", "solver", "NFE", "FID", "KID"),
+        None => println!(
+            "{:<18} {:>5} {:>9} {:>20} {:>9} {:>8}",
+            "solver", "NFE", "cFID", "KID", "confident", "H(bits)"
+        ),
+    }
+    let yardstick: Option<Yardstick> = match (&inception, &classifier) {
+        (Some((net, _)), _) => Some(net.into()),
+        (None, Some((c, _))) => Some(c.into()),
+        (None, None) => None,
+    };
     let (mut lines, mut curves, mut floor) = (String::new(), Vec::new(), None);
     for (model, path) in models.iter().zip(&args.checkpoint) {
         let name = model_name(path);
@@ -1595,7 +1716,7 @@ fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
         }
         let report = evaluation::evaluate(
             model,
-            classifier.as_ref().map(|(c, _)| c),
+            yardstick,
             train.as_ref(),
             &test,
             &options,
@@ -1610,6 +1731,9 @@ fn evaluate(args: EvalArgs, device: &Device) -> Result<()> {
         for line in report.json_lines().lines() {
             let mut value: serde_json::Value = serde_json::from_str(line)?;
             value["model"] = name.clone().into();
+            if inception.is_some() {
+                value["features"] = "inception".into();
+            }
             lines.push_str(&format!("{value}\n"));
         }
         for mut curve in report.curves() {
@@ -1788,12 +1912,14 @@ fn print_event(event: EvalEvent) {
                 &c.nfe.to_string(),
                 &c.quality,
             );
-            println!(
-                "{:<24} accuracy {:.3}, per class [{}]",
-                "",
-                c.accuracy,
-                per.join(" ")
-            );
+            if !c.per_class.is_empty() {
+                println!(
+                    "{:<24} accuracy {:.3}, per class [{}]",
+                    "",
+                    c.accuracy,
+                    per.join(" ")
+                );
+            }
         }
         EvalEvent::Likelihood(r) => println!(
             "likelihood: {:.3} ± {:.3} bits/dim on {} held-out images ({} divergence, RK4 {} steps, \

@@ -1,7 +1,10 @@
 //! The standard FID's Inception network against its PyTorch twin: pytorch-fid's own network
 //! with the pattern weights (`scripts/make-inception-fixture.py` wrote the features, FID and
 //! KID of `tests/fixtures/inception`), the weights reader on files `torch.save` wrote in both
-//! of its formats, and the verified download of the weights from a server on 127.0.0.1.
+//! of its formats, the verified download of the weights from a server on 127.0.0.1, and
+//! `flowmatch eval --features inception` on a folder of colour pictures.
+
+mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -10,12 +13,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::tensor::Device;
+use common::{assert_clean_error, assert_success, run, s, temp_dir};
 use flowmatch::data::download::sha256_hex;
 use flowmatch::data::to_unit;
 use flowmatch::evaluation::inception::{
     FEATURES, Inception, WeightsFile, ensure_weights, pattern_weight,
 };
 use flowmatch::evaluation::metrics::{frechet_distance, kid_unscaled};
+use flowmatch::model::NamedTensor;
+use flowmatch::tensor_file::TensorFile;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 fn fixture(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -213,4 +221,177 @@ fn weights_are_downloaded_once_into_the_cache_and_verified() {
     let err = ensure_weights(&cache.join("other"), &format!("{base}/missing"), &sha);
     assert!(err.unwrap_err().to_string().contains("404"));
     std::fs::remove_dir_all(&cache).unwrap();
+}
+
+/// Writes `count` 16x16 colour pictures into `dir`: a random colour, a brighter square at a
+/// random place, a little noise.
+fn pictures(dir: &Path, count: usize, rng: &mut StdRng) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..count {
+        let base: [i32; 3] = std::array::from_fn(|_| rng.random_range(30..200));
+        let (sx, sy) = (rng.random_range(0..10u32), rng.random_range(0..10u32));
+        let image = image::RgbImage::from_fn(16, 16, |x, y| {
+            let lift = if (sx..sx + 6).contains(&x) && (sy..sy + 6).contains(&y) {
+                50
+            } else {
+                0
+            };
+            image::Rgb(base.map(|b| (b + lift + rng.random_range(-10..=10)).clamp(0, 255) as u8))
+        });
+        image.save(dir.join(format!("{i:03}.png"))).unwrap();
+    }
+}
+
+#[test]
+fn eval_measures_a_colour_folder_in_inception_features() {
+    let dir = temp_dir("inception-eval");
+    let (data, reference, cache) = (
+        dir.join("pictures"),
+        dir.join("reference"),
+        dir.join("cache"),
+    );
+    let mut rng = StdRng::seed_from_u64(0);
+    pictures(&data, 16, &mut rng);
+    pictures(&reference, 8, &mut rng);
+    let run_dir = dir.join("run");
+    let out = run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--cache-dir",
+        s(&cache),
+        "--image-size",
+        "16",
+        "--channels",
+        "3",
+        "--widths",
+        "8,16,32",
+        "--batch-size",
+        "8",
+        "--steps",
+        "4",
+        "--out",
+        s(&run_dir),
+    ]);
+    assert_success(&out);
+    let checkpoint = run_dir.join("final.safetensors");
+
+    // The pattern weights as a safetensors file with pytorch-fid's names.
+    let mut file = TensorFile::default();
+    Inception::build(
+        |name, shape| {
+            let values = pattern_weight(name, shape);
+            let tensor = NamedTensor {
+                name: name.to_string(),
+                shape: shape.to_vec(),
+                values: values.clone(),
+            };
+            file.tensors.insert(name.to_string(), tensor);
+            Ok(values)
+        },
+        &Device::flex(),
+    )
+    .unwrap();
+    let weights = dir.join("pattern.safetensors");
+    file.write(&weights).unwrap();
+
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            s(&checkpoint),
+            "--data",
+            s(&data),
+            "--cache-dir",
+            s(&cache),
+            "--holdout",
+            "0.5",
+            "--n",
+            "4",
+            "--solvers",
+            "euler",
+            "--nfe",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let jsonl = dir.join("eval.jsonl");
+    let with = [
+        "--features",
+        "inception",
+        "--inception-weights",
+        s(&weights),
+    ];
+    let out = eval(&[&with[..], &["--out", s(&jsonl)]].concat());
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("pytorch-fid's Inception") && stdout.contains("FID"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not pytorch-fid's published weights"),
+        "{stderr}"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "the floor and one setting");
+    assert_eq!(lines[0]["solver"], "real-data-floor");
+    let floor = lines[0]["quality"]["fid"].as_f64().unwrap();
+    let sampled = lines[1]["fid"].as_f64().unwrap();
+    assert!(
+        floor.is_finite() && sampled.is_finite() && floor >= 0.0,
+        "{floor} {sampled}"
+    );
+    assert!(lines.iter().all(|l| l["features"] == "inception"));
+    assert!(
+        lines[1]["confident"].is_null(),
+        "no classes in Inception features"
+    );
+
+    // Against a folder of reference images: another floor.
+    let jsonl_ref = dir.join("eval-ref.jsonl");
+    let extra = ["--reference", s(&reference), "--out", s(&jsonl_ref)];
+    let out = eval(&[&with[..], &extra[..]].concat());
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("images of"), "{stdout}");
+    let text = std::fs::read_to_string(&jsonl_ref).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_ne!(first["quality"]["fid"].as_f64().unwrap(), floor);
+
+    // No weights given and none in the cache: how to get them, in one line.
+    let out = eval(&["--features", "inception"]);
+    assert_clean_error(&out, &["--inception-weights download"]);
+    let out = eval(&["--inception-weights", s(&weights)]);
+    assert_clean_error(&out, &["--features inception"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Seconds per 1,000 images (32x32 colour, resized to 299x299) on this machine's threads:
+/// `RAYON_NUM_THREADS=2 cargo test --release --test inception -- --ignored --nocapture`.
+#[test]
+#[ignore = "a timing, not a check: run it on its own"]
+fn time_per_thousand_images() {
+    let device = Device::flex();
+    let net = Inception::build(|name, shape| Ok(pattern_weight(name, shape)), &device).unwrap();
+    let n = 48;
+    let values: Vec<f32> = (0..n * 3 * 32 * 32)
+        .map(|i| ((i * 7919 % 255) as f32 / 127.5) - 1.0)
+        .collect();
+    net.embed(&values[..3 * 32 * 32], [3, 32, 32]).unwrap(); // warm-up
+    let started = std::time::Instant::now();
+    let features = net.embed(&values, [3, 32, 32]).unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(features.len(), n);
+    println!(
+        "{n} images in {seconds:.1} s: {:.0} s per 1,000 images ({} threads)",
+        seconds / n as f64 * 1000.0,
+        rayon::current_num_threads()
+    );
 }

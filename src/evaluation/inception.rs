@@ -44,7 +44,8 @@ pub const WEIGHTS_URL: &str = "https://github.com/mseitzer/pytorch-fid/releases/
 pub const WEIGHTS_SHA256: &str = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2";
 /// Largest weights file accepted from a server (the real one is 95,628,359 bytes).
 pub const MAX_WEIGHTS_BYTES: u64 = 128 << 20;
-/// Images per network call in [`Inception::embed`] (memory grows with it: ~40 MB an image).
+/// Images per network call in [`Inception::embed`]: on 2 cores 16 is as fast as 4 or 32,
+/// with a peak of ~350 MB (the network's weights included).
 pub const BATCH: usize = 16;
 /// Batch normalisation's epsilon in this network.
 const BN_EPS: f64 = 1e-3;
