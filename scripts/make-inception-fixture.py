@@ -28,7 +28,8 @@ Files:
 - small-zip.pth, small-legacy.pth: a few of the pattern tensors (Conv2d_1a_3x3's convolution
   and batch norm, fc.bias) written by torch.save in its zip format and in its legacy format
   (PyTorch < 1.6, `_use_new_zipfile_serialization=False`), to test flowmatch's reader on files
-  torch wrote.
+  torch wrote. Every other file comes out byte for byte the same on each run; the legacy file
+  does not (its storage keys are taken from memory addresses), its tensors do.
 
 With --full-pth DIR it also writes the whole pattern state_dict as DIR/pattern-zip.pth and
 DIR/pattern-legacy.pth (~95 MB each, not committed), for trying `flowmatch eval --features
