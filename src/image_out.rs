@@ -294,7 +294,8 @@ pub struct QualityCurve {
 }
 
 /// Two panels against NFE on a log scale: classifier-FID (left) and confident fraction (right),
-/// one line per solver, with the real-data floor as a grey line.
+/// one line per solver, with the real-data floor as a grey line (Inception features, whose
+/// floor has a NaN confident fraction: the FID panel alone).
 pub fn quality_plot(
     curves: &[QualityCurve],
     floor_fid: f64,
@@ -334,7 +335,8 @@ struct Panel {
 }
 
 /// Two panels, classifier-FID and confident fraction, against `x` (label, ticks) on a log
-/// scale, with the real-data floor as a grey line.
+/// scale, with the real-data floor as a grey line; the FID panel alone for Inception features
+/// (a NaN confident fraction of the floor).
 fn curves_plot(
     curves: &[QualityCurve],
     (x_label, x_ticks): (&str, &[f64]),
@@ -378,10 +380,16 @@ fn curves_plot(
     {
         let area = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
         area.fill(&WHITE).map_err(|e| err(&e))?;
-        let panels = area.split_evenly((1, 2));
+        // Inception features have no classes (the floor's confident fraction is NaN): the FID
+        // panel alone.
+        let classes = !floor_confident.is_nan();
+        let panels = area.split_evenly((1, if classes { 2 } else { 1 }));
         let specs = [
             Panel {
-                title: "classifier-FID (lower is better; log scale)",
+                title: match classes {
+                    true => "classifier-FID (lower is better; log scale)",
+                    false => "FID, Inception features (lower is better; log scale)",
+                },
                 range: (fid_min.max(1e-6).log10(), fid_max.max(1e-5).log10()),
                 pick: |p| p.1.max(1e-6).log10(),
                 floor: floor_fid.max(1e-6).log10(),

@@ -1,15 +1,16 @@
 //! Checkpoints measured side by side (`flowmatch eval`): every model on the same noise, against
-//! the same held-out reference, with the same classifier (the one given, or the
-//! [`yardstick`] for the data); the results as JSON lines, each naming its
-//! model, and quality against NFE in one plot.
+//! the same reference (the held-out split or a folder), in the same features (the classifier
+//! given, the [`yardstick`] for the data, or pytorch-fid's Inception network); the results as
+//! JSON lines, each naming its model, and quality against NFE in one plot.
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
 use super::classifier::{Classifier, ClassifierInfo};
+use super::inception::Inception;
 use super::metrics::Quality;
-use super::{EvalEvent, EvalOptions, EvalReport, evaluate, pinned_fits, yardstick};
+use super::{EvalEvent, EvalOptions, EvalReport, Yardstick, evaluate, pinned_fits, yardstick};
 use crate::checkpoint::{self, Weights};
 use crate::data::{DataOptions, DataSource, ImageSet, LoadNote, Split};
 use crate::error::{Error, Result};
@@ -27,6 +28,12 @@ pub struct CompareOptions {
     pub weights: Weights,
     /// A classifier written by `flowmatch classifier train`; `None`: the data's yardstick.
     pub classifier: Option<PathBuf>,
+    /// pytorch-fid's Inception weights: quality in its features (the standard FID and KID)
+    /// instead of a classifier's. Give either this or `classifier`.
+    pub inception: Option<PathBuf>,
+    /// A folder of images measured against instead of the data set's held-out split (its
+    /// halves give the real-data floor).
+    pub reference: Option<PathBuf>,
     /// The data set: its held-out split is the reference; its training split serves the
     /// memorisation check and, for data that is not MNIST, a classifier trained on its labels.
     pub data: DataSource,
@@ -52,6 +59,8 @@ pub enum CompareEvent<'a> {
     /// The classifier chosen, named, with its record; `None`: the data has no labels, so only
     /// the measures that need no classifier run.
     Classifier(Option<(&'a str, &'a ClassifierInfo)>),
+    /// Quality is measured in the Inception features of these weights.
+    Inception(&'a Path),
     /// A model's measurements start (announced only when there are several models).
     Model {
         /// Its short name ([`model_name`]).
@@ -72,7 +81,7 @@ pub enum CompareEvent<'a> {
 pub struct CompareReport {
     /// Each model's name and measurements, in the order of the checkpoints.
     pub models: Vec<(String, EvalReport)>,
-    /// The real-data floor (when there is a classifier).
+    /// The real-data floor (when quality was measured).
     pub floor: Option<Quality>,
 }
 
@@ -127,21 +136,49 @@ pub fn compare(
         channels: Some(channels),
         ..options.data_options.clone()
     };
-    let mut load = |split| {
-        ImageSet::load_noted(&options.data, split, &data_options, |note| {
+    let mut load_from = |source: &DataSource, split, data_options: &DataOptions| {
+        ImageSet::load_noted(source, split, data_options, |note| {
             on_event(CompareEvent::Data(note))
         })
     };
-    let test = load(Split::Test)?;
+    let test = match &options.reference {
+        // Every image of the folder.
+        Some(dir) => {
+            let folder = DataOptions {
+                holdout: 0.0,
+                limit: None,
+                ..data_options.clone()
+            };
+            let source = DataSource::parse(&dir.display().to_string());
+            load_from(&source, Split::Train, &folder)?
+        }
+        None => load_from(&options.data, Split::Test, &data_options)?,
+    };
+    if let (Some(_), Some(path)) = (&options.inception, &options.classifier) {
+        return Err(Error::invalid(
+            "yardstick",
+            format!(
+                "both a classifier ({}) and Inception weights given: quality is measured in one",
+                path.display()
+            ),
+        ));
+    }
+    let inception = match &options.inception {
+        Some(path) => Some(Inception::load(path, device)?),
+        None => None,
+    };
     // The pinned classifier reads MNIST's 28x28 digits; other data needs its training split
     // for a classifier trained on its labels.
     let pinned = pinned_fits(&options.data, shape);
-    let needs_train = options.eval.memorisation || (options.classifier.is_none() && !pinned);
+    let needs_classifier = inception.is_none();
+    let needs_train =
+        options.eval.memorisation || (needs_classifier && options.classifier.is_none() && !pinned);
     let train = match needs_train {
-        true => Some(load(Split::Train)?),
+        true => Some(load_from(&options.data, Split::Train, &data_options)?),
         false => None,
     };
     let (classifier, classifier_name) = match (&options.classifier, &train) {
+        _ if !needs_classifier => (None, String::new()),
         (Some(path), _) => (
             Some(Classifier::load(path, device)?),
             path.display().to_string(),
@@ -163,11 +200,19 @@ pub fn compare(
             "pinned digit classifier".to_string(),
         ),
     };
-    on_event(CompareEvent::Classifier(
-        classifier
-            .as_ref()
-            .map(|(_, info)| (classifier_name.as_str(), info)),
-    ));
+    match (&options.inception, &classifier) {
+        (Some(path), _) => on_event(CompareEvent::Inception(path)),
+        (None, chosen) => on_event(CompareEvent::Classifier(
+            chosen
+                .as_ref()
+                .map(|(_, info)| (classifier_name.as_str(), info)),
+        )),
+    }
+    let measure: Option<Yardstick> = match (&inception, &classifier) {
+        (Some(net), _) => Some(net.into()),
+        (None, Some((c, _))) => Some(c.into()),
+        (None, None) => None,
+    };
     let (mut lines, mut curves, mut floor, mut reports) =
         (String::new(), Vec::new(), None, Vec::new());
     for ((model, trained), path) in models.iter().zip(paths) {
@@ -180,7 +225,7 @@ pub fn compare(
         let shown_floor = floor.is_some();
         let report = evaluate(
             model,
-            classifier.as_ref().map(|(c, _)| c),
+            measure,
             train.as_ref(),
             &test,
             &eval,
@@ -195,6 +240,9 @@ pub fn compare(
             let mut value: serde_json::Value =
                 serde_json::from_str(line).expect("the report's own JSON lines parse");
             value["model"] = name.clone().into();
+            if inception.is_some() {
+                value["features"] = "inception".into();
+            }
             lines.push_str(&format!("{value}\n"));
         }
         for mut curve in report.curves() {

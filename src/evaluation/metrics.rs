@@ -1,6 +1,7 @@
 //! Sample-quality metrics in a classifier's feature space: Fréchet distance (classifier-FID),
 //! kernel inception distance (KID, with its standard deviation over subsets), the fraction of
-//! confidently classified samples, and the class histogram with its entropy.
+//! confidently classified samples, and the class histogram with its entropy; or in the
+//! Inception features of the standard FID: FID and KID.
 
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use rand::SeedableRng;
@@ -14,7 +15,8 @@ use crate::evaluation::classifier::{Embedding, argmax};
 pub const CONFIDENT: f32 = 0.9;
 
 /// Quality of one set of samples against a reference set. A metric that is not finite (the
-/// samples of a diverged model) is written to JSON as `null` and read back as NaN.
+/// samples of a diverged model; the class measures in Inception features, which have no
+/// classes) is written to JSON as `null` and read back as NaN.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Quality {
     /// Samples measured.
@@ -30,10 +32,12 @@ pub struct Quality {
     #[serde(deserialize_with = "nan_if_null")]
     pub kid_std: f64,
     /// Fraction of samples whose top class probability is at least 0.9.
+    #[serde(deserialize_with = "nan_if_null")]
     pub confident: f64,
     /// Samples per predicted class.
     pub histogram: Vec<usize>,
     /// Entropy of the predicted-class histogram in bits (log2(10) = 3.32 when balanced).
+    #[serde(deserialize_with = "nan_if_null")]
     pub class_entropy_bits: f64,
 }
 
@@ -74,9 +78,21 @@ fn psd_factor(m: DMatrix<f64>) -> DMatrix<f64> {
 }
 
 /// Fréchet distance `|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))` between Gaussian fits.
+/// With fewer samples than features (500 samples of Inception's 2,048 features) it is computed
+/// from the samples themselves, without a features x features matrix; otherwise from the
+/// covariances.
 pub fn frechet_distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
-    let (mu_a, s_a) = mean_cov(&matrix(a));
-    let (mu_b, s_b) = mean_cov(&matrix(b));
+    let d = a.first().map_or(0, Vec::len);
+    match a.len().min(b.len()) <= d {
+        true => frechet_from_samples(&matrix(a), &matrix(b)),
+        false => frechet_from_covariances(&matrix(a), &matrix(b)),
+    }
+}
+
+/// [`frechet_distance`] through the covariance matrices (`d` x `d`).
+fn frechet_from_covariances(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
+    let (mu_a, s_a) = mean_cov(a);
+    let (mu_b, s_b) = mean_cov(b);
     // With S_a = F F^T, Tr((S_a S_b)^(1/2)) = Tr((F^T S_b F)^(1/2)), a symmetric form.
     let factor = psd_factor(s_a.clone());
     let middle = factor.transpose() * &s_b * &factor;
@@ -92,6 +108,25 @@ pub fn frechet_distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
             .sum::<f64>()
     };
     (mu_a - mu_b).norm_squared() + s_a.trace() + s_b.trace() - 2.0 * tr_root
+}
+
+/// [`frechet_distance`] through the samples (`n_a` x `n_b` matrices): with `C` the centred
+/// samples divided by `sqrt(n - 1)`, `S = C^T C`, so `Tr(S) = |C|_F^2` and
+/// `Tr((S_a S_b)^(1/2)) = Tr(((C_a C_b^T)(C_a C_b^T)^T)^(1/2))`, the sum of the singular values
+/// of `C_a C_b^T`.
+fn frechet_from_samples(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
+    let centred = |x: &DMatrix<f64>| {
+        let mean = x.row_mean();
+        let mut c = x.clone();
+        for mut row in c.row_iter_mut() {
+            row -= &mean;
+        }
+        (mean, c / ((x.nrows() as f64 - 1.0).max(1.0)).sqrt())
+    };
+    let (mu_a, c_a) = centred(a);
+    let (mu_b, c_b) = centred(b);
+    let tr_root: f64 = (&c_a * c_b.transpose()).singular_values().iter().sum();
+    (mu_a - mu_b).norm_squared() + c_a.norm_squared() + c_b.norm_squared() - 2.0 * tr_root
 }
 
 /// Unbiased MMD^2 with the kernel `k(x, y) = (x.y / d + 1)^3` (Binkowski et al. 2018).
@@ -116,11 +151,35 @@ pub fn kid(
     subset_size: usize,
     seed: u64,
 ) -> (f64, f64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let size = subset_size.min(a.len()).min(b.len());
     let count = b.iter().map(Vec::len).sum::<usize>().max(1) as f64;
     let squares: f64 = b.iter().flatten().map(|&v| (v as f64).powi(2)).sum();
     let scale = 1.0 / (squares / count).sqrt().max(1e-12);
+    kid_scaled(a, b, subsets, subset_size, seed, scale)
+}
+
+/// [`kid`] on the features as they are, as KID is defined (Binkowski et al. 2018) and
+/// computed on Inception features (torch-fidelity, clean-fid): no rescaling.
+pub fn kid_unscaled(
+    a: &[Vec<f32>],
+    b: &[Vec<f32>],
+    subsets: usize,
+    subset_size: usize,
+    seed: u64,
+) -> (f64, f64) {
+    kid_scaled(a, b, subsets, subset_size, seed, 1.0)
+}
+
+/// [`kid`] of the features multiplied by `scale`.
+fn kid_scaled(
+    a: &[Vec<f32>],
+    b: &[Vec<f32>],
+    subsets: usize,
+    subset_size: usize,
+    seed: u64,
+    scale: f64,
+) -> (f64, f64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let size = subset_size.min(a.len()).min(b.len());
     let pick = |rows: &[Vec<f32>], rng: &mut StdRng| {
         let idx = sample(rng, rows.len(), size);
         matrix(&idx.iter().map(|i| rows[i].clone()).collect::<Vec<_>>()) * scale
@@ -168,6 +227,24 @@ pub fn quality(samples: &Embedding, reference: &Embedding) -> Quality {
         confident: confident as f64 / n.max(1) as f64,
         histogram,
         class_entropy_bits,
+    }
+}
+
+/// FID and KID of `samples` against `reference` in Inception features: KID on the features
+/// as they are ([`kid_unscaled`]; 10 subsets of half the samples, at most 1000), and no class
+/// measures (`confident` and `class_entropy_bits` NaN, an empty histogram).
+pub fn inception_quality(samples: &[Vec<f32>], reference: &[Vec<f32>]) -> Quality {
+    let n = samples.len();
+    let subset = (n / 2).clamp(2, 1000);
+    let (kid, kid_std) = kid_unscaled(samples, reference, 10, subset, 0);
+    Quality {
+        n,
+        fid: frechet_distance(samples, reference),
+        kid,
+        kid_std,
+        confident: f64::NAN,
+        histogram: Vec::new(),
+        class_entropy_bits: f64::NAN,
     }
 }
 
@@ -231,6 +308,20 @@ mod tests {
     }
 
     #[test]
+    fn both_routes_of_the_frechet_distance_agree() {
+        // Fewer samples than features, and more, with a shift and a different spread.
+        for (n, d) in [(12, 40), (60, 8)] {
+            let a = matrix(&gaussian(n, d, 0.0, 1.0, 1));
+            let b = matrix(&gaussian(n + 3, d, 0.5, 1.5, 2));
+            let (s, c) = (
+                frechet_from_samples(&a, &b),
+                frechet_from_covariances(&a, &b),
+            );
+            assert!((s - c).abs() <= 1e-9 * c, "{n}x{d}: {s} vs {c}");
+        }
+    }
+
+    #[test]
     fn frechet_distance_of_identical_samples_is_the_other_sets_spread() {
         // A collapsed model: S_a = 0, so the distance is |mu_a - mu_b|^2 + Tr(S_b).
         let a = vec![vec![0.0f32; 4]; 10];
@@ -254,6 +345,13 @@ mod tests {
         assert!(text.contains("\"fid\":null"), "{text}");
         let back: Quality = serde_json::from_str(&text).unwrap();
         assert!(back.fid.is_nan() && back.kid.is_nan() && back.kid_std == 0.5);
+        // Inception features: no class measures.
+        let rows = gaussian(6, 3, 0.0, 1.0, 1);
+        let text = serde_json::to_string(&inception_quality(&rows, &rows)).unwrap();
+        assert!(text.contains("\"confident\":null"), "{text}");
+        let back: Quality = serde_json::from_str(&text).unwrap();
+        assert!(back.confident.is_nan() && back.class_entropy_bits.is_nan());
+        assert!(back.fid.abs() < 1e-9 && back.histogram.is_empty());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod classifier;
 pub mod compare;
 pub mod curve;
+pub mod inception;
 pub mod likelihood;
 pub mod memorisation;
 pub mod metrics;
@@ -23,6 +24,7 @@ use classifier::{Classifier, Embedding};
 use likelihood::{Divergence, NllReport, nll};
 use memorisation::{Memorisation, memorisation};
 use metrics::Quality;
+pub use quality::Yardstick;
 use quality::{
     ConditionalQuality, EvalPlan, EvalRow, conditional_quality, real_floor, sample_quality,
 };
@@ -77,7 +79,7 @@ pub enum EvalEvent<'a> {
 /// Everything measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
-    /// The real-data floor (when there is a classifier).
+    /// The real-data floor (when there is a yardstick).
     pub floor: Option<Quality>,
     /// Each sampler setting.
     pub samplers: Vec<EvalRow>,
@@ -97,12 +99,12 @@ pub const STRAIGHTNESS_SAMPLES: usize = 100;
 pub const STRAIGHTNESS_STEPS: usize = 20;
 
 /// Measures `model` against the held-out images `test` (and the training images `train`, for
-/// the memorisation check), with `classifier` as the yardstick of sample quality (without one,
-/// only the measures that need no classifier run), reporting each result to `on_event` as it
-/// comes.
-pub fn evaluate(
+/// the memorisation check), with `yardstick` (a classifier, or the Inception network of the
+/// standard FID) as the measure of sample quality (without one, only the measures that need
+/// none run), reporting each result to `on_event` as it comes.
+pub fn evaluate<'a>(
     model: &Network,
-    classifier: Option<&Classifier>,
+    yardstick: Option<impl Into<Yardstick<'a>>>,
     train: Option<&ImageSet>,
     test: &ImageSet,
     options: &EvalOptions,
@@ -114,21 +116,16 @@ pub fn evaluate(
         return Err(Error::invalid("sample count", "must be positive"));
     }
     let (mut floor, mut samplers, mut conditional) = (None, Vec::new(), Vec::new());
-    if let Some(classifier) = classifier {
-        let (q, reference) = real_floor(classifier, test, plan.n, device)?;
+    if let Some(yardstick) = yardstick {
+        let yardstick = yardstick.into();
+        let (q, reference) = real_floor(yardstick, test, plan.n, device)?;
         on_event(EvalEvent::Floor(&q));
         floor = Some(q);
-        samplers = sample_quality(model, classifier, &reference, plan, device, |row| {
+        samplers = sample_quality(model, yardstick, &reference, plan, device, |row| {
             on_event(EvalEvent::Sampler(row))
         })?;
-        conditional = conditional_sampling(
-            model,
-            classifier,
-            &reference,
-            options,
-            device,
-            &mut on_event,
-        )?;
+        conditional =
+            conditional_sampling(model, yardstick, &reference, options, device, &mut on_event)?;
     }
     let likelihood = match options.likelihood {
         Some(l) => {
@@ -269,7 +266,7 @@ pub fn yardstick(
 /// Class-balanced conditional sampling at each of the options' guidance scales.
 fn conditional_sampling(
     model: &Network,
-    classifier: &Classifier,
+    yardstick: Yardstick,
     reference: &Embedding,
     options: &EvalOptions,
     device: &Device,
@@ -295,7 +292,7 @@ fn conditional_sampling(
     for &scale in &options.guidance_scales {
         let q = conditional_quality(
             model,
-            classifier,
+            yardstick,
             reference,
             (scale, options.guidance_interval, options.plan.schedule),
             per_class,

@@ -1,7 +1,7 @@
-//! Sample quality in the pinned classifier's feature space: per (solver, NFE) for unconditional
-//! sampling, and class-balanced for conditional sampling at a guidance scale, each against
-//! held-out real images, next to the real-data floor (the same metrics between two halves of
-//! the held-out images).
+//! Sample quality in a yardstick's feature space (a classifier's, or the Inception features of
+//! the standard FID): per (solver, NFE) for unconditional sampling, and class-balanced for
+//! conditional sampling at a guidance scale, each against held-out real images, next to the
+//! real-data floor (the same metrics between two halves of the held-out images).
 
 use std::time::Instant;
 
@@ -9,12 +9,73 @@ use burn::tensor::Device;
 use serde::Serialize;
 
 use super::classifier::{Classifier, Embedding, argmax, embed};
-use super::metrics::{Quality, quality};
+use super::inception::Inception;
+use super::metrics::{Quality, inception_quality, quality};
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
 use crate::model::Network;
 use crate::sampling::solvers::{Solver, TimeGrid};
 use crate::sampling::{ClassPlan, Generation, NoiseSource, Schedule, generate};
+
+/// What sample quality is measured in.
+#[derive(Debug, Clone, Copy)]
+pub enum Yardstick<'a> {
+    /// A classifier's features and class probabilities: classifier-FID, KID, the confident
+    /// fraction and the class histogram.
+    Classifier(&'a Classifier),
+    /// pytorch-fid's Inception features: the standard FID and KID (no class measures).
+    Inception(&'a Inception),
+}
+
+impl<'a> From<&'a Classifier> for Yardstick<'a> {
+    fn from(classifier: &'a Classifier) -> Self {
+        Yardstick::Classifier(classifier)
+    }
+}
+
+impl<'a> From<&'a Inception> for Yardstick<'a> {
+    fn from(inception: &'a Inception) -> Self {
+        Yardstick::Inception(inception)
+    }
+}
+
+impl Yardstick<'_> {
+    /// Features (and, for a classifier, class probabilities) of `n` images of `shape` given as
+    /// row-major values in [-1, 1].
+    pub fn embed(&self, pixels: &[f32], shape: [usize; 3], device: &Device) -> Result<Embedding> {
+        match self {
+            Yardstick::Classifier(c) => Ok(embed(c, pixels, device)),
+            Yardstick::Inception(net) => Ok(Embedding {
+                features: net.embed(pixels, shape)?,
+                probs: Vec::new(),
+            }),
+        }
+    }
+
+    /// The metrics of `samples` against `reference`.
+    pub fn quality(&self, samples: &Embedding, reference: &Embedding) -> Quality {
+        match self {
+            Yardstick::Classifier(_) => quality(samples, reference),
+            Yardstick::Inception(_) => inception_quality(&samples.features, &reference.features),
+        }
+    }
+
+    /// Checks that it reads images of `shape` (the `what`, for the message): a classifier
+    /// those it was trained on, the Inception network grey or colour images of any size.
+    fn check_shape(&self, shape: [usize; 3], what: &str) -> Result<()> {
+        match self {
+            Yardstick::Classifier(c) => check_shape(c, shape, what),
+            Yardstick::Inception(_) if shape[0] == 1 || shape[0] == 3 => Ok(()),
+            Yardstick::Inception(_) => Err(Error::invalid(
+                "Inception features",
+                format!(
+                    "the {what} have {} channels: it reads grey or colour images",
+                    shape[0]
+                ),
+            )),
+        }
+    }
+}
 
 /// One evaluated sampler setting.
 #[derive(Debug, Clone, Serialize)]
@@ -72,17 +133,18 @@ fn halves(test: &ImageSet, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
 }
 
 /// The real-data floor: the metrics between the two held-out halves, and the reference embedding.
-pub fn real_floor(
-    classifier: &Classifier,
+pub fn real_floor<'a>(
+    yardstick: impl Into<Yardstick<'a>>,
     test: &ImageSet,
     n: usize,
     device: &Device,
 ) -> Result<(Quality, Embedding)> {
-    check_shape(classifier, test.shape(), "held-out images")?;
+    let yardstick = yardstick.into();
+    yardstick.check_shape(test.shape(), "held-out images")?;
     let (reference, other) = halves(test, n)?;
-    let reference = embed(classifier, &reference, device);
-    let floor = quality(&embed(classifier, &other, device), &reference);
-    Ok((floor, reference))
+    let reference = yardstick.embed(&reference, test.shape(), device)?;
+    let other = yardstick.embed(&other, test.shape(), device)?;
+    Ok((yardstick.quality(&other, &reference), reference))
 }
 
 /// Checks that `classifier` reads images of `shape`.
@@ -102,15 +164,16 @@ fn check_shape(classifier: &Classifier, shape: [usize; 3], what: &str) -> Result
 }
 
 /// Samples with every setting of `plan` and measures each against `reference`.
-pub fn sample_quality(
+pub fn sample_quality<'a>(
     model: &Network,
-    classifier: &Classifier,
+    yardstick: impl Into<Yardstick<'a>>,
     reference: &Embedding,
     plan: &EvalPlan,
     device: &Device,
     mut on_row: impl FnMut(&EvalRow),
 ) -> Result<Vec<EvalRow>> {
-    check_shape(classifier, model.image_shape(), "model's images")?;
+    let (yardstick, shape) = (yardstick.into(), model.image_shape());
+    yardstick.check_shape(shape, "model's images")?;
     let mut settings: Vec<(Solver, usize, Option<f32>)> = Vec::new();
     for &solver in &plan.solvers {
         match solver.stages() {
@@ -158,7 +221,7 @@ pub fn sample_quality(
             &generation,
             device,
             |_, values| {
-                samples.extend(embed(classifier, &values, device));
+                samples.extend(yardstick.embed(&values, shape, device)?);
                 Ok(())
             },
         )?;
@@ -169,7 +232,7 @@ pub fn sample_quality(
             nfe: stats.nfe_per_chunk.iter().max().copied().unwrap_or(0),
             tol,
             seconds,
-            quality: quality(&samples, reference),
+            quality: yardstick.quality(&samples, reference),
         };
         on_row(&row);
         rows.push(row);
@@ -188,9 +251,9 @@ pub struct ConditionalQuality {
     pub steps: usize,
     /// Network evaluations used (both branches counted).
     pub nfe: usize,
-    /// Fraction classified as their class, per class.
+    /// Fraction classified as their class, per class (empty in Inception features).
     pub per_class: Vec<f64>,
-    /// Mean over classes.
+    /// Mean over classes (NaN, written as `null`, in Inception features).
     pub accuracy: f64,
     /// Metrics against the held-out reference.
     #[serde(flatten)]
@@ -198,11 +261,12 @@ pub struct ConditionalQuality {
 }
 
 /// Samples `per_class` images of every class with Euler `steps` at guidance `scale` (on
-/// `guidance_interval` only, when given), and measures them against `reference`.
+/// `guidance_interval` only, when given), and measures them against `reference` (and, with a
+/// classifier, how often each is classified as its class).
 #[allow(clippy::too_many_arguments)]
-pub fn conditional_quality(
+pub fn conditional_quality<'a>(
     model: &Network,
-    classifier: &Classifier,
+    yardstick: impl Into<Yardstick<'a>>,
     reference: &Embedding,
     (scale, guidance_interval, schedule): (f32, Option<(f32, f32)>, Schedule),
     per_class: usize,
@@ -210,7 +274,8 @@ pub fn conditional_quality(
     seed: u64,
     device: &Device,
 ) -> Result<ConditionalQuality> {
-    check_shape(classifier, model.image_shape(), "model's images")?;
+    let (yardstick, shape) = (yardstick.into(), model.image_shape());
+    yardstick.check_shape(shape, "model's images")?;
     let classes = model
         .num_classes()
         .ok_or_else(|| Error::invalid("guidance", "the model is unconditional"))?;
@@ -233,11 +298,13 @@ pub fn conditional_quality(
         &generation,
         device,
         |_, values| {
-            samples.extend(embed(classifier, &values, device));
+            samples.extend(yardstick.embed(&values, shape, device)?);
             Ok(())
         },
     )?;
+    let classified = !samples.probs.is_empty();
     let per_class: Vec<f64> = (0..classes)
+        .filter(|_| classified)
         .map(|c| {
             let rows = &samples.probs[c * per_class..(c + 1) * per_class];
             rows.iter().filter(|p| argmax(p) == c).count() as f64 / per_class as f64
@@ -247,8 +314,11 @@ pub fn conditional_quality(
         guidance: scale,
         steps,
         nfe: stats.nfe_per_chunk.first().copied().unwrap_or(0),
-        accuracy: per_class.iter().sum::<f64>() / classes as f64,
+        accuracy: match classified {
+            true => per_class.iter().sum::<f64>() / classes as f64,
+            false => f64::NAN,
+        },
         per_class,
-        quality: quality(&samples, reference),
+        quality: yardstick.quality(&samples, reference),
     })
 }

@@ -7,7 +7,9 @@ use anyhow::{Result, bail};
 use burn::tensor::Device;
 use clap::Args;
 
+use flowmatch::data::default_cache_dir;
 use flowmatch::evaluation::compare::{CompareEvent, CompareOptions, compare};
+use flowmatch::evaluation::inception::{self, WeightsChoice};
 use flowmatch::evaluation::likelihood::Divergence;
 use flowmatch::evaluation::metrics::Quality;
 use flowmatch::evaluation::quality::EvalPlan;
@@ -26,6 +28,19 @@ pub struct EvalArgs {
     /// shipped with flowmatch, for MNIST data].
     #[arg(long)]
     classifier: Option<PathBuf>,
+    /// Features of the quality metrics: the classifier's (cFID, KID, confidence, classes) or
+    /// pytorch-fid's Inception network (the standard FID and KID).
+    #[arg(long, value_enum, default_value_t = Features::Classifier)]
+    features: Features,
+    /// pytorch-fid's Inception weights (pt_inception-2015-12-05-6726825d.pth), or `download`
+    /// to fetch them from pytorch-fid's release into the cache, SHA-256 checked [default: the
+    /// cached copy].
+    #[arg(long, value_name = "PATH|download")]
+    inception_weights: Option<String>,
+    /// A folder of images to measure against instead of the data set's held-out split (the
+    /// floor compares two halves of it).
+    #[arg(long)]
+    reference: Option<PathBuf>,
     #[command(flatten)]
     data: DataArgs,
     /// Solvers to compare.
@@ -87,7 +102,59 @@ pub struct EvalArgs {
     batch_size: usize,
 }
 
+/// What sample quality is measured in.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Features {
+    Classifier,
+    Inception,
+}
+
 impl EvalArgs {
+    /// The Inception weights when --features inception, from --inception-weights or the cache.
+    fn inception(&self) -> Result<Option<PathBuf>> {
+        if self.features != Features::Inception {
+            if self.inception_weights.is_some() {
+                bail!("--inception-weights is for --features inception");
+            }
+            return Ok(None);
+        }
+        if self.classifier.is_some() {
+            bail!("--classifier is for --features classifier");
+        }
+        let choice = match self.inception_weights.as_deref() {
+            Some(text) => WeightsChoice::parse(text),
+            None => WeightsChoice::Cached,
+        };
+        let cache = self
+            .data
+            .cache_dir
+            .clone()
+            .unwrap_or_else(default_cache_dir);
+        if choice == WeightsChoice::Download {
+            eprintln!(
+                "inception: {} (downloaded and verified into {} unless already there)",
+                inception::WEIGHTS_URL,
+                cache.join("inception").display()
+            );
+        }
+        let (path, published) = match choice.locate(&cache) {
+            Err(_) if choice == WeightsChoice::Cached => bail!(
+                "--features inception needs pytorch-fid's weights: give --inception-weights \
+                 PATH, or --inception-weights download to fetch them into {}",
+                cache.join("inception").display()
+            ),
+            other => other?,
+        };
+        if !published {
+            eprintln!(
+                "warning: {} is not pytorch-fid's published weights file (another SHA-256): \
+                 these are not the standard FID's features",
+                path.display()
+            );
+        }
+        Ok(Some(path))
+    }
+
     /// The measurements asked for.
     fn eval_options(&self) -> Result<EvalOptions> {
         let grid = self.grid.grid()?;
@@ -131,12 +198,18 @@ pub fn run(args: EvalArgs, device: &Device) -> Result<()> {
         eval: args.eval_options()?,
         weights: weights(args.no_ema),
         classifier: args.classifier.clone(),
+        inception: args.inception()?,
+        reference: args.reference.clone(),
         data: args.data.source(),
         data_name: args.data.data.clone(),
         data_options: args.data.options(None, None)?,
         out: args.out.clone(),
         plot: args.plot.clone(),
         checkpoints: args.checkpoint,
+    };
+    let against = match &args.reference {
+        Some(dir) => format!("images of {}", dir.display()),
+        None => "held-out images".to_string(),
     };
     compare(&options, device, |event| match event {
         CompareEvent::Data(note) => print_load_note(note),
@@ -145,7 +218,7 @@ pub fn run(args: EvalArgs, device: &Device) -> Result<()> {
             match chosen {
                 Some((name, info)) => println!(
                     "classifier: {name} ({:.2}% held-out accuracy); {} samples per setting vs \
-                     {} held-out images",
+                     {} {against}",
                     100.0 * info.test_accuracy,
                     args.n,
                     args.n
@@ -162,6 +235,15 @@ pub fn run(args: EvalArgs, device: &Device) -> Result<()> {
                 "solver", "NFE", "cFID", "KID", "confident", "H(bits)"
             );
         }
+        CompareEvent::Inception(path) => {
+            println!(
+                "features: pytorch-fid's Inception ({}); {} samples per setting vs {} {against}",
+                path.display(),
+                args.n,
+                args.n
+            );
+            println!("{:<18} {:>5} {:>9} {:>20}", "solver", "NFE", "FID", "KID");
+        }
         CompareEvent::Model { name, path } => println!("{name} ({})", path.display()),
         CompareEvent::Result(event) => print_event(event),
         CompareEvent::Results(path) => println!("results: {}", path.display()),
@@ -171,9 +253,14 @@ pub fn run(args: EvalArgs, device: &Device) -> Result<()> {
 }
 
 fn print_quality_row(name: &str, nfe: &str, q: &Quality) {
+    // Inception features have no classes: no confidence or class entropy.
+    let classes = match q.confident.is_nan() {
+        true => String::new(),
+        false => format!(" {:>9.3} {:>8.3}", q.confident, q.class_entropy_bits),
+    };
     println!(
-        "{name:<18} {nfe:>5} {:>9.3} {:>9.4} ± {:<7.4} {:>9.3} {:>8.3}",
-        q.fid, q.kid, q.kid_std, q.confident, q.class_entropy_bits
+        "{name:<18} {nfe:>5} {:>9.3} {:>9.4} ± {:<7.4}{classes}",
+        q.fid, q.kid, q.kid_std
     );
 }
 
@@ -195,12 +282,14 @@ fn print_event(event: EvalEvent) {
                 &c.nfe.to_string(),
                 &c.quality,
             );
-            println!(
-                "{:<24} accuracy {:.3}, per class [{}]",
-                "",
-                c.accuracy,
-                per.join(" ")
-            );
+            if !c.per_class.is_empty() {
+                println!(
+                    "{:<24} accuracy {:.3}, per class [{}]",
+                    "",
+                    c.accuracy,
+                    per.join(" ")
+                );
+            }
         }
         EvalEvent::Likelihood(r) => println!(
             "likelihood: {:.3} ± {:.3} bits/dim on {} held-out images ({} divergence, RK4 {} \
