@@ -236,6 +236,43 @@ pub fn model_from_file(
     })
 }
 
+/// Metadata key of an exported model: which weights of the training checkpoint it holds
+/// (`"ema"` or `"raw"`).
+pub const META_EXPORTED: &str = "flowmatch.exported";
+
+/// A checkpoint reduced to what sampling needs: the chosen `weights` (the EMA, when there is one
+/// and it is preferred) under the plain parameter names, the network and training records,
+/// and no optimiser state; `path` names the file in errors. Such a file loads everywhere a
+/// checkpoint does but cannot resume training.
+pub fn export(file: &TensorFile, path: &Path, weights: Weights) -> Result<TensorFile> {
+    let has_ema = file.tensors.keys().any(|k| k.starts_with(EMA_PREFIX));
+    let use_ema = has_ema && weights == Weights::PreferEma;
+    let mut out = TensorFile {
+        metadata: file.metadata.clone(),
+        ..Default::default()
+    };
+    for (name, tensor) in &file.tensors {
+        let kept = match (use_ema, name.strip_prefix(EMA_PREFIX)) {
+            (true, Some(plain)) => Some(plain),
+            (false, None) => Some(name.as_str()),
+            _ => None,
+        };
+        if let Some(plain) = kept {
+            let mut tensor = tensor.clone();
+            tensor.name = plain.to_string();
+            out.tensors.insert(plain.to_string(), tensor);
+        }
+    }
+    if out.tensors.is_empty() {
+        return Err(Error::bad_file(path, "holds no model tensors to export"));
+    }
+    out.metadata.remove(META_EMA);
+    let kind = if use_ema { "ema" } else { "raw" };
+    out.metadata
+        .insert(META_EXPORTED.into(), format!("{{\"weights\":\"{kind}\"}}"));
+    Ok(out)
+}
+
 /// Loads the chosen weights of the checkpoint at `path` into `model` (any burn module, such as
 /// a user's own [`VelocityModel`]), matching parameters by their names (module paths, as
 /// [`named_parameters`] gives them) and checking every shape; the file may hold no other

@@ -83,6 +83,7 @@ pub mod image_out;
 pub mod kernels;
 pub mod lr_schedule;
 pub mod model;
+pub mod pretrained;
 pub mod sampling;
 pub mod serve;
 pub mod tensor_file;

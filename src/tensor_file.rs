@@ -1,4 +1,5 @@
-//! Reading and writing named f32 tensors as safetensors, with atomic writes.
+//! Reading and writing named f32 tensors as safetensors (stored as float32, or as float16 to
+//! halve a file that is only sampled from), with atomic writes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -24,14 +25,15 @@ pub struct TensorFile {
 }
 
 impl TensorFile {
-    /// Reads a safetensors file whose tensors are all float32.
+    /// Reads a safetensors file whose tensors are float32 or float16 (widened to float32).
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Self::from_bytes(&bytes, path)
     }
 
     /// Parses the bytes of a safetensors file (`path` names it in errors). Every tensor is
-    /// float32 or a one-dimensional byte blob; nothing larger than `bytes` is allocated.
+    /// float32, float16 (widened to float32) or a one-dimensional byte blob; nothing larger
+    /// than twice `bytes` is allocated.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
         let parsed = SafeTensors::deserialize(bytes)
             .map_err(|e| Error::bad_file(path, format!("not a valid safetensors file ({e})")))?;
@@ -44,20 +46,27 @@ impl TensorFile {
                 blobs.insert(name, view.data().to_vec());
                 continue;
             }
-            if view.dtype() != Dtype::F32 {
-                return Err(Error::bad_file(
-                    path,
-                    format!(
-                        "tensor '{name}' is {:?}; flowmatch reads float32 tensors",
-                        view.dtype()
-                    ),
-                ));
-            }
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let values = match view.dtype() {
+                Dtype::F32 => view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                Dtype::F16 => view
+                    .data()
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                other => {
+                    return Err(Error::bad_file(
+                        path,
+                        format!(
+                            "tensor '{name}' is {other:?}; flowmatch reads float32 and float16 \
+                             tensors"
+                        ),
+                    ));
+                }
+            };
             let tensor = NamedTensor {
                 name: name.clone(),
                 shape: view.shape().to_vec(),
@@ -93,19 +102,57 @@ impl TensorFile {
         Ok(tensor)
     }
 
-    /// Writes the tensors and metadata to `path` atomically (temp file, then rename).
+    /// Writes the tensors (as float32) and metadata to `path` atomically (temp file, then
+    /// rename).
     pub fn write(&self, path: &Path) -> Result<()> {
-        let bytes: Vec<Vec<u8>> = self
-            .tensors
-            .values()
-            .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
-            .collect();
+        self.write_as(path, Storage::F32)
+    }
+
+    /// Writes the tensors stored as `storage` and the metadata to `path` atomically.
+    pub fn write_as(&self, path: &Path, storage: Storage) -> Result<()> {
+        write_atomic(path, &self.to_bytes(storage, path)?)
+    }
+
+    /// The safetensors bytes of the tensors stored as `storage` (`path` names the file in
+    /// errors). Float16 rounds each value to the nearest representable one; values beyond its
+    /// range (65,504) are refused rather than turned into infinities.
+    pub fn to_bytes(&self, storage: Storage, path: &Path) -> Result<Vec<u8>> {
+        let (dtype, bytes) = match storage {
+            Storage::F32 => (
+                Dtype::F32,
+                self.tensors
+                    .values()
+                    .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+                    .collect::<Vec<Vec<u8>>>(),
+            ),
+            Storage::F16 => {
+                let mut all = Vec::new();
+                for t in self.tensors.values() {
+                    if let Some(v) = t
+                        .values
+                        .iter()
+                        .find(|v| v.abs() > f32::from(half::f16::MAX))
+                    {
+                        return Err(Error::bad_file(
+                            path,
+                            format!("tensor '{}' holds {v}, beyond float16's range", t.name),
+                        ));
+                    }
+                    let b = t.values.iter();
+                    all.push(
+                        b.flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                            .collect(),
+                    );
+                }
+                (Dtype::F16, all)
+            }
+        };
         let views = self
             .tensors
             .values()
             .zip(&bytes)
             .map(|(t, b)| {
-                let view = TensorView::new(Dtype::F32, t.shape.clone(), b)
+                let view = TensorView::new(dtype, t.shape.clone(), b)
                     .map_err(|e| Error::bad_file(path, format!("tensor '{}': {e}", t.name)))?;
                 Ok((t.name.clone(), view))
             })
@@ -117,10 +164,20 @@ impl TensorFile {
             views.push((name.clone(), view));
         }
         let metadata = (!self.metadata.is_empty()).then(|| self.metadata.clone());
-        let serialized = safetensors::serialize(views, metadata)
-            .map_err(|e| Error::bad_file(path, format!("cannot serialise tensors: {e}")))?;
-        write_atomic(path, &serialized)
+        safetensors::serialize(views, metadata)
+            .map_err(|e| Error::bad_file(path, format!("cannot serialise tensors: {e}")))
     }
+}
+
+/// How tensor values are stored in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// float32: what training writes, exact.
+    #[default]
+    F32,
+    /// float16: half the size, about three significant digits; for models that are only
+    /// sampled from.
+    F16,
 }
 
 /// Writes `bytes` to `path` so that a reader (or a crash) sees either the old or the new file,
@@ -321,5 +378,48 @@ impl ParamSource for FileParams<'_> {
             TensorData::new(stored.values.clone(), shape),
             device,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(values: Vec<f32>) -> TensorFile {
+        let mut file = TensorFile::default();
+        let tensor = NamedTensor {
+            name: "w".into(),
+            shape: vec![values.len()],
+            values,
+        };
+        file.tensors.insert("w".into(), tensor);
+        file.metadata.insert("k".into(), "v".into());
+        file
+    }
+
+    #[test]
+    fn float16_storage_halves_the_tensors_and_rounds_to_three_digits() {
+        let values: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let path = Path::new("w.safetensors");
+        let f32_bytes = file(values.clone()).to_bytes(Storage::F32, path).unwrap();
+        let f16_bytes = file(values.clone()).to_bytes(Storage::F16, path).unwrap();
+        assert!(f16_bytes.len() < f32_bytes.len() / 2 + 200);
+        let back = TensorFile::from_bytes(&f16_bytes, path).unwrap();
+        assert_eq!(back.metadata["k"], "v");
+        let w = &back.tensors["w"];
+        assert_eq!(w.shape, vec![1000]);
+        for (a, b) in values.iter().zip(&w.values) {
+            assert!((a - b).abs() <= a.abs() * 2f32.powi(-11) + 1e-7, "{a} {b}");
+        }
+        let exact = TensorFile::from_bytes(&f32_bytes, path).unwrap();
+        assert_eq!(exact.tensors["w"].values, values);
+    }
+
+    #[test]
+    fn values_beyond_float16s_range_are_refused_not_made_infinite() {
+        let err = file(vec![1.0, 70_000.0])
+            .to_bytes(Storage::F16, Path::new("big.safetensors"))
+            .unwrap_err();
+        assert!(err.to_string().contains("beyond float16's range"), "{err}");
     }
 }

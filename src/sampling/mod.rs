@@ -94,6 +94,48 @@ pub fn sample<const D: usize, M: VelocityModel<D>>(
     Ok(solve(model, solver, x1, steps, TimeGrid::Uniform, |_, _, _| {}).x)
 }
 
+/// How far two models' samples from the same noise lie apart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleDifference {
+    /// The largest difference of one value (pixel or coordinate); NaN when either model
+    /// gave NaN.
+    pub max: f32,
+    /// The mean absolute difference over all values.
+    pub mean: f32,
+}
+
+/// The differences between the samples of `a` and `b` from the same `n` noises (`seed`) with
+/// Euler `steps`: how far a changed copy of a model (its weights stored as float16, say)
+/// samples from the original.
+pub fn sample_difference<const D: usize, M: VelocityModel<D>>(
+    a: &M,
+    b: &M,
+    n: usize,
+    steps: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<SampleDifference> {
+    let x = sample(a, n, Solver::Euler, steps, seed, device)?;
+    let y = sample(b, n, Solver::Euler, steps, seed, device)?;
+    let values = (x - y)
+        .abs()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    // NaN anywhere (a broken copy) is reported as such, not hidden by the maximum.
+    let max = values
+        .iter()
+        .fold(0.0f32, |m, &v| match v.is_nan() || m.is_nan() {
+            true => f32::NAN,
+            false => m.max(v),
+        });
+    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / values.len().max(1) as f64;
+    Ok(SampleDifference {
+        max,
+        mean: mean as f32,
+    })
+}
+
 /// The most steps a fixed-step solver is asked for (each keeps its time points in memory).
 pub const MAX_STEPS: usize = 100_000;
 

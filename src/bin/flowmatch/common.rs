@@ -15,6 +15,7 @@ use flowmatch::checkpoint::{self, Weights};
 use flowmatch::data::{DataOptions, DataSource, ImageSet, LoadNote, Split, default_cache_dir};
 use flowmatch::flow::scheduler::{Parametrisation, Scheduler};
 use flowmatch::model::{Network, NetworkConfig, ResUNetConfig, UNetConfig};
+use flowmatch::pretrained;
 use flowmatch::sampling::{self, Schedule, solvers::Solver, solvers::TimeGrid};
 use flowmatch::serve::api::parse_interval;
 use flowmatch::training::{EpochReport, StepReport, TrainConfig, TrainObserver};
@@ -299,6 +300,59 @@ pub fn check_counts(n: usize, steps: usize) -> Result<()> {
         bail!("invalid --steps: from 1 to {}", sampling::MAX_STEPS);
     }
     Ok(())
+}
+
+/// The model a command takes: a checkpoint file or a model shipped with flowmatch.
+#[derive(Args)]
+pub struct ModelArgs {
+    /// Checkpoint (.safetensors; flowmatch's or a PyTorch state_dict export).
+    #[arg(
+        long,
+        required_unless_present = "pretrained",
+        conflicts_with = "pretrained"
+    )]
+    pub checkpoint: Option<PathBuf>,
+    /// A model shipped with flowmatch instead (`flowmatch models` lists them).
+    #[arg(long, value_name = "NAME")]
+    pub pretrained: Option<String>,
+}
+
+impl ModelArgs {
+    /// The checkpoint's path (a shipped model's hash-checked copy in the cache).
+    pub fn path(&self) -> Result<PathBuf> {
+        match (&self.checkpoint, &self.pretrained) {
+            (Some(path), _) => Ok(path.clone()),
+            (None, Some(name)) => pretrained_path(name),
+            (None, None) => bail!("give --checkpoint PATH or --pretrained NAME"),
+        }
+    }
+}
+
+/// Several models side by side: checkpoint files and shipped models.
+#[derive(Args)]
+pub struct ModelsArgs {
+    /// Model checkpoint (repeatable).
+    #[arg(long)]
+    pub checkpoint: Vec<PathBuf>,
+    /// A model shipped with flowmatch (repeatable; `flowmatch models` lists them).
+    #[arg(long, value_name = "NAME")]
+    pub pretrained: Vec<String>,
+}
+
+impl ModelsArgs {
+    /// The checkpoints' paths, then the shipped models' (hash-checked copies in the cache).
+    pub fn paths(&self) -> Result<Vec<PathBuf>> {
+        let mut paths = self.checkpoint.clone();
+        for name in &self.pretrained {
+            paths.push(pretrained_path(name)?);
+        }
+        Ok(paths)
+    }
+}
+
+/// The hash-checked file of the shipped model `name` in the cache.
+pub fn pretrained_path(name: &str) -> Result<PathBuf> {
+    Ok(pretrained::find(name)?.file_in(&default_cache_dir())?)
 }
 
 /// The weights --no-ema asks for.

@@ -16,14 +16,14 @@ use flowmatch::evaluation::quality::EvalPlan;
 use flowmatch::evaluation::{EvalEvent, EvalOptions, LikelihoodOptions, STRAIGHTNESS_STEPS};
 use flowmatch::sampling::{self, solvers::Solver};
 
-use crate::common::{DataArgs, GridArgs, ScheduleArgs, print_load_note, weights};
+use crate::common::{DataArgs, GridArgs, ModelsArgs, ScheduleArgs, print_load_note, weights};
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Model checkpoint (repeatable: the models are measured side by side, on the same noise
+    /// The models (repeatable, either flag: they are measured side by side, on the same noise
     /// and reference, and plotted together).
-    #[arg(long, required = true)]
-    checkpoint: Vec<PathBuf>,
+    #[command(flatten)]
+    models: ModelsArgs,
     /// Classifier written by `flowmatch classifier train` [default: the pinned digit classifier
     /// shipped with flowmatch, for MNIST data].
     #[arg(long)]
@@ -205,7 +205,7 @@ pub fn run(args: EvalArgs, device: &Device) -> Result<()> {
         data_options: args.data.options(None, None)?,
         out: args.out.clone(),
         plot: args.plot.clone(),
-        checkpoints: args.checkpoint,
+        checkpoints: args.models.paths()?,
     };
     let against = match &args.reference {
         Some(dir) => format!("images of {}", dir.display()),

@@ -12,13 +12,14 @@ use flowmatch::sampling::solvers::Solver;
 use flowmatch::training::few_step::{self, FewStep, FewStepOptions, FewStepTraining};
 use flowmatch::training::pairs::SHARD;
 
-use crate::common::{progress_bar, with_progress};
+use crate::common::{ModelArgs, progress_bar, with_progress};
 
 #[derive(Args)]
 pub struct FewStepArgs {
-    /// The trained model to start from (unconditional flow matching).
-    #[arg(long)]
-    checkpoint: PathBuf,
+    /// The trained model to start from (unconditional flow matching): --checkpoint PATH or
+    /// --pretrained NAME.
+    #[command(flatten)]
+    model: ModelArgs,
     /// (noise, sample) pairs to draw from it (streamed to OUT/pairs in shards; a second run
     /// resumes).
     #[arg(long, default_value_t = 20000)]
@@ -84,8 +85,9 @@ fn run(kind: FewStep, args: FewStepArgs, device: &Device) -> Result<()> {
         max_minutes: args.max_minutes,
         seed: args.seed,
     };
+    let base = args.model.path()?;
     let options = FewStepOptions {
-        base: args.checkpoint.clone(),
+        base: base.clone(),
         pairs: args.pairs,
         teacher: Generation {
             solver: args.teacher_solver,
@@ -98,7 +100,7 @@ fn run(kind: FewStep, args: FewStepArgs, device: &Device) -> Result<()> {
     println!(
         "{} of {}: drawing {} pairs ({} {} steps), then {} training steps",
         kind.describe(),
-        args.checkpoint.display(),
+        base.display(),
         args.pairs,
         args.teacher_solver,
         args.teacher_steps,

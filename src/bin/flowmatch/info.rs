@@ -8,14 +8,24 @@ use clap::Args;
 
 use flowmatch::checkpoint;
 
+use crate::common::ModelArgs;
+
 #[derive(Args)]
 pub struct InfoArgs {
     /// The checkpoint (.safetensors).
-    checkpoint: PathBuf,
+    #[arg(required_unless_present = "pretrained", conflicts_with = "pretrained")]
+    checkpoint: Option<PathBuf>,
+    /// A model shipped with flowmatch instead (`flowmatch models` lists them).
+    #[arg(long, value_name = "NAME")]
+    pretrained: Option<String>,
 }
 
 pub fn run(args: &InfoArgs) -> Result<()> {
-    let path = &args.checkpoint;
+    let model = ModelArgs {
+        checkpoint: args.checkpoint.clone(),
+        pretrained: args.pretrained.clone(),
+    };
+    let path = &model.path()?;
     let loaded = checkpoint::load(path, &Device::flex())?;
     let params = loaded.model.parameter_count();
     println!("checkpoint: {}", path.display());
@@ -29,7 +39,11 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             "weights:    EMA (decay {}, {} updates) and raw",
             e.decay, e.updates
         ),
-        None => println!("weights:    raw (no EMA)"),
+        None => match loaded.metadata.get(checkpoint::META_EXPORTED) {
+            Some(e) if e.contains("\"ema\"") => println!("weights:    the EMA (exported)"),
+            Some(_) => println!("weights:    raw (exported)"),
+            None => println!("weights:    raw (no EMA)"),
+        },
     }
     match loaded.progress().map_err(in_file)? {
         Some(p) => {

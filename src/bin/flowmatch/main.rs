@@ -8,8 +8,10 @@ mod common;
 mod curve;
 mod demo;
 mod eval;
+mod export;
 mod few_step;
 mod info;
+mod models;
 mod sample;
 mod serve;
 mod train;
@@ -70,6 +72,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Print a checkpoint's network shape, progress and training configuration.
     Info(info::InfoArgs),
+    /// Reduce a training checkpoint to a model for sampling (optionally float16).
+    Export(export::ExportArgs),
+    /// List the models shipped with flowmatch (--pretrained NAME): recipe, quality, SHA-256.
+    Models,
 }
 
 fn main() -> ExitCode {
@@ -84,7 +90,13 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line: what was wrong with which flag (clap's usage hint dropped).
             let rendered = e.render().to_string();
-            let line = rendered.lines().next().unwrap_or("invalid arguments");
+            let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut line = lines.next().unwrap_or("invalid arguments").to_string();
+            // "the following required arguments were not provided:" names them on the next
+            // line.
+            if line.ends_with(':') {
+                line = format!("{line} {}", lines.next().unwrap_or_default());
+            }
             eprintln!("{line} (see --help)");
             return ExitCode::from(2);
         }
@@ -150,5 +162,7 @@ fn run_command(command: Command, device: &Device) -> Result<()> {
         Command::Distill(args) => few_step::distill(args, device),
         Command::Serve(args) => serve::run(args, device),
         Command::Info(args) => info::run(&args),
+        Command::Export(args) => export::run(args, device),
+        Command::Models => models::run(device),
     }
 }

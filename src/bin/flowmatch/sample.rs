@@ -10,13 +10,14 @@ use flowmatch::model::MAX_CLASSES;
 use flowmatch::sampling::to_files::{SampleJob, sample_to_files};
 use flowmatch::sampling::{self, ClassPlan, Generation};
 
-use crate::common::{ScheduleArgs, SolverArgs, check_counts, load_scheduled, progress_bar};
+use crate::common::{
+    ModelArgs, ScheduleArgs, SolverArgs, check_counts, load_scheduled, progress_bar,
+};
 
 #[derive(Args)]
 pub struct SampleArgs {
-    /// Checkpoint (.safetensors; flowmatch's or a PyTorch state_dict export).
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Number of samples.
     #[arg(long, default_value_t = 64)]
     n: usize,
@@ -85,7 +86,8 @@ fn parse_digits(s: &str) -> std::result::Result<Digits, String> {
 }
 
 pub fn run(args: SampleArgs, device: &Device) -> Result<()> {
-    let (model, trained) = load_scheduled(&args.checkpoint, device, args.no_ema)?;
+    let checkpoint = args.model.path()?;
+    let (model, trained) = load_scheduled(&checkpoint, device, args.no_ema)?;
     check_counts(args.n, args.steps)?;
     // Class labels per sample (conditional models) and the grid's columns.
     let (classes, grid_columns) = match (args.digit, &args.digits) {
@@ -122,7 +124,7 @@ pub fn run(args: SampleArgs, device: &Device) -> Result<()> {
         grid: args.out.clone(),
         grid_columns,
         tensor: args.save_tensor.clone(),
-        inputs: vec![args.checkpoint.clone()],
+        inputs: vec![checkpoint.clone()],
     };
     let bar = progress_bar(0, "samples");
     let report = sample_to_files(&model, &job, device, |k, total| {

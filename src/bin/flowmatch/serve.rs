@@ -6,13 +6,17 @@ use anyhow::Result;
 use burn::tensor::Device;
 use clap::Args;
 
+use flowmatch::pretrained;
 use flowmatch::serve::{DEFAULT_WORKERS, ServeOptions, Server};
+
+use crate::common::{ModelsArgs, pretrained_path};
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Checkpoint to serve (repeatable: the page offers each).
-    #[arg(long, required = true)]
-    checkpoint: Vec<PathBuf>,
+    /// The models to serve (repeatable, either flag: the page offers each) [default: every
+    /// model shipped with flowmatch].
+    #[command(flatten)]
+    models: ModelsArgs,
     /// Address to listen on (only this machine by default).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -25,8 +29,14 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs, device: &Device) -> Result<()> {
+    let mut checkpoints = args.models.paths()?;
+    if checkpoints.is_empty() {
+        for model in pretrained::MODELS {
+            checkpoints.push(pretrained_path(model.name)?);
+        }
+    }
     let options = ServeOptions {
-        checkpoints: args.checkpoint,
+        checkpoints,
         host: args.host,
         port: args.port,
         run: args.run,

@@ -11,13 +11,12 @@ use flowmatch::trajectory::{TrajectoryJob, trajectory_to_files};
 use flowmatch::flow::scheduler::Scheduler;
 use flowmatch::sampling::Schedule;
 
-use crate::common::{SolverArgs, check_counts, load_scheduled};
+use crate::common::{ModelArgs, SolverArgs, check_counts, load_scheduled};
 
 #[derive(Args)]
 pub struct TrajectoryArgs {
-    /// Checkpoint (.safetensors).
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Number of samples (rows of the strip).
     #[arg(long, default_value_t = 1)]
     n: usize,
@@ -45,7 +44,8 @@ pub struct TrajectoryArgs {
 }
 
 pub fn run(args: TrajectoryArgs, device: &Device) -> Result<()> {
-    let (model, trained) = load_scheduled(&args.checkpoint, device, args.no_ema)?;
+    let checkpoint = args.model.path()?;
+    let (model, trained) = load_scheduled(&checkpoint, device, args.no_ema)?;
     check_counts(args.n, args.steps)?;
     let job = TrajectoryJob {
         n: args.n,
@@ -59,7 +59,7 @@ pub fn run(args: TrajectoryArgs, device: &Device) -> Result<()> {
         },
         strip: args.out,
         gif: args.gif,
-        inputs: vec![args.checkpoint],
+        inputs: vec![checkpoint],
     };
     trajectory_to_files(&model, &job, device)?;
     println!("trajectory strip: {}", job.strip.display());
