@@ -9,7 +9,9 @@ use burn::tensor::Device;
 use crate::error::{Error, Result};
 use crate::image_out;
 use crate::model::Network;
+use crate::sampling::guidance::Guided;
 use crate::sampling::schedule::{AsVelocity, Retimed};
+use crate::sampling::solvers::VelocityField;
 use crate::sampling::solvers::{Solver, TimeGrid};
 use crate::sampling::{Schedule, initial_noise, trajectory};
 use crate::tensor_file::refuse_to_replace;
@@ -64,6 +66,12 @@ pub struct TrajectoryJob {
     pub grid: TimeGrid,
     /// How the model's output becomes a velocity, and the scheduler to follow.
     pub schedule: Schedule,
+    /// Conditional models: the class every row draws (none: the unconditional branch).
+    pub class: Option<usize>,
+    /// Classifier-free guidance scale towards `class` (1: plain conditional).
+    pub guidance: f32,
+    /// Guidance only at times in this interval (the plain conditional model elsewhere).
+    pub guidance_interval: Option<(f32, f32)>,
     /// The strip PNG (key frames).
     pub strip: PathBuf,
     /// The animated GIF (every frame).
@@ -81,9 +89,26 @@ pub fn trajectory_to_files(model: &Network, job: &TrajectoryJob, device: &Device
     for input in &job.inputs {
         refuse_to_replace(input, &[&job.strip, &job.gif])?;
     }
+    let guided = match job.class {
+        Some(class) => Some(
+            Guided::new(model, &vec![class; job.n], job.guidance)?
+                .with_interval(job.guidance_interval)?,
+        ),
+        None if job.guidance != 1.0 || job.guidance_interval.is_some() => {
+            return Err(Error::invalid(
+                "guidance",
+                "guidance steers towards a class: give the class (--digit) too",
+            ));
+        }
+        None => None,
+    };
     let x1 = initial_noise(model, job.n, job.seed, device)?;
     let trained = job.schedule.trained;
-    let as_velocity = AsVelocity::new(model, trained);
+    let output: &dyn VelocityField<4> = match &guided {
+        Some(guided) => guided,
+        None => model,
+    };
+    let as_velocity = AsVelocity::new(output, trained);
     let along = job.schedule.along.unwrap_or(trained.scheduler);
     let field = Retimed::new(&as_velocity, trained.scheduler, along);
     let trajectory = trajectory(&field, x1, job.solver, job.steps, job.grid);

@@ -84,10 +84,22 @@ fn schedulers_predictions_retiming_and_guidance_intervals() {
         everywhere(&["--guidance-interval", "0,1"], "all-interval.png")
     );
 
-    // The trajectory follows the trained path or another one; serve refuses such a model.
+    // The trajectory follows the trained path or another one, guided on an interval or not.
     for (extra, name) in [
         (&[][..], "strip"),
         (&["--scheduler", "linear"][..], "strip-linear"),
+        (
+            &[
+                "--digit",
+                "1",
+                "--guidance",
+                "2",
+                "--guidance-interval",
+                "0,0.7",
+            ][..],
+            "strip-interval",
+        ),
+        (&["--digit", "1", "--guidance", "2"][..], "strip-guided"),
     ] {
         let (strip, gif) = (
             dir.join(format!("{name}.png")),
@@ -109,6 +121,24 @@ fn schedulers_predictions_retiming_and_guidance_intervals() {
         assert_success(&flowmatch(&[&args[..], extra].concat()));
         assert!(strip.is_file() && gif.is_file(), "{name}");
     }
+    // Guidance on an interval is not guidance everywhere; guidance needs a class.
+    assert_ne!(
+        std::fs::read(dir.join("strip-interval.png")).unwrap(),
+        std::fs::read(dir.join("strip-guided.png")).unwrap()
+    );
+    let (x_png, x_gif) = (dir.join("x.png"), dir.join("x.gif"));
+    let unguided = [
+        "trajectory",
+        "--checkpoint",
+        s(&ckpt),
+        "--guidance",
+        "2",
+        "--out",
+        s(&x_png),
+        "--gif",
+        s(&x_gif),
+    ];
+    assert_clean_error(&flowmatch(&unguided), &["--digit"]);
     let served = flowmatch::serve::ServeOptions {
         checkpoints: vec![ckpt.clone()],
         host: "127.0.0.1".into(),
@@ -116,15 +146,18 @@ fn schedulers_predictions_retiming_and_guidance_intervals() {
         run: None,
         workers: 1,
     };
-    let refused = flowmatch::serve::Server::bind(&served, &burn::tensor::Device::flex());
-    let error = refused
-        .err()
-        .expect("serve refuses a data-prediction model")
-        .to_string();
-    assert!(
-        error.contains("final.safetensors") && error.contains("prediction data"),
-        "{error}"
-    );
+    // serve turns the data prediction into a velocity, on the page as in `sample`.
+    let server = flowmatch::serve::Server::bind(&served, &burn::tensor::Device::flex()).unwrap();
+    let url = server.url().trim_end_matches('/').to_string();
+    std::thread::spawn(move || server.run());
+    for api in ["sample", "trajectory"] {
+        let reply = ureq::get(format!(
+            "{url}/api/{api}?model=final&digit=1&guidance=2&n=2&steps=3"
+        ))
+        .call()
+        .unwrap();
+        assert_eq!(reply.status().as_u16(), 200, "{api}");
+    }
 
     let (out, _) = sample(
         &["--digits", "0-2", "--guidance-interval", "0.8,0.2"],

@@ -8,10 +8,12 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use burn::tensor::Device;
 use serde::Serialize;
 
+use crate::flow::scheduler::Parametrisation;
 use crate::image_out::{self, Images};
 use crate::model::Network;
 use crate::sampling::guidance::Guided;
-use crate::sampling::solvers::{Solver, TimeGrid, solve};
+use crate::sampling::schedule::AsVelocity;
+use crate::sampling::solvers::{Solver, TimeGrid, VelocityField, solve};
 use crate::sampling::{ClassPlan, Generation, NoiseSource, Schedule, from_vec, generate, to_vec};
 
 /// Most samples one request may ask for.
@@ -251,9 +253,11 @@ fn grid_png(model: &Network, values: &[f32], cols: usize) -> Result<Vec<u8>, Str
     image_out::png_bytes(&image_out::grid(images, cols, 1, 2))
 }
 
-/// The final samples of `request` as a PNG grid.
+/// The final samples of `request` as a PNG grid, from `model` trained with `trained` (its
+/// output turned into a velocity).
 pub fn sample_grid(
     model: &Network,
+    trained: Parametrisation,
     request: &SampleRequest,
     device: &Device,
 ) -> Result<Grid, String> {
@@ -266,7 +270,10 @@ pub fn sample_grid(
         guidance: request.guidance,
         chunk: MAX_SAMPLES,
         guidance_interval: request.guidance_interval,
-        schedule: Schedule::default(),
+        schedule: Schedule {
+            trained,
+            along: None,
+        },
     };
     let stats = generate(
         model,
@@ -309,9 +316,11 @@ pub struct TrajectoryReply {
     pub solver: String,
 }
 
-/// The trajectory of `request`: one frame per solver state.
+/// The trajectory of `request`: one frame per solver state, from `model` trained with
+/// `trained` (its output turned into a velocity).
 pub fn trajectory(
     model: &Network,
+    trained: Parametrisation,
     request: &SampleRequest,
     device: &Device,
 ) -> Result<TrajectoryReply, String> {
@@ -325,30 +334,21 @@ pub fn trajectory(
     );
     let mut states: Vec<(f32, Vec<f32>)> = Vec::new();
     let record = |_: usize, t: f32, x: &burn::tensor::Tensor<4>| states.push((t, to_vec(x)));
-    let solution = match request.digit {
-        Some(d) => {
-            let labels = vec![d; request.n];
-            let guided = Guided::new(model, &labels, request.guidance)
+    let guided = match request.digit {
+        Some(d) => Some(
+            Guided::new(model, &vec![d; request.n], request.guidance)
                 .and_then(|g| g.with_interval(request.guidance_interval))
-                .map_err(|e| e.to_string())?;
-            solve(
-                &guided,
-                request.solver,
-                x1,
-                request.steps,
-                TimeGrid::Uniform,
-                record,
-            )
-        }
-        None => solve(
-            model,
-            request.solver,
-            x1,
-            request.steps,
-            TimeGrid::Uniform,
-            record,
+                .map_err(|e| e.to_string())?,
         ),
+        None => None,
     };
+    let output: &dyn VelocityField<4> = match &guided {
+        Some(guided) => guided,
+        None => model,
+    };
+    let field = AsVelocity::new(output, trained);
+    let (solver, steps) = (request.solver, request.steps);
+    let solution = solve(&field, solver, x1, steps, TimeGrid::Uniform, record);
     states.push((0.0, to_vec(&solution.x)));
     let columns = request.columns();
     let frames = states

@@ -19,6 +19,7 @@ use tiny_http::{Header, Method, Request, Response};
 
 use crate::checkpoint::{self, Weights};
 use crate::error::{Error, Result};
+use crate::flow::scheduler::Parametrisation;
 use crate::model::{Network, NetworkConfig};
 use api::{BadRequest, SampleRequest};
 
@@ -51,6 +52,8 @@ struct Served {
     config: NetworkConfig,
     parameters: usize,
     model: Mutex<Network>,
+    /// The path and prediction it was trained with (its output is turned into a velocity).
+    trained: Parametrisation,
 }
 
 struct State {
@@ -91,7 +94,9 @@ impl Server {
         let mut models: Vec<Served> = Vec::new();
         for path in &options.checkpoints {
             let loaded = checkpoint::load_weights(path, device, Weights::PreferEma)?;
-            loaded.require_velocity_model(path, "serve")?;
+            let trained = loaded
+                .parametrisation()
+                .map_err(|e| Error::bad_file(path, e.to_string()))?;
             let model = loaded.model;
             let stem = path
                 .file_stem()
@@ -107,6 +112,7 @@ impl Server {
                 config: model.config(),
                 parameters: model.parameter_count(),
                 model: Mutex::new(model),
+                trained,
             });
         }
         let address = format!("{}:{}", options.host, options.port);
@@ -210,16 +216,16 @@ fn respond(
             "/" | "/index.html" => Response::from_data(PAGE.as_bytes().to_vec())
                 .with_header(header("Content-Type", "text/html; charset=utf-8")),
             "/api/models" => json(&models(state)),
-            "/api/sample" => generation(state, query, |model, r, device| {
-                api::sample_grid(model, r, device).map(|grid| {
+            "/api/sample" => generation(state, query, |model, trained, r, device| {
+                api::sample_grid(model, trained, r, device).map(|grid| {
                     Response::from_data(grid.png)
                         .with_header(header("Content-Type", "image/png"))
                         .with_header(header("X-NFE", &grid.nfe.to_string()))
                         .with_header(header("X-Seconds", &format!("{:.3}", grid.seconds)))
                 })
             }),
-            "/api/trajectory" => generation(state, query, |model, r, device| {
-                api::trajectory(model, r, device).map(|t| json(&t))
+            "/api/trajectory" => generation(state, query, |model, trained, r, device| {
+                api::trajectory(model, trained, r, device).map(|t| json(&t))
             }),
             "/api/run" => match &state.run {
                 Some(dir) => match run_metrics(dir) {
@@ -255,6 +261,7 @@ fn generation(
     query: &str,
     run: impl FnOnce(
         &Network,
+        Parametrisation,
         &SampleRequest,
         &Device,
     ) -> std::result::Result<Response<std::io::Cursor<Vec<u8>>>, String>,
@@ -271,7 +278,7 @@ fn generation(
     let served = &state.models[request.model];
     // A generation that panicked leaves the model as it was: keep serving it.
     let model = served.model.lock().unwrap_or_else(|p| p.into_inner());
-    match run(&model, &request, &state.device) {
+    match run(&model, served.trained, &request, &state.device) {
         Ok(response) => response,
         Err(message) => json_error(500, &message),
     }

@@ -8,10 +8,7 @@ use clap::Args;
 
 use flowmatch::trajectory::{TrajectoryJob, trajectory_to_files};
 
-use flowmatch::flow::scheduler::Scheduler;
-use flowmatch::sampling::Schedule;
-
-use crate::common::{ModelArgs, SolverArgs, check_counts, load_scheduled};
+use crate::common::{ModelArgs, ScheduleArgs, SolverArgs, check_counts, load_scheduled};
 
 #[derive(Args)]
 pub struct TrajectoryArgs {
@@ -37,10 +34,14 @@ pub struct TrajectoryArgs {
     no_ema: bool,
     #[command(flatten)]
     solver: SolverArgs,
-    /// Follow this scheduler instead of the one the model was trained with (re-timing):
-    /// linear, cosine, vp, vp:MIN,MAX, linear-vp, polynomial:N.
+    /// Conditional models: every row draws this digit (class).
     #[arg(long)]
-    scheduler: Option<Scheduler>,
+    digit: Option<usize>,
+    /// Classifier-free guidance scale towards --digit (1: plain conditional).
+    #[arg(long, default_value_t = 1.0)]
+    guidance: f32,
+    #[command(flatten)]
+    schedule: ScheduleArgs,
 }
 
 pub fn run(args: TrajectoryArgs, device: &Device) -> Result<()> {
@@ -53,10 +54,10 @@ pub fn run(args: TrajectoryArgs, device: &Device) -> Result<()> {
         seed: args.seed,
         solver: args.solver.solver()?,
         grid: args.solver.grid()?,
-        schedule: Schedule {
-            trained,
-            along: args.scheduler,
-        },
+        schedule: args.schedule.schedule(trained),
+        class: args.digit,
+        guidance: args.guidance,
+        guidance_interval: args.schedule.guidance_interval,
         strip: args.out,
         gif: args.gif,
         inputs: vec![checkpoint],
