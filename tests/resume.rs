@@ -94,7 +94,25 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
             .count()
     };
     assert_eq!(lines(&whole), lines(&split));
-    for dir in [whole, split] {
+
+    // A run stopped by its time limit is carried on to its planned steps with a new limit,
+    // to the same weights (the schedule follows the steps).
+    let timed = temp_dir("timed");
+    let short = TrainConfig {
+        max_minutes: Some(1e-9),
+        ..config.clone()
+    };
+    let cut = training::train(&short, &data, &timed, &device, &mut ()).unwrap();
+    assert!(cut.steps < 12, "{}", cut.steps);
+    let carried =
+        training::resume_with_time_limit(&data, &timed, Some(60.0), &device, &mut ()).unwrap();
+    assert_eq!(carried.steps, 12);
+    let c = TensorFile::read(&timed.join("final.safetensors")).unwrap();
+    for (name, t) in &a.tensors {
+        assert_eq!(t.values, c.tensors[name].values, "{name}");
+    }
+    assert!(training::resume_with_time_limit(&data, &timed, Some(-1.0), &device, &mut ()).is_err());
+    for dir in [whole, split, timed] {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -30,7 +30,7 @@ pub use clipping::{clip_factor, global_grad_norm, scale_grads};
 pub use config::{FitConfig, MAX_BATCH, MAX_STABLE_REFERENCE, TrainConfig};
 pub use cpu_time::process_cpu_seconds;
 pub use fit::{Fitted, META_FIT_CONFIG, RunOutputs, check_source, fit, fit_in, fit_resume};
-pub use networks::{TrainData, check_data, resume, resume_config, train};
+pub use networks::{TrainData, check_data, resume, resume_config, resume_with_time_limit, train};
 pub use observer::{EpochReport, StepReport, TrainObserver, TrainOutcome};
 pub use run_dir::{CONFIG, FINAL_CHECKPOINT, LOCK_FILE, RESUME_CHECKPOINT, RunLock};
 pub use step::{StepError, adamw, train_step};

@@ -118,11 +118,30 @@ pub fn resume<'a>(
     device: &Device,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainOutcome> {
+    resume_with_time_limit(data, out_dir, None, device, observer)
+}
+
+/// [`resume`] with a new limit on the training time, in minutes, when `max_minutes` is given
+/// (recorded in the run's configuration from then on). The learning-rate schedule follows the
+/// steps, not the minutes, so the run stays exactly the uninterrupted one up to where it stops:
+/// a run cut short by its time limit (on a busy machine, say) can be carried on to its
+/// planned steps.
+pub fn resume_with_time_limit<'a>(
+    data: impl Into<TrainData<'a>>,
+    out_dir: &Path,
+    max_minutes: Option<f64>,
+    device: &Device,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainOutcome> {
     let data = data.into();
     let _lock = RunLock::acquire(out_dir)?;
     let path = out_dir.join(RESUME_CHECKPOINT);
     let file = TensorFile::read(&path)?;
-    let config = stored_config(&file, &path)?;
+    let mut config = stored_config(&file, &path)?;
+    if let Some(minutes) = max_minutes {
+        config.max_minutes = Some(minutes);
+        config.validate()?;
+    }
     check_data(&config, data)?;
     let device = device.clone().autodiff();
     let raw = checkpoint::model_from_file(&file, &path, &device, Weights::Raw)?;

@@ -23,7 +23,7 @@ pub struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
     /// Continue the run in this folder exactly where it stopped (its stored settings are used;
-    /// the other training flags are ignored).
+    /// of the other training flags only --max-minutes applies, as a new time limit).
     #[arg(long, conflicts_with = "config")]
     resume: Option<PathBuf>,
     /// Read every training choice from this TOML file (as written to each run's config.toml);
@@ -269,7 +269,10 @@ pub fn run(args: TrainArgs, device: &Device) -> Result<()> {
                 dir.display(),
                 config.max_steps.map_or("all".into(), |s| s.to_string())
             );
-            with_progress(|observer| training::resume(&data, dir, device, observer))?
+            let minutes = args.max_minutes;
+            with_progress(|observer| {
+                training::resume_with_time_limit(&data, dir, minutes, device, observer)
+            })?
         }
         None => {
             let (config, data) = match &args.config {
