@@ -24,6 +24,7 @@ pub fn run(device: &Device) -> Result<()> {
         println!("  recipe:   {}", shipped.recipe);
         println!("  training: {}", shipped.training);
         println!("  quality:  {}", shipped.quality);
+        println!("  measured: {}", shipped.measured_by);
         println!("  sampling: {} Euler steps", shipped.steps);
         println!("  sha256:   {}", shipped.sha256);
     }
