@@ -16,7 +16,7 @@ use flowmatch::model::VelocityModel;
 use flowmatch::pretrained::{self, MODELS};
 use flowmatch::sampling::{ClassPlan, Generation, NoiseSource, generate, sample, solvers::Solver};
 
-use common::{assert_clean_error, assert_success, run, s, temp_dir};
+use common::{TINY_NET, assert_clean_error, assert_success, run, s, temp_dir};
 
 #[test]
 fn every_shipped_file_has_its_hash_and_samples_finite_images() {
@@ -193,21 +193,9 @@ fn export_keeps_the_ema_and_float16_samples_close_to_float32() {
     let dir = temp_dir("export");
     let device = Device::flex();
     // A checkpoint with raw weights, an EMA and optimiser state: a short training run.
-    let train = run(&[
-        "train",
-        "--widths",
-        "8,16,32",
-        "--limit",
-        "64",
-        "--batch-size",
-        "32",
-        "--steps",
-        "4",
-        "--ema-decay",
-        "0.9",
-        "--out",
-        s(&dir.join("run")),
-    ]);
+    let run_dir = dir.join("run");
+    let rest = ["--steps", "4", "--ema-decay", "0.9", "--out", s(&run_dir)];
+    let train = run(&[&["train"][..], &TINY_NET, &rest].concat());
     assert_success(&train);
     let checkpoint = dir.join("run/last.safetensors");
     for (flag, out) in [

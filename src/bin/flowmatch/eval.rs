@@ -138,7 +138,8 @@ impl EvalArgs {
             );
         }
         let (path, published) = match choice.locate(&cache) {
-            Err(_) if choice == WeightsChoice::Cached => bail!(
+            // No cached copy: say it in the command's flags (a damaged one keeps its own error).
+            Err(flowmatch::Error::Invalid { .. }) if choice == WeightsChoice::Cached => bail!(
                 "--features inception needs pytorch-fid's weights: give --inception-weights \
                  PATH, or --inception-weights download to fetch them into {}",
                 cache.join("inception").display()
