@@ -25,7 +25,7 @@ pub fn run(device: &Device) -> Result<()> {
         println!("  training: {}", shipped.training);
         println!("  quality:  {}", shipped.quality);
         println!("  measured: {}", shipped.measured_by);
-        println!("  sampling: {} Euler steps", shipped.steps);
+        println!("  sampling: {} Euler step(s)", shipped.steps);
         println!("  sha256:   {}", shipped.sha256);
     }
     println!(
