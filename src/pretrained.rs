@@ -73,16 +73,16 @@ pub static MODELS: &[Pretrained] = &[
     Pretrained {
         name: "mnist-digits",
         summary: "class-conditional digits (labels 0-9, classifier-free guidance), a tiny residual \
-              U-Net",
+                  U-Net",
         data: "the embedded 8,000 training digits of MNIST",
         recipe: "flowmatch demo --classes 10 --out runs/demo-cond; flowmatch export --checkpoint \
-             runs/demo-cond/final.safetensors --out assets/models/mnist-digits.safetensors",
+                 runs/demo-cond/final.safetensors --out assets/models/mnist-digits.safetensors",
         training: "3,500 steps, 4.0 CPU-minutes per core on 2 cores (AMD EPYC)",
         quality: "class-balanced, 10 Euler steps: w = 1 cFID 118.0 (floor 74.7, 1.58x), 96.4 % \
-              confident, 95.2 % the asked digit; w = 2 (20 NFE): 99.8 % the asked digit, cFID \
-              220.5; no copying",
+                  confident, 95.2 % the asked digit; w = 2 (20 NFE): 99.8 % the asked digit, cFID \
+                  220.5; no copying",
         measured_by: "flowmatch eval --pretrained mnist-digits --solvers euler --nfe 10 --n 1000 \
-                  --guidance-scales 1,2 --memorisation",
+                      --guidance-scales 1,2 --memorisation",
         steps: 10,
         sha256: "6cb01b161021891968f0b696116c16d51c7f38867f6a120be463bfa212b183f8",
         bytes: include_bytes!("../assets/models/mnist-digits.safetensors"),
