@@ -11,6 +11,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::flow::objective::Objective;
 use crate::flow::scheduler::Parametrisation;
 use crate::model::{
     Init, Network, NetworkConfig, ParamSource, UNetConfig, VelocityModel, named_parameters,
@@ -104,6 +105,24 @@ impl<M> LoadedModel<M> {
             Some(toml) => toml::from_str::<Parametrisation>(toml).map_err(|e| {
                 Error::invalid("checkpoint metadata", format!("'{META_TRAIN_CONFIG}': {e}"))
             }),
+        }
+    }
+
+    /// The objective the model was trained with (flow matching for a file without a training
+    /// configuration).
+    pub fn objective(&self) -> Result<Objective> {
+        #[derive(Deserialize)]
+        struct Trained {
+            #[serde(default)]
+            objective: Objective,
+        }
+        match self.metadata.get(META_TRAIN_CONFIG) {
+            None => Ok(Objective::default()),
+            Some(toml) => toml::from_str::<Trained>(toml)
+                .map(|t| t.objective)
+                .map_err(|e| {
+                    Error::invalid("checkpoint metadata", format!("'{META_TRAIN_CONFIG}': {e}"))
+                }),
         }
     }
 

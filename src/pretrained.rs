@@ -24,6 +24,7 @@ use burn::tensor::Device;
 use crate::checkpoint::{LoadedModel, Weights, model_from_file};
 use crate::data::download::{sha256_file, sha256_hex};
 use crate::error::{Error, Result};
+use crate::sampling::solvers::TimeGrid;
 use crate::tensor_file::{TensorFile, write_atomic};
 
 /// A model shipped with flowmatch.
@@ -45,6 +46,8 @@ pub struct Pretrained {
     pub measured_by: &'static str,
     /// The Euler steps it is meant to be sampled with.
     pub steps: usize,
+    /// The time grid of those steps.
+    pub grid: TimeGrid,
     /// SHA-256 of the file.
     pub sha256: &'static str,
     bytes: &'static [u8],
@@ -67,6 +70,7 @@ pub static MODELS: &[Pretrained] = &[
         measured_by: "flowmatch eval --pretrained mnist --solvers euler --nfe 10,50 --n 1000 \
                       --memorisation (and --nfe 10 --time-grid shifted --grid-shift 3)",
         steps: 10,
+        grid: TimeGrid::Shifted(3.0),
         sha256: "d989b7a0fe39ff042e02c06518db83be9ec9d8677535337687b30d9a9826d753",
         bytes: include_bytes!("../assets/models/mnist.safetensors"),
     },
@@ -84,6 +88,7 @@ pub static MODELS: &[Pretrained] = &[
         measured_by: "flowmatch eval --pretrained mnist-digits --solvers euler --nfe 10 --n 1000 \
                       --guidance-scales 1,2 --memorisation",
         steps: 10,
+        grid: TimeGrid::Uniform,
         sha256: "6cb01b161021891968f0b696116c16d51c7f38867f6a120be463bfa212b183f8",
         bytes: include_bytes!("../assets/models/mnist-digits.safetensors"),
     },
@@ -101,6 +106,7 @@ pub static MODELS: &[Pretrained] = &[
         measured_by: "flowmatch eval --pretrained mnist-1step --solvers euler --nfe 1 --n 1000 \
                       --memorisation",
         steps: 1,
+        grid: TimeGrid::Uniform,
         sha256: "a353c3ca72a5478c2cb5a591015c70254ed05fb03d91ea98caa8850d0733835a",
         bytes: include_bytes!("../assets/models/mnist-1step.safetensors"),
     },
@@ -160,7 +166,7 @@ impl Pretrained {
     }
 
     /// How the model is named in messages: `pretrained:NAME`.
-    fn label(&self) -> PathBuf {
+    pub fn label(&self) -> PathBuf {
         PathBuf::from(format!("pretrained:{}", self.name))
     }
 }

@@ -19,6 +19,7 @@ use flowmatch::serve::{ServeOptions, Server};
 fn the_page_generates_and_animates_in_chromium() {
     let options = ServeOptions {
         checkpoints: vec![common::fixture("weights.safetensors")],
+        shipped: vec![],
         host: "127.0.0.1".into(),
         port: 0,
         run: None,

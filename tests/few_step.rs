@@ -99,9 +99,10 @@ fn a_distilled_one_step_student_lands_closer_to_the_teachers_endpoints() {
         ..TrainConfig::default()
     };
     let outcome = training::train(&config, &pairs, &dir.join("run"), &device, &mut ()).unwrap();
-    let student = flowmatch::checkpoint::load(&outcome.checkpoint, &device)
-        .unwrap()
-        .model;
+    let loaded = flowmatch::checkpoint::load(&outcome.checkpoint, &device).unwrap();
+    // The checkpoint knows it is made for one step (sample and serve default to it).
+    assert_eq!(loaded.objective().unwrap().sampling_steps(), Some(1));
+    let student = loaded.model;
     // Fresh noise (not trained on): the teacher's 20 steps are the target.
     let x1 = gaussian_noise(&mut StdRng::seed_from_u64(99), [64, 1, 28, 28], &device);
     let target = solve(

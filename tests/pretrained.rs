@@ -133,6 +133,25 @@ fn the_command_line_takes_pretrained_models() {
         assert!(listing.contains(shipped.name) && listing.contains(shipped.sha256));
     }
 
+    // Without --steps (and --time-grid) a shipped model is sampled as its card says.
+    for (shipped, said) in [
+        ("mnist", "10 steps (time grid shifted by 3), NFE 10,"),
+        ("mnist-1step", "1 steps, NFE 1,"),
+    ] {
+        let out = with_cache(&[
+            "sample",
+            "--pretrained",
+            shipped,
+            "--n",
+            "2",
+            "--out",
+            s(&grid),
+        ]);
+        assert_success(&out);
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert!(printed.contains(said), "{shipped}: {printed}");
+    }
+
     let out = with_cache(&["sample", "--pretrained", "nope", "--out", s(&grid)]);
     assert_clean_error(&out, &["nope", name]);
     let out = run(&["sample", "--out", s(&grid)]);
@@ -182,6 +201,19 @@ fn serve_with_no_model_serves_the_shipped_ones() {
             .unwrap();
         let models: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(models.as_array().unwrap().len(), MODELS.len());
+        // Each is offered with its own sampler, which a request without steps gets.
+        for (served, shipped) in models.as_array().unwrap().iter().zip(MODELS) {
+            assert_eq!(served["name"], shipped.name);
+            assert_eq!(served["steps"], shipped.steps);
+            assert_eq!(served["grid"], shipped.grid.to_string());
+        }
+        let one_step = ureq::get(format!(
+            "{}/api/sample?model=mnist-1step&n=1",
+            url.trim_end_matches('/')
+        ))
+        .call()
+        .unwrap();
+        assert_eq!(one_step.headers().get("X-NFE").unwrap(), "1");
     });
     let _ = child.kill();
     let _ = child.wait();

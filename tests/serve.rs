@@ -28,6 +28,7 @@ fn server() -> &'static str {
         checkpoint::save(&model, None, None, Default::default(), &conditional).unwrap();
         let options = ServeOptions {
             checkpoints: vec![common::fixture("weights.safetensors"), conditional],
+            shipped: vec![],
             host: "127.0.0.1".into(),
             port: 0,
             run: None,

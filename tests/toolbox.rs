@@ -141,6 +141,7 @@ fn schedulers_predictions_retiming_and_guidance_intervals() {
     assert_clean_error(&flowmatch(&unguided), &["--digit"]);
     let served = flowmatch::serve::ServeOptions {
         checkpoints: vec![ckpt.clone()],
+        shipped: vec![],
         host: "127.0.0.1".into(),
         port: 0,
         run: None,

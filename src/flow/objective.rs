@@ -114,6 +114,16 @@ impl Objective {
         )
     }
 
+    /// The Euler steps a model trained with it is made to be sampled with, for the objectives
+    /// that make few-step models: a distilled student's steps, one for a mean flow.
+    pub fn sampling_steps(&self) -> Option<usize> {
+        match *self {
+            Objective::Distill { steps, .. } => Some(steps),
+            Objective::MeanFlow { .. } | Objective::SplitMeanFlow { .. } => Some(1),
+            Objective::FlowMatching | Objective::Reflow { .. } => None,
+        }
+    }
+
     /// Its name, as `train --objective` takes it.
     pub fn name(&self) -> &'static str {
         match self {
@@ -378,6 +388,22 @@ pub fn finite_difference_jvp<const D: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn few_step_objectives_say_their_steps() {
+        let distill = Objective::Distill {
+            pairs: "p".into(),
+            steps: 2,
+        };
+        assert_eq!(distill.sampling_steps(), Some(2));
+        let mean_flow = Objective::SplitMeanFlow {
+            equal_fraction: 0.5,
+        };
+        assert_eq!(mean_flow.sampling_steps(), Some(1));
+        assert_eq!(Objective::FlowMatching.sampling_steps(), None);
+        let reflow = Objective::Reflow { pairs: "p".into() };
+        assert_eq!(reflow.sampling_steps(), None);
+    }
     use burn::tensor::{Device, TensorData};
     use rand::SeedableRng;
 

@@ -20,6 +20,8 @@ use crate::sampling::{ClassPlan, Generation, NoiseSource, Schedule, from_vec, ge
 pub const MAX_SAMPLES: usize = 64;
 /// Most solver steps one request may ask for.
 pub const MAX_STEPS: usize = 200;
+/// Steps of a model that was not made for a number of its own.
+pub const DEFAULT_STEPS: usize = 50;
 /// Largest guidance scale accepted.
 pub const MAX_GUIDANCE: f32 = 20.0;
 
@@ -40,8 +42,10 @@ pub struct SampleRequest {
     pub guidance_interval: Option<(f32, f32)>,
     /// Solver.
     pub solver: Solver,
-    /// Steps of a fixed-step solver.
+    /// Steps of a fixed-step solver (the model's own unless the request names them).
     pub steps: usize,
+    /// The time grid of those steps (the model's own).
+    pub grid: TimeGrid,
     /// Samples.
     pub n: usize,
     /// Seed of the starting noise.
@@ -98,10 +102,23 @@ pub fn parse_interval(s: &str) -> Result<(f32, f32), String> {
     Ok(interval)
 }
 
+/// A served model as requests are checked against it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelChoice {
+    /// Its name (`model=NAME`).
+    pub name: String,
+    /// Its classes, where conditional.
+    pub classes: Option<usize>,
+    /// The steps it is sampled with when a request names none.
+    pub steps: usize,
+    /// The time grid it is sampled on.
+    pub grid: TimeGrid,
+}
+
 impl SampleRequest {
     /// Validates the query of a `/api/sample` or `/api/trajectory` request against the served
-    /// `models` (their names, and classes where conditional).
-    pub fn parse(query: &str, models: &[(String, Option<usize>)]) -> Result<Self, BadRequest> {
+    /// `models` (their names, classes where conditional, and own samplers).
+    pub fn parse(query: &str, models: &[ModelChoice]) -> Result<Self, BadRequest> {
         let bad = |m: String| BadRequest(m);
         let mut request = SampleRequest {
             model: 0,
@@ -109,12 +126,14 @@ impl SampleRequest {
             guidance: 1.0,
             guidance_interval: None,
             solver: Solver::Euler,
-            steps: 50,
+            steps: DEFAULT_STEPS,
+            grid: TimeGrid::Uniform,
             n: 16,
             seed: 0,
         };
         let mut model_given = false;
         let mut tol = 1e-3f32;
+        let mut steps = None;
         for (key, value) in query_pairs(query) {
             let number = |what: &str| -> Result<f64, BadRequest> {
                 value
@@ -125,11 +144,9 @@ impl SampleRequest {
             };
             match key.as_str() {
                 "model" => {
-                    request.model = models
-                        .iter()
-                        .position(|(name, _)| *name == value)
-                        .ok_or_else(|| {
-                            let names: Vec<&str> = models.iter().map(|(n, _)| n.as_str()).collect();
+                    request.model =
+                        models.iter().position(|m| m.name == value).ok_or_else(|| {
+                            let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
                             bad(format!(
                                 "unknown model '{value}' (served: {})",
                                 names.join(", ")
@@ -156,7 +173,7 @@ impl SampleRequest {
                     request.solver = value.parse::<Solver>().map_err(|e| bad(e.to_string()))?
                 }
                 "tol" => tol = number("tol")? as f32,
-                "steps" => request.steps = integer(&value, "steps", 1, MAX_STEPS)?,
+                "steps" => steps = Some(integer(&value, "steps", 1, MAX_STEPS)?),
                 "n" => request.n = integer(&value, "n", 1, MAX_SAMPLES)?,
                 "seed" => {
                     request.seed = value
@@ -186,7 +203,13 @@ impl SampleRequest {
                 request.guidance
             )));
         }
-        match (request.digit, models.get(request.model).and_then(|m| m.1)) {
+        let chosen = models.get(request.model);
+        request.steps = steps.or(chosen.map(|m| m.steps)).unwrap_or(DEFAULT_STEPS);
+        request.grid = chosen.map_or(TimeGrid::Uniform, |m| m.grid);
+        match (
+            request.digit,
+            models.get(request.model).and_then(|m| m.classes),
+        ) {
             (Some(_), None) => {
                 return Err(bad(
                     "this model is unconditional: leave digit out (or 'any')".into(),
@@ -266,7 +289,7 @@ pub fn sample_grid(
     let generation = Generation {
         solver: request.solver,
         steps: request.steps,
-        grid: TimeGrid::Uniform,
+        grid: request.grid,
         guidance: request.guidance,
         chunk: MAX_SAMPLES,
         guidance_interval: request.guidance_interval,
@@ -348,7 +371,7 @@ pub fn trajectory(
     };
     let field = AsVelocity::new(output, trained);
     let (solver, steps) = (request.solver, request.steps);
-    let solution = solve(&field, solver, x1, steps, TimeGrid::Uniform, record);
+    let solution = solve(&field, solver, x1, steps, request.grid, record);
     states.push((0.0, to_vec(&solution.x)));
     let columns = request.columns();
     let frames = states
@@ -373,10 +396,18 @@ mod tests {
 
     #[test]
     fn guidance_intervals_parse_and_bad_ones_are_refused() {
-        let models = [("m".to_string(), Some(10))];
+        let models = [ModelChoice {
+            name: "m".into(),
+            classes: Some(10),
+            steps: 10,
+            grid: TimeGrid::Shifted(3.0),
+        }];
         let parse = |q: &str| SampleRequest::parse(q, &models);
         let ok = parse("digit=3&guidance=2&interval=0%2C0.7").unwrap();
         assert_eq!(ok.guidance_interval, Some((0.0, 0.7)));
+        // The model's own sampler unless the request names the steps.
+        assert_eq!((ok.steps, ok.grid), (10, TimeGrid::Shifted(3.0)));
+        assert_eq!(parse("steps=30").unwrap().steps, 30);
         assert_eq!(
             parse("digit=3&interval=all").unwrap().guidance_interval,
             None

@@ -17,11 +17,13 @@ use burn::tensor::Device;
 use serde::Serialize;
 use tiny_http::{Header, Method, Request, Response};
 
-use crate::checkpoint::{self, Weights};
+use crate::checkpoint::{self, LoadedModel, Weights};
 use crate::error::{Error, Result};
 use crate::flow::scheduler::Parametrisation;
 use crate::model::{Network, NetworkConfig};
-use api::{BadRequest, SampleRequest};
+use crate::pretrained::Pretrained;
+use crate::sampling::solvers::TimeGrid;
+use api::{BadRequest, ModelChoice, SampleRequest};
 
 /// The page: HTML, CSS and script in one embedded file.
 const PAGE: &str = include_str!("page.html");
@@ -34,8 +36,11 @@ pub const DEFAULT_WORKERS: usize = 4;
 /// What to serve and where.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Checkpoints to serve (each becomes a model named after its file).
+    /// Checkpoints to serve (each becomes a model named after its file, sampled with 50 steps
+    /// unless it was made for fewer).
     pub checkpoints: Vec<PathBuf>,
+    /// Models shipped with flowmatch to serve after them (named and sampled as shipped).
+    pub shipped: Vec<&'static Pretrained>,
     /// Address to bind (127.0.0.1 unless told otherwise).
     pub host: String,
     /// Port (0: any free one).
@@ -54,6 +59,10 @@ struct Served {
     model: Mutex<Network>,
     /// The path and prediction it was trained with (its output is turned into a velocity).
     trained: Parametrisation,
+    /// The steps it is sampled with unless a request names them.
+    steps: usize,
+    /// The time grid it is sampled on.
+    grid: TimeGrid,
 }
 
 struct State {
@@ -80,24 +89,24 @@ struct ModelInfo<'a> {
     parameters: usize,
     classes: Option<usize>,
     shape: [usize; 3],
+    /// Steps the page starts with (the model's own).
+    steps: usize,
+    /// Its time grid, in words.
+    grid: String,
 }
 
 impl Server {
     /// Loads the checkpoints (EMA weights where they have them) and binds the address.
     pub fn bind(options: &ServeOptions, device: &Device) -> Result<Self> {
-        if options.checkpoints.is_empty() {
+        if options.checkpoints.is_empty() && options.shipped.is_empty() {
             return Err(Error::invalid(
                 "checkpoint",
-                "give at least one --checkpoint",
+                "give at least one --checkpoint or --pretrained",
             ));
         }
         let mut models: Vec<Served> = Vec::new();
         for path in &options.checkpoints {
             let loaded = checkpoint::load_weights(path, device, Weights::PreferEma)?;
-            let trained = loaded
-                .parametrisation()
-                .map_err(|e| Error::bad_file(path, e.to_string()))?;
-            let model = loaded.model;
             let stem = path
                 .file_stem()
                 .map_or("model".into(), |s| s.to_string_lossy().into_owned());
@@ -106,14 +115,28 @@ impl Server {
                 false => stem,
                 true => format!("{}-{}", parent_name(path), stem),
             };
-            models.push(Served {
+            let objective = loaded
+                .objective()
+                .map_err(|e| Error::bad_file(path, e.to_string()))?;
+            let steps = objective.sampling_steps().unwrap_or(api::DEFAULT_STEPS);
+            models.push(Served::new(
                 name,
-                path: path.clone(),
-                config: model.config(),
-                parameters: model.parameter_count(),
-                model: Mutex::new(model),
-                trained,
-            });
+                path.clone(),
+                loaded,
+                steps,
+                TimeGrid::Uniform,
+            )?);
+        }
+        for shipped in &options.shipped {
+            let (name, path) = (shipped.name.to_string(), shipped.label());
+            let loaded = shipped.load(device)?;
+            models.push(Served::new(
+                name,
+                path,
+                loaded,
+                shipped.steps,
+                shipped.grid,
+            )?);
         }
         let address = format!("{}:{}", options.host, options.port);
         let http = tiny_http::Server::http(&address)
@@ -160,6 +183,31 @@ impl Server {
         for handle in handles {
             let _ = handle.join();
         }
+    }
+}
+
+impl Served {
+    fn new(
+        name: String,
+        path: PathBuf,
+        loaded: LoadedModel,
+        steps: usize,
+        grid: TimeGrid,
+    ) -> Result<Self> {
+        let trained = loaded
+            .parametrisation()
+            .map_err(|e| Error::bad_file(&path, e.to_string()))?;
+        let model = loaded.model;
+        Ok(Served {
+            name,
+            path,
+            config: model.config(),
+            parameters: model.parameter_count(),
+            model: Mutex::new(model),
+            trained,
+            steps,
+            grid,
+        })
     }
 }
 
@@ -251,6 +299,8 @@ fn models(state: &State) -> Vec<ModelInfo<'_>> {
             parameters: m.parameters,
             classes: m.config.num_classes(),
             shape: m.config.image_shape(),
+            steps: m.steps,
+            grid: m.grid.to_string(),
         })
         .collect()
 }
@@ -266,10 +316,15 @@ fn generation(
         &Device,
     ) -> std::result::Result<Response<std::io::Cursor<Vec<u8>>>, String>,
 ) -> Response<std::io::Cursor<Vec<u8>>> {
-    let served: Vec<(String, Option<usize>)> = state
+    let served: Vec<ModelChoice> = state
         .models
         .iter()
-        .map(|m| (m.name.clone(), m.config.num_classes()))
+        .map(|m| ModelChoice {
+            name: m.name.clone(),
+            classes: m.config.num_classes(),
+            steps: m.steps,
+            grid: m.grid,
+        })
         .collect();
     let request = match SampleRequest::parse(query, &served) {
         Ok(r) => r,

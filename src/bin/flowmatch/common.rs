@@ -258,17 +258,19 @@ impl SolverArgs {
         })
     }
 
-    pub fn grid(&self) -> Result<TimeGrid> {
-        self.grid.grid()
+    /// The time grid asked for, else `own`.
+    pub fn grid_or(&self, own: TimeGrid) -> Result<TimeGrid> {
+        self.grid.grid_or(own)
     }
 }
 
 /// The time grid of the fixed-step solvers.
 #[derive(Args)]
 pub struct GridArgs {
-    /// Time grid of the fixed-step solvers: uniform, or shifted (towards one end, by --grid-shift).
-    #[arg(long, value_enum, default_value_t = GridArg::Uniform)]
-    time_grid: GridArg,
+    /// Time grid of the fixed-step solvers: uniform, or shifted (towards one end, by
+    /// --grid-shift) [default: uniform; a shipped model's own in sample and trajectory].
+    #[arg(long, value_enum)]
+    time_grid: Option<GridArg>,
     /// Shift s of the shifted grid, t = s u / (1 + (s - 1) u): s < 1 puts more steps near t = 0
     /// (data), s > 1 near t = 1 (noise).
     #[arg(long, default_value_t = 0.5)]
@@ -282,11 +284,13 @@ enum GridArg {
 }
 
 impl GridArgs {
-    pub fn grid(&self) -> Result<TimeGrid> {
+    /// The time grid asked for, else `own`.
+    pub fn grid_or(&self, own: TimeGrid) -> Result<TimeGrid> {
         Ok(match self.time_grid {
-            GridArg::Uniform => TimeGrid::Uniform,
-            GridArg::Shifted if self.grid_shift > 0.0 => TimeGrid::Shifted(self.grid_shift),
-            GridArg::Shifted => bail!("invalid --grid-shift: must be positive"),
+            None => own,
+            Some(GridArg::Uniform) => TimeGrid::Uniform,
+            Some(GridArg::Shifted) if self.grid_shift > 0.0 => TimeGrid::Shifted(self.grid_shift),
+            Some(GridArg::Shifted) => bail!("invalid --grid-shift: must be positive"),
         })
     }
 }
@@ -364,18 +368,57 @@ pub fn weights(no_ema: bool) -> Weights {
     }
 }
 
-/// The network of a checkpoint and the path and prediction it was trained with.
-pub fn load_scheduled(
-    path: &Path,
-    device: &Device,
-    no_ema: bool,
-) -> Result<(Network, Parametrisation)> {
-    let loaded = checkpoint::load_weights(path, device, weights(no_ema))?;
-    let trained = loaded
-        .parametrisation()
-        .map_err(|e| Error::bad_file(path, e.to_string()))?;
-    Ok((loaded.model, trained))
+/// A model to sample: the network, the path and prediction it was trained with, and the
+/// sampler it is made for.
+pub struct ToSample {
+    pub model: Network,
+    pub trained: Parametrisation,
+    /// Steps: the command's, else a shipped model's own, a few-step model's (from its training
+    /// objective), else 50.
+    pub steps: usize,
+    /// Time grid when the command names none: a shipped model's own, else uniform.
+    pub grid: TimeGrid,
 }
+
+impl ToSample {
+    /// Loads the model `model_args` names, for `n` samples with the command's `steps` or else
+    /// the model's own; also gives the checkpoint's path.
+    pub fn load(
+        model_args: &ModelArgs,
+        steps: Option<usize>,
+        n: usize,
+        device: &Device,
+        no_ema: bool,
+    ) -> Result<(PathBuf, Self)> {
+        let path = model_args.path()?;
+        let loaded = checkpoint::load_weights(&path, device, weights(no_ema))?;
+        let in_file = |e: Error| Error::bad_file(&path, e.to_string());
+        let trained = loaded.parametrisation().map_err(in_file)?;
+        let made_for = loaded.objective().map_err(in_file)?.sampling_steps();
+        let (own_steps, grid) = match &model_args.pretrained {
+            Some(name) => {
+                let shipped = pretrained::find(name)?;
+                (shipped.steps, shipped.grid)
+            }
+            None => (made_for.unwrap_or(DEFAULT_STEPS), TimeGrid::Uniform),
+        };
+        let steps = steps.unwrap_or(own_steps);
+        check_counts(n, steps)?;
+        let model = loaded.model;
+        Ok((
+            path,
+            ToSample {
+                model,
+                trained,
+                steps,
+                grid,
+            },
+        ))
+    }
+}
+
+/// Steps of a model not made for a number of its own (the reference sampler's).
+pub const DEFAULT_STEPS: usize = 50;
 
 /// Re-timing and guidance on an interval of times, as `sample` and `eval` take them.
 #[derive(Args, Debug, Clone)]

@@ -14,7 +14,8 @@ use flowmatch::evaluation::likelihood::Divergence;
 use flowmatch::evaluation::metrics::Quality;
 use flowmatch::evaluation::quality::EvalPlan;
 use flowmatch::evaluation::{EvalEvent, EvalOptions, LikelihoodOptions, STRAIGHTNESS_STEPS};
-use flowmatch::sampling::{self, solvers::Solver};
+use flowmatch::sampling;
+use flowmatch::sampling::solvers::{Solver, TimeGrid};
 
 use crate::common::{DataArgs, GridArgs, ModelsArgs, ScheduleArgs, print_load_note, weights};
 
@@ -158,7 +159,7 @@ impl EvalArgs {
 
     /// The measurements asked for.
     fn eval_options(&self) -> Result<EvalOptions> {
-        let grid = self.grid.grid()?;
+        let grid = self.grid.grid_or(TimeGrid::Uniform)?;
         if self.batch_size == 0 || self.conditional_steps == 0 {
             bail!("invalid --batch-size / --conditional-steps: must be positive");
         }

@@ -5,6 +5,7 @@ use anyhow::Result;
 use burn::tensor::Device;
 
 use flowmatch::pretrained::MODELS;
+use flowmatch::sampling::solvers::TimeGrid;
 
 pub fn run(device: &Device) -> Result<()> {
     for (i, shipped) in MODELS.iter().enumerate() {
@@ -25,7 +26,16 @@ pub fn run(device: &Device) -> Result<()> {
         println!("  training: {}", shipped.training);
         println!("  quality:  {}", shipped.quality);
         println!("  measured: {}", shipped.measured_by);
-        println!("  sampling: {} Euler step(s)", shipped.steps);
+        let grid = match shipped.grid {
+            TimeGrid::Uniform => String::new(),
+            TimeGrid::Shifted(s) => {
+                format!(" on the shifted time grid (--time-grid shifted --grid-shift {s})")
+            }
+        };
+        println!(
+            "  sampling: {} Euler step(s){grid}, the default of sample, trajectory and serve",
+            shipped.steps
+        );
         println!("  sha256:   {}", shipped.sha256);
     }
     println!(

@@ -7,12 +7,11 @@ use burn::tensor::Device;
 use clap::Args;
 
 use flowmatch::model::MAX_CLASSES;
+use flowmatch::sampling::solvers::TimeGrid;
 use flowmatch::sampling::to_files::{SampleJob, sample_to_files};
 use flowmatch::sampling::{self, ClassPlan, Generation};
 
-use crate::common::{
-    ModelArgs, ScheduleArgs, SolverArgs, check_counts, load_scheduled, progress_bar,
-};
+use crate::common::{ModelArgs, ScheduleArgs, SolverArgs, ToSample, progress_bar};
 
 #[derive(Args)]
 pub struct SampleArgs {
@@ -21,9 +20,10 @@ pub struct SampleArgs {
     /// Number of samples.
     #[arg(long, default_value_t = 64)]
     n: usize,
-    /// Steps of the fixed-step solvers (ignored by dopri5).
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
+    /// Steps of the fixed-step solvers (ignored by dopri5) [default: the model's own: a shipped
+    /// model's, a few-step model's, else 50].
+    #[arg(long)]
+    steps: Option<usize>,
     /// Seed of the starting noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -86,9 +86,7 @@ fn parse_digits(s: &str) -> std::result::Result<Digits, String> {
 }
 
 pub fn run(args: SampleArgs, device: &Device) -> Result<()> {
-    let checkpoint = args.model.path()?;
-    let (model, trained) = load_scheduled(&checkpoint, device, args.no_ema)?;
-    check_counts(args.n, args.steps)?;
+    let (checkpoint, own) = ToSample::load(&args.model, args.steps, args.n, device, args.no_ema)?;
     // Class labels per sample (conditional models) and the grid's columns.
     let (classes, grid_columns) = match (args.digit, &args.digits) {
         (Some(d), _) => (
@@ -114,12 +112,12 @@ pub fn run(args: SampleArgs, device: &Device) -> Result<()> {
         seed: args.seed,
         generation: Generation {
             solver: args.solver.solver()?,
-            steps: args.steps,
-            grid: args.solver.grid()?,
+            steps: own.steps,
+            grid: args.solver.grid_or(own.grid)?,
             guidance: args.guidance,
             chunk: args.batch_size,
             guidance_interval: args.schedule.guidance_interval,
-            schedule: args.schedule.schedule(trained),
+            schedule: args.schedule.schedule(own.trained),
         },
         grid: args.out.clone(),
         grid_columns,
@@ -127,7 +125,7 @@ pub fn run(args: SampleArgs, device: &Device) -> Result<()> {
         inputs: vec![checkpoint.clone()],
     };
     let bar = progress_bar(0, "samples");
-    let report = sample_to_files(&model, &job, device, |k, total| {
+    let report = sample_to_files(&own.model, &job, device, |k, total| {
         bar.set_length(total as u64);
         bar.inc(k as u64)
     })?;
@@ -139,8 +137,12 @@ pub fn run(args: SampleArgs, device: &Device) -> Result<()> {
         format!("{low}-{high} (per chunk)")
     };
     let count = report.count;
+    let grid = match job.generation.grid {
+        TimeGrid::Uniform => String::new(),
+        shifted => format!(" (time grid {shifted})"),
+    };
     println!(
-        "{count} samples, {}, {} steps, NFE {nfe}, {:.1} s ({:.1} img/s)",
+        "{count} samples, {}, {} steps{grid}, NFE {nfe}, {:.1} s ({:.1} img/s)",
         job.generation.solver,
         report.steps,
         report.seconds,

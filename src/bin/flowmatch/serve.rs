@@ -9,7 +9,7 @@ use clap::Args;
 use flowmatch::pretrained;
 use flowmatch::serve::{DEFAULT_WORKERS, ServeOptions, Server};
 
-use crate::common::{ModelsArgs, pretrained_path};
+use crate::common::ModelsArgs;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -29,14 +29,19 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs, device: &Device) -> Result<()> {
-    let mut checkpoints = args.models.paths()?;
-    if checkpoints.is_empty() {
-        for model in pretrained::MODELS {
-            checkpoints.push(pretrained_path(model.name)?);
-        }
+    let checkpoints = args.models.checkpoint;
+    let mut shipped = args
+        .models
+        .pretrained
+        .iter()
+        .map(|name| pretrained::find(name))
+        .collect::<flowmatch::Result<Vec<_>>>()?;
+    if checkpoints.is_empty() && shipped.is_empty() {
+        shipped = pretrained::MODELS.iter().collect();
     }
     let options = ServeOptions {
         checkpoints,
+        shipped,
         host: args.host,
         port: args.port,
         run: args.run,

@@ -8,7 +8,7 @@ use clap::Args;
 
 use flowmatch::trajectory::{TrajectoryJob, trajectory_to_files};
 
-use crate::common::{ModelArgs, ScheduleArgs, SolverArgs, check_counts, load_scheduled};
+use crate::common::{ModelArgs, ScheduleArgs, SolverArgs, ToSample};
 
 #[derive(Args)]
 pub struct TrajectoryArgs {
@@ -17,9 +17,10 @@ pub struct TrajectoryArgs {
     /// Number of samples (rows of the strip).
     #[arg(long, default_value_t = 1)]
     n: usize,
-    /// Steps of the fixed-step solvers (ignored by dopri5).
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
+    /// Steps of the fixed-step solvers (ignored by dopri5) [default: the model's own: a shipped
+    /// model's, a few-step model's, else 50].
+    #[arg(long)]
+    steps: Option<usize>,
     /// Seed of the starting noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -45,16 +46,14 @@ pub struct TrajectoryArgs {
 }
 
 pub fn run(args: TrajectoryArgs, device: &Device) -> Result<()> {
-    let checkpoint = args.model.path()?;
-    let (model, trained) = load_scheduled(&checkpoint, device, args.no_ema)?;
-    check_counts(args.n, args.steps)?;
+    let (checkpoint, own) = ToSample::load(&args.model, args.steps, args.n, device, args.no_ema)?;
     let job = TrajectoryJob {
         n: args.n,
-        steps: args.steps,
+        steps: own.steps,
         seed: args.seed,
         solver: args.solver.solver()?,
-        grid: args.solver.grid()?,
-        schedule: args.schedule.schedule(trained),
+        grid: args.solver.grid_or(own.grid)?,
+        schedule: args.schedule.schedule(own.trained),
         class: args.digit,
         guidance: args.guidance,
         guidance_interval: args.schedule.guidance_interval,
@@ -62,7 +61,7 @@ pub fn run(args: TrajectoryArgs, device: &Device) -> Result<()> {
         gif: args.gif,
         inputs: vec![checkpoint],
     };
-    trajectory_to_files(&model, &job, device)?;
+    trajectory_to_files(&own.model, &job, device)?;
     println!("trajectory strip: {}", job.strip.display());
     println!("trajectory GIF:   {}", job.gif.display());
     Ok(())
