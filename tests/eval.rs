@@ -267,4 +267,28 @@ fn the_evaluation_driver_reports_every_measure() {
     );
     assert!(report.memorisation.is_some() && report.straightness.is_some());
     assert_eq!(report.json_lines().lines().count(), 1 + 4 + 2 + 1 + 1);
+    // The class-balanced rows follow the plan's time grid too.
+    let shifted = EvalOptions {
+        plan: EvalPlan {
+            grid: TimeGrid::Shifted(3.0),
+            ..options.plan.clone()
+        },
+        guidance_scales: vec![1.0],
+        straightness: false,
+        memorisation: false,
+        ..options.clone()
+    };
+    let again = evaluation::evaluate(
+        &model,
+        Some(&classifier),
+        None,
+        &test,
+        &shifted,
+        &device,
+        |_| {},
+    )
+    .unwrap();
+    let (uniform, on_shifted) = (&report.conditional[0], &again.conditional[0]);
+    assert_eq!(on_shifted.nfe, uniform.nfe);
+    assert_ne!(on_shifted.quality.fid, uniform.quality.fid);
 }

@@ -38,7 +38,7 @@ pub struct EvalOptions {
     pub guidance_scales: Vec<f32>,
     /// Guidance only at times in this interval (none: at every time).
     pub guidance_interval: Option<(f32, f32)>,
-    /// Euler steps of the conditional sampling.
+    /// Euler steps of the conditional sampling (on the plan's time grid).
     pub conditional_steps: usize,
     /// Held-out images whose likelihood is measured, with its integration settings.
     pub likelihood: Option<LikelihoodOptions>,
@@ -296,7 +296,7 @@ fn conditional_sampling(
             reference,
             (scale, options.guidance_interval, options.plan.schedule),
             per_class,
-            options.conditional_steps,
+            (options.conditional_steps, options.plan.grid),
             options.plan.seed,
             device,
         )?;

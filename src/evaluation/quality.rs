@@ -260,9 +260,9 @@ pub struct ConditionalQuality {
     pub quality: Quality,
 }
 
-/// Samples `per_class` images of every class with Euler `steps` at guidance `scale` (on
-/// `guidance_interval` only, when given), and measures them against `reference` (and, with a
-/// classifier, how often each is classified as its class).
+/// Samples `per_class` images of every class with Euler `steps` on `grid` at guidance `scale`
+/// (on `guidance_interval` only, when given), and measures them against `reference` (and, with
+/// a classifier, how often each is classified as its class).
 #[allow(clippy::too_many_arguments)]
 pub fn conditional_quality<'a>(
     model: &Network,
@@ -270,7 +270,7 @@ pub fn conditional_quality<'a>(
     reference: &Embedding,
     (scale, guidance_interval, schedule): (f32, Option<(f32, f32)>, Schedule),
     per_class: usize,
-    steps: usize,
+    (steps, grid): (usize, TimeGrid),
     seed: u64,
     device: &Device,
 ) -> Result<ConditionalQuality> {
@@ -287,6 +287,7 @@ pub fn conditional_quality<'a>(
         guidance: scale,
         guidance_interval,
         schedule,
+        grid,
         ..Generation::euler(steps)
     };
     let mut samples = Embedding::default();

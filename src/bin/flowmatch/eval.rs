@@ -86,7 +86,7 @@ pub struct EvalArgs {
     guidance_scales: Vec<f32>,
     #[command(flatten)]
     schedule: ScheduleArgs,
-    /// Euler steps of the conditional sampling.
+    /// Euler steps of the conditional sampling (on --time-grid).
     #[arg(long, default_value_t = 10)]
     conditional_steps: usize,
     /// Also check whether samples copy training images (nearest-neighbour distances).
