@@ -126,6 +126,13 @@ impl<M> LoadedModel<M> {
         }
     }
 
+    /// The Euler steps the model is made to be sampled with: a few-step model's own (from its
+    /// objective), else [`DEFAULT_STEPS`](crate::sampling::DEFAULT_STEPS).
+    pub fn sampling_steps(&self) -> Result<usize> {
+        let own = self.objective()?.sampling_steps();
+        Ok(own.unwrap_or(crate::sampling::DEFAULT_STEPS))
+    }
+
     /// An error naming `path` when the model was trained on another path or prediction than
     /// flow matching's own (linear, velocity), which `what` cannot sample.
     pub fn require_velocity_model(&self, path: &Path, what: &str) -> Result<()> {

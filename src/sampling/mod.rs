@@ -139,6 +139,9 @@ pub fn sample_difference<const D: usize, M: VelocityModel<D>>(
 /// The most steps a fixed-step solver is asked for (each keeps its time points in memory).
 pub const MAX_STEPS: usize = 100_000;
 
+/// Steps of a model not made for a number of its own (the reference sampler's).
+pub const DEFAULT_STEPS: usize = 50;
+
 /// Checks a fixed-step solver's step count: from 1 to [`MAX_STEPS`].
 pub fn check_steps(steps: usize) -> Result<()> {
     if (1..=MAX_STEPS).contains(&steps) {

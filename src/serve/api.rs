@@ -14,14 +14,14 @@ use crate::model::Network;
 use crate::sampling::guidance::Guided;
 use crate::sampling::schedule::AsVelocity;
 use crate::sampling::solvers::{Solver, TimeGrid, VelocityField, solve};
-use crate::sampling::{ClassPlan, Generation, NoiseSource, Schedule, from_vec, generate, to_vec};
+use crate::sampling::{
+    ClassPlan, DEFAULT_STEPS, Generation, NoiseSource, Schedule, from_vec, generate, to_vec,
+};
 
 /// Most samples one request may ask for.
 pub const MAX_SAMPLES: usize = 64;
 /// Most solver steps one request may ask for.
 pub const MAX_STEPS: usize = 200;
-/// Steps of a model that was not made for a number of its own.
-pub const DEFAULT_STEPS: usize = 50;
 /// Largest guidance scale accepted.
 pub const MAX_GUIDANCE: f32 = 20.0;
 

@@ -115,10 +115,9 @@ impl Server {
                 false => stem,
                 true => format!("{}-{}", parent_name(path), stem),
             };
-            let objective = loaded
-                .objective()
+            let steps = loaded
+                .sampling_steps()
                 .map_err(|e| Error::bad_file(path, e.to_string()))?;
-            let steps = objective.sampling_steps().unwrap_or(api::DEFAULT_STEPS);
             models.push(Served::new(
                 name,
                 path.clone(),

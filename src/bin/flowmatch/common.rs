@@ -394,13 +394,12 @@ impl ToSample {
         let loaded = checkpoint::load_weights(&path, device, weights(no_ema))?;
         let in_file = |e: Error| Error::bad_file(&path, e.to_string());
         let trained = loaded.parametrisation().map_err(in_file)?;
-        let made_for = loaded.objective().map_err(in_file)?.sampling_steps();
         let (own_steps, grid) = match &model_args.pretrained {
             Some(name) => {
                 let shipped = pretrained::find(name)?;
                 (shipped.steps, shipped.grid)
             }
-            None => (made_for.unwrap_or(DEFAULT_STEPS), TimeGrid::Uniform),
+            None => (loaded.sampling_steps().map_err(in_file)?, TimeGrid::Uniform),
         };
         let steps = steps.unwrap_or(own_steps);
         check_counts(n, steps)?;
@@ -416,9 +415,6 @@ impl ToSample {
         ))
     }
 }
-
-/// Steps of a model not made for a number of its own (the reference sampler's).
-pub const DEFAULT_STEPS: usize = 50;
 
 /// Re-timing and guidance on an interval of times, as `sample` and `eval` take them.
 #[derive(Args, Debug, Clone)]
